@@ -1,0 +1,1 @@
+"""Online recommendation API serving the MLflow champion."""
