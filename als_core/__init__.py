@@ -1,0 +1,1 @@
+"""als_core: the numeric core (numpy, scipy, numba only; nothing of Dagster, MLflow, DuckDB or FastAPI)."""
