@@ -1,0 +1,529 @@
+"""Alternating Least Squares for implicit feedback (Hu, Koren, Volinsky 2008) and for explicit ratings.
+
+The Python-level model lives here; the per-row hot loops live in ``_kernels``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numba as nb
+import numpy as np
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from . import _kernels
+from ._validation import as_user_items, check_ids, check_n
+from .topk import mask_items, top_n
+
+log = logging.getLogger(__name__)
+
+_SOLVERS = ("cg", "cholesky")
+# row blocks handed to the threads per half-step: many more than threads, so a block of heavy rows
+# (very popular items) does not leave the other threads idle
+_BLOCKS_PER_THREAD = 64
+_SCORE_BATCH = 2048
+
+
+class ALS:
+    """Matrix factorisation by alternating least squares, with an API familiar to ``implicit`` users.
+
+    Implicit mode (default) minimises, over all user-item pairs,
+
+        sum_{u,i} c_ui (p_ui - x_u . y_i)^2 + lambda (sum_u n_u^w |x_u|^2 + sum_i n_i^w |y_i|^2)
+
+    with confidence ``c_ui = 1 + alpha * r_ui`` and preference ``p_ui = [r_ui > 0]`` for the stored values
+    ``r_ui >= 0`` (Hu, Koren, Volinsky 2008). ``n^w`` is 1, or the row's number of nonzeros when
+    ``weighted_regularization`` (as Spark's ALS does). Note how ``implicit`` differs: it takes the stored
+    value itself as the confidence (``c_ui = alpha * value``), so passing it ``1 + alpha * r`` with
+    ``alpha=1`` gives it exactly this objective.
+
+    Each half-step uses the precomputed gram: ``YtY`` is computed once, and each user adds only
+    ``Y_u^T (C_u - I) Y_u`` over its own items. ``solver="cholesky"`` solves every row exactly;
+    ``solver="cg"`` runs ``cg_steps`` conjugate-gradient steps warm-started from the previous factors,
+    without forming the matrix.
+
+    Explicit mode (``implicit=False``) minimises the squared error over the observed ratings only, with
+    optional biases: ``r_hat = mu + b_u + b_i + x_u . y_i`` (biases regularised like the factors).
+
+    ``loss_history`` holds the objective after every iteration, divided by the total weight of the data
+    term (implicit: the sum of confidences over all user-item pairs, the normalisation ``implicit``
+    reports; explicit: the number of ratings).
+    """
+
+    def __init__(
+        self,
+        factors: int = 64,
+        regularization: float = 0.01,
+        alpha: float = 40.0,
+        iterations: int = 15,
+        solver: str = "cg",
+        cg_steps: int = 3,
+        implicit: bool = True,
+        use_biases: bool = False,
+        weighted_regularization: bool = False,
+        dtype=np.float32,
+        random_state: int | None = None,
+        num_threads: int = 0,
+        tol: float | None = None,
+        callback: Callable[[int, float, float], None] | None = None,
+    ):
+        if int(factors) < 1:
+            raise ValueError(f"factors must be >= 1, got {factors}")
+        if not regularization >= 0:
+            raise ValueError(f"regularization must be >= 0, got {regularization}")
+        if not alpha >= 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        if int(iterations) < 0:
+            raise ValueError(f"iterations must be >= 0, got {iterations}")
+        if solver not in _SOLVERS:
+            raise ValueError(f"solver must be one of {_SOLVERS}, got {solver!r}")
+        if int(cg_steps) < 1:
+            raise ValueError(f"cg_steps must be >= 1, got {cg_steps}")
+        if np.dtype(dtype) not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        if use_biases and implicit:
+            raise ValueError("use_biases is for explicit ratings (implicit=False)")
+        if tol is not None and not tol >= 0:
+            raise ValueError(f"tol must be >= 0, got {tol}")
+        self.factors = int(factors)
+        self.regularization = float(regularization)
+        self.alpha = float(alpha)
+        self.iterations = int(iterations)
+        self.solver = solver
+        self.cg_steps = int(cg_steps)
+        self.implicit = bool(implicit)
+        self.use_biases = bool(use_biases)
+        self.weighted_regularization = bool(weighted_regularization)
+        self.dtype = np.dtype(dtype)
+        self.random_state = random_state
+        self.num_threads = int(num_threads)
+        self.tol = tol
+        self.callback = callback
+
+        self.user_factors: np.ndarray | None = None
+        self.item_factors: np.ndarray | None = None
+        self.user_bias: np.ndarray | None = None
+        self.item_bias: np.ndarray | None = None
+        self.global_mean = 0.0
+        self.loss_history: list[float] = []
+        self.failed_solves = 0
+
+    # ------------------------------------------------------------------ parameters and persistence
+    def get_params(self) -> dict:
+        return {
+            "factors": self.factors,
+            "regularization": self.regularization,
+            "alpha": self.alpha,
+            "iterations": self.iterations,
+            "solver": self.solver,
+            "cg_steps": self.cg_steps,
+            "implicit": self.implicit,
+            "use_biases": self.use_biases,
+            "weighted_regularization": self.weighted_regularization,
+            "dtype": self.dtype.name,
+            "random_state": self.random_state,
+            "num_threads": self.num_threads,
+            "tol": self.tol,
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write ``<path>.npz`` (arrays) and ``<path>.json`` (parameters). Nothing is pickled."""
+        self._check_fitted()
+        stem = _stem(path)
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {"user_factors": self.user_factors, "item_factors": self.item_factors,
+                  "loss_history": np.asarray(self.loss_history, dtype=np.float64),
+                  "global_mean": np.asarray(self.global_mean, dtype=np.float64)}
+        if self.use_biases:
+            arrays.update(user_bias=self.user_bias, item_bias=self.item_bias)
+        np.savez(stem.with_suffix(".npz"), **arrays)
+        stem.with_suffix(".json").write_text(json.dumps(self.get_params(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ALS":
+        stem = _stem(path)
+        params = json.loads(stem.with_suffix(".json").read_text())
+        params["dtype"] = np.dtype(params["dtype"])
+        model = cls(**params)
+        with np.load(stem.with_suffix(".npz"), allow_pickle=False) as data:
+            model.user_factors = data["user_factors"]
+            model.item_factors = data["item_factors"]
+            model.loss_history = data["loss_history"].tolist()
+            model.global_mean = float(data["global_mean"])
+            if model.use_biases:
+                model.user_bias = data["user_bias"]
+                model.item_bias = data["item_bias"]
+        return model
+
+    # ------------------------------------------------------------------ training
+    def fit(self, user_items, show_progress: bool = False) -> "ALS":
+        """Factorise ``user_items`` (users x items, scipy CSR preferred; r_ui >= 0 in implicit mode).
+
+        If ``user_factors``/``item_factors`` are already set with matching shapes, training warm-starts
+        from them (as ``implicit`` does); otherwise they are initialised from ``random_state``.
+        """
+        Cui = as_user_items(user_items, allow_negative=not self.implicit).astype(self.dtype)  # a copy
+        if self.implicit:
+            Cui.eliminate_zeros()  # a stored 0 is "no interaction": p = 0, c = 1, same as missing
+        if Cui.nnz == 0:
+            raise ValueError("user_items has no nonzero entries: nothing to learn from")
+        Cui = _with_int64_index(Cui)
+        Ciu = _with_int64_index(Cui.T.tocsr())
+        n_users, n_items = Cui.shape
+        self._init_factors(n_users, n_items)
+        self.loss_history = []
+        self.failed_solves = 0
+
+        data = _HalfStepData.build(self, Cui, Ciu)
+        with self._thread_limits() as n_threads:
+            for iteration in range(self.iterations):
+                started = time.perf_counter()
+                if self.implicit:
+                    self._implicit_iteration(data, n_threads)
+                else:
+                    self._explicit_iteration(data, n_threads)
+                loss = self._loss(data)
+                seconds = time.perf_counter() - started
+                self.loss_history.append(loss)
+                (log.info if show_progress else log.debug)(
+                    "ALS iteration %d/%d loss=%.6f (%.3fs)", iteration + 1, self.iterations, loss, seconds)
+                if self.callback is not None:
+                    self.callback(iteration, loss, seconds)
+                if self._converged():
+                    log.info("ALS converged after %d iterations (tol=%g)", iteration + 1, self.tol)
+                    break
+        if self.failed_solves:
+            log.warning("%d row solves were not positive definite and kept their previous factors; "
+                        "use regularization > 0", self.failed_solves)
+        return self
+
+    def _converged(self) -> bool:
+        if self.tol is None or len(self.loss_history) < 2:
+            return False
+        previous, current = self.loss_history[-2:]
+        return abs(previous - current) <= self.tol * abs(previous)
+
+    def _init_factors(self, n_users: int, n_items: int) -> None:
+        k = self.factors
+        warm = (
+            self.user_factors is not None and self.item_factors is not None
+            and self.user_factors.shape == (n_users, k) and self.item_factors.shape == (n_items, k)
+        )
+        if warm:
+            self.user_factors = np.ascontiguousarray(self.user_factors, dtype=self.dtype)
+            self.item_factors = np.ascontiguousarray(self.item_factors, dtype=self.dtype)
+        else:
+            rng = np.random.default_rng(self.random_state)
+            # small positive values, as implicit does: the first half-step then solves from near-zero factors
+            self.user_factors = rng.random((n_users, k), dtype=self.dtype) * self.dtype.type(0.01)
+            self.item_factors = rng.random((n_items, k), dtype=self.dtype) * self.dtype.type(0.01)
+        if self.use_biases and not (warm and self.user_bias is not None and self.item_bias is not None):
+            self.user_bias = np.zeros(n_users, dtype=self.dtype)
+            self.item_bias = np.zeros(n_items, dtype=self.dtype)
+
+    @contextlib.contextmanager
+    def _thread_limits(self) -> Iterator[int]:
+        """Numba threads as asked; BLAS pinned to one thread while the parallel kernels run."""
+        previous = nb.get_num_threads()
+        n_threads = self.num_threads or nb.config.NUMBA_NUM_THREADS
+        n_threads = max(1, min(n_threads, nb.config.NUMBA_NUM_THREADS))
+        nb.set_num_threads(n_threads)
+        try:
+            with threadpool_limits(limits=1, user_api="blas"):
+                yield n_threads
+        finally:
+            nb.set_num_threads(previous)
+
+    def _solve_rows(self, csr: sp.csr_matrix, gram_w, rhs_w, Y, base, reg, out, n_threads: int) -> None:
+        """One half-step: solve every row of ``out`` against the fixed factors ``Y``."""
+        if self.solver == "cholesky":
+            n_blocks = max(1, min(csr.shape[0], _BLOCKS_PER_THREAD * n_threads))
+            self.failed_solves += _kernels.kernels_for(Y.dtype).solve_cholesky(
+                csr.indptr, csr.indices, gram_w, rhs_w, Y, base, reg, out, n_blocks)
+        else:
+            _kernels.solve_cg(csr.indptr, csr.indices, gram_w, rhs_w, Y, base, reg, out, self.cg_steps)
+
+    def _implicit_iteration(self, data: "_HalfStepData", n_threads: int) -> None:
+        X, Y = self.user_factors, self.item_factors
+        self._solve_rows(data.Cui, data.gram_ui, data.conf_ui, Y, Y.T @ Y, data.reg_users, X, n_threads)
+        self._solve_rows(data.Ciu, data.gram_iu, data.conf_iu, X, X.T @ X, data.reg_items, Y, n_threads)
+
+    def _explicit_iteration(self, data: "_HalfStepData", n_threads: int) -> None:
+        k = self.factors
+        if not self.use_biases:
+            zeros = np.zeros((k, k), dtype=self.dtype)
+            ones_ui, ones_iu = data.gram_ui, data.gram_iu
+            self._solve_rows(data.Cui, ones_ui, data.Cui.data, self.item_factors, zeros, data.reg_users,
+                             self.user_factors, n_threads)
+            self._solve_rows(data.Ciu, ones_iu, data.Ciu.data, self.user_factors, zeros, data.reg_items,
+                             self.item_factors, n_threads)
+            return
+        # Biases: solve [x_u, b_u] against [y_i, 1] with target r - mu - b_i, then symmetrically for items.
+        zeros = np.zeros((k + 1, k + 1), dtype=self.dtype)
+        mu = self.dtype.type(self.global_mean)
+        users = _augmented(self.user_factors, self.user_bias)
+        items_fixed = _augmented(self.item_factors, np.ones_like(self.item_bias))
+        target = data.Cui.data - mu - self.item_bias[data.Cui.indices]
+        self._solve_rows(data.Cui, data.gram_ui, target, items_fixed, zeros, data.reg_users, users, n_threads)
+        self.user_factors, self.user_bias = np.ascontiguousarray(users[:, :k]), users[:, k].copy()
+
+        items = _augmented(self.item_factors, self.item_bias)
+        users_fixed = _augmented(self.user_factors, np.ones_like(self.user_bias))
+        target = data.Ciu.data - mu - self.user_bias[data.Ciu.indices]
+        self._solve_rows(data.Ciu, data.gram_iu, target, users_fixed, zeros, data.reg_items, items, n_threads)
+        self.item_factors, self.item_bias = np.ascontiguousarray(items[:, :k]), items[:, k].copy()
+
+    def _loss(self, data: "_HalfStepData") -> float:
+        X, Y = self.user_factors, self.item_factors
+        reg_term = self.regularization * (
+            float(np.dot(data.reg_weight_users, np.einsum("ij,ij->i", X, X, dtype=np.float64)))
+            + float(np.dot(data.reg_weight_items, np.einsum("ij,ij->i", Y, Y, dtype=np.float64)))
+        )
+        Cui = data.Cui
+        if self.implicit:
+            X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
+            dense = float(np.einsum("ij,ij->", X64 @ (Y64.T @ Y64), X64))  # sum over all pairs of s^2
+            sparse = _kernels.nonzero_loss(Cui.indptr, Cui.indices, data.conf_ui, X, Y, True)
+            return (dense + sparse + reg_term) / data.loss_normaliser
+        targets = Cui.data
+        if self.use_biases:
+            users_of = np.repeat(np.arange(Cui.shape[0]), np.diff(Cui.indptr))
+            targets = targets - self.global_mean - self.user_bias[users_of] - self.item_bias[Cui.indices]
+            reg_term += self.regularization * (
+                float(np.dot(data.reg_weight_users, self.user_bias.astype(np.float64) ** 2))
+                + float(np.dot(data.reg_weight_items, self.item_bias.astype(np.float64) ** 2))
+            )
+        sparse = _kernels.nonzero_loss(Cui.indptr, Cui.indices, targets, X, Y, False)
+        return (sparse + reg_term) / data.loss_normaliser
+
+    # ------------------------------------------------------------------ inference
+    def _check_fitted(self) -> None:
+        if self.user_factors is None or self.item_factors is None:
+            raise ValueError("the model is not fitted: call fit() or ALS.load() first")
+
+    @property
+    def n_users(self) -> int:
+        self._check_fitted()
+        return self.user_factors.shape[0]
+
+    @property
+    def n_items(self) -> int:
+        self._check_fitted()
+        return self.item_factors.shape[0]
+
+    def _item_offsets(self) -> np.ndarray | None:
+        """What ranking adds per item beyond x.y: the item bias in explicit mode with biases."""
+        return self.item_bias if self.use_biases else None
+
+    def _score_block(self, user_vectors: np.ndarray) -> np.ndarray:
+        scores = user_vectors @ self.item_factors.T
+        offsets = self._item_offsets()
+        if offsets is not None:
+            scores += offsets
+        return scores
+
+    def _rows_for(self, user_items, n_requested: int, user_ids: np.ndarray | None) -> sp.csr_matrix:
+        """The seen-items rows of the requested users: ``user_items`` is either one row per requested user
+        or the full training matrix (then indexed by ``user_ids``)."""
+        rows = as_user_items(user_items, allow_negative=True)
+        if rows.shape[1] != self.n_items:
+            raise ValueError(f"user_items has {rows.shape[1]} columns but the model has {self.n_items} items")
+        if rows.shape[0] == n_requested:
+            return rows
+        if user_ids is not None and rows.shape[0] == self.n_users:
+            return rows[user_ids]
+        raise ValueError(
+            f"user_items has {rows.shape[0]} rows: pass one row per requested user ({n_requested}) "
+            f"or the full user x item matrix ({self.n_users} rows)")
+
+    def recommend(
+        self,
+        userid,
+        user_items=None,
+        N: int = 10,
+        filter_already_liked_items: bool = True,
+        filter_items=None,
+        recalculate_user: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``N`` items for one user id (1-D results) or an array of user ids (2-D results).
+
+        ``user_items`` holds the users' interactions (one row per requested user, or the full matrix):
+        used to filter already-liked items and, with ``recalculate_user=True``, to fold the users in
+        instead of using their trained factors. Rows with fewer than N unfiltered items are padded with
+        id -1 and score -inf.
+        """
+        self._check_fitted()
+        scalar = np.ndim(userid) == 0
+        n = check_n(N, self.n_items)
+        need_rows = filter_already_liked_items or recalculate_user
+        if need_rows and user_items is None:
+            raise ValueError("user_items is required to filter liked items or recalculate users")
+        ids = np.atleast_1d(np.asarray(userid))
+        if recalculate_user:
+            rows = self._rows_for(user_items, len(ids), None)
+            vectors = self.recalculate_user(rows)
+            vectors = vectors.reshape(len(ids), -1)
+        else:
+            ids = check_ids(ids, self.n_users, "user")
+            rows = self._rows_for(user_items, len(ids), ids) if need_rows else None
+            vectors = self.user_factors[ids]
+        exclude = _as_filter(filter_items, self.n_items)
+        out_ids = np.empty((len(ids), n), dtype=np.int64)
+        out_scores = np.empty((len(ids), n), dtype=self.dtype)
+        for lo in range(0, len(ids), _SCORE_BATCH):
+            hi = min(lo + _SCORE_BATCH, len(ids))
+            scores = self._score_block(vectors[lo:hi])
+            mask_items(scores, rows[lo:hi] if filter_already_liked_items else None, exclude)
+            out_ids[lo:hi], out_scores[lo:hi] = top_n(scores, n)
+        if scalar:
+            return out_ids[0], out_scores[0]
+        return out_ids, out_scores
+
+    def iter_recommend_all(self, user_items=None, N: int = 10, batch_size: int = _SCORE_BATCH,
+                           filter_already_liked_items: bool = True, filter_items=None):
+        """Yield ``(user_ids, ids, scores)`` for every user in batches of ``batch_size`` (streamed, so the
+        full score matrix never exists in memory; Spark's recommendForAllUsers)."""
+        self._check_fitted()
+        n = check_n(N, self.n_items)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        rows = None
+        if filter_already_liked_items:
+            if user_items is None:
+                raise ValueError("user_items is required to filter liked items")
+            rows = self._rows_for(user_items, self.n_users, None)
+        exclude = _as_filter(filter_items, self.n_items)
+        for lo in range(0, self.n_users, batch_size):
+            hi = min(lo + batch_size, self.n_users)
+            scores = self._score_block(self.user_factors[lo:hi])
+            mask_items(scores, rows[lo:hi] if rows is not None else None, exclude)
+            ids, best = top_n(scores, n)
+            yield np.arange(lo, hi), ids, best
+
+    def recommend_all(self, user_items=None, N: int = 10, batch_size: int = _SCORE_BATCH,
+                      filter_already_liked_items: bool = True, filter_items=None):
+        """Top-``N`` for every user as ``(ids, scores)`` of shape (n_users, N), computed in batches."""
+        parts = list(self.iter_recommend_all(user_items, N, batch_size, filter_already_liked_items, filter_items))
+        return np.vstack([p[1] for p in parts]), np.vstack([p[2] for p in parts])
+
+    def similar_items(self, itemid, N: int = 10, filter_items=None) -> tuple[np.ndarray, np.ndarray]:
+        """Items closest by cosine similarity of item factors, the item itself excluded."""
+        self._check_fitted()
+        scalar = np.ndim(itemid) == 0
+        ids = check_ids(np.atleast_1d(np.asarray(itemid)), self.n_items, "item")
+        n = check_n(N, self.n_items)
+        norms = np.linalg.norm(self.item_factors, axis=1)
+        normalised = self.item_factors / np.where(norms > 0, norms, 1)[:, None]
+        scores = normalised[ids] @ normalised.T
+        scores[np.arange(len(ids)), ids] = -np.inf
+        mask_items(scores, None, _as_filter(filter_items, self.n_items))
+        out_ids, out_scores = top_n(scores, n)
+        if scalar:
+            return out_ids[0], out_scores[0]
+        return out_ids, out_scores
+
+    def recalculate_user(self, user_items) -> np.ndarray:
+        """Factors of users absent from training, from their interactions (rows over the model's items), by
+        one exact least-squares solve against the fixed item factors (fold-in). One row gives a 1-D vector."""
+        self._check_fitted()
+        rows = as_user_items(sp.csr_matrix(np.atleast_2d(user_items)) if not sp.issparse(user_items)
+                             else user_items, allow_negative=not self.implicit, name="interactions")
+        if rows.shape[1] != self.n_items:
+            raise ValueError(f"interactions have {rows.shape[1]} columns but the model has {self.n_items} items")
+        rows = _with_int64_index(rows.astype(self.dtype))
+        if self.implicit:
+            rows.eliminate_zeros()
+        Y = self.item_factors
+        k = self.factors
+        counts = np.diff(rows.indptr).astype(self.dtype)
+        reg = self.regularization * (counts if self.weighted_regularization else np.ones_like(counts))
+        if self.implicit:
+            gram_w = (self.alpha * rows.data).astype(self.dtype)
+            rhs_w = (1 + gram_w).astype(self.dtype)
+            base = Y.T @ Y
+        else:
+            gram_w = np.ones_like(rows.data)
+            rhs_w = rows.data - self.dtype.type(self.global_mean)
+            if self.use_biases:
+                rhs_w = rhs_w - self.item_bias[rows.indices]
+            base = np.zeros((k, k), dtype=self.dtype)
+        out = np.zeros((rows.shape[0], k), dtype=self.dtype)
+        with self._thread_limits() as n_threads:
+            n_blocks = max(1, min(rows.shape[0], _BLOCKS_PER_THREAD * n_threads))
+            _kernels.kernels_for(self.dtype).solve_cholesky(
+                rows.indptr, rows.indices, gram_w, rhs_w.astype(self.dtype), Y, base, reg.astype(self.dtype),
+                out, n_blocks)
+        return out[0] if rows.shape[0] == 1 and np.ndim(user_items) == 1 else out
+
+    def predict(self, user_ids, item_ids) -> np.ndarray:
+        """Scores of (user, item) pairs: x_u . y_i, plus mu + b_u + b_i for explicit ratings with biases."""
+        self._check_fitted()
+        users = check_ids(user_ids, self.n_users, "user")
+        items = check_ids(item_ids, self.n_items, "item")
+        if users.shape != items.shape:
+            raise ValueError(f"user_ids and item_ids must have the same shape, got {users.shape} and {items.shape}")
+        scores = np.einsum("ij,ij->i", self.user_factors[users.ravel()], self.item_factors[items.ravel()])
+        if self.use_biases:
+            scores = scores + self.global_mean + self.user_bias[users.ravel()] + self.item_bias[items.ravel()]
+        elif not self.implicit:
+            scores = scores + self.global_mean
+        return scores.reshape(users.shape)
+
+
+class _HalfStepData:
+    """Everything the half-steps need that does not change across iterations, computed once per fit."""
+
+    @classmethod
+    def build(cls, model: ALS, Cui: sp.csr_matrix, Ciu: sp.csr_matrix) -> "_HalfStepData":
+        self = cls()
+        self.Cui, self.Ciu = Cui, Ciu
+        dtype = model.dtype
+        counts_u = np.diff(Cui.indptr).astype(dtype)
+        counts_i = np.diff(Ciu.indptr).astype(dtype)
+        if model.weighted_regularization:
+            self.reg_weight_users, self.reg_weight_items = counts_u, counts_i
+        else:
+            self.reg_weight_users, self.reg_weight_items = np.ones_like(counts_u), np.ones_like(counts_i)
+        self.reg_users = (model.regularization * self.reg_weight_users).astype(dtype)
+        self.reg_items = (model.regularization * self.reg_weight_items).astype(dtype)
+        if model.implicit:
+            self.gram_ui = (model.alpha * Cui.data).astype(dtype)  # c - 1
+            self.gram_iu = (model.alpha * Ciu.data).astype(dtype)
+            self.conf_ui = (1 + self.gram_ui).astype(dtype)  # c
+            self.conf_iu = (1 + self.gram_iu).astype(dtype)
+            n_pairs = float(Cui.shape[0]) * float(Cui.shape[1])
+            self.loss_normaliser = float(self.conf_ui.sum(dtype=np.float64)) + n_pairs - Cui.nnz
+        else:
+            self.gram_ui = np.ones(Cui.nnz, dtype=dtype)
+            self.gram_iu = np.ones(Ciu.nnz, dtype=dtype)
+            model.global_mean = float(Cui.data.mean(dtype=np.float64)) if model.use_biases else 0.0
+            self.loss_normaliser = float(Cui.nnz)
+        return self
+
+
+def _augmented(factors: np.ndarray, column: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.hstack([factors, column[:, None]]))
+
+
+def _with_int64_index(csr: sp.csr_matrix) -> sp.csr_matrix:
+    """One index type for the kernels (each dtype combination would be a separate numba compilation)."""
+    csr.indptr = csr.indptr.astype(np.int64, copy=False)
+    csr.indices = csr.indices.astype(np.int64, copy=False)
+    return csr
+
+
+def _as_filter(filter_items, n_items: int) -> np.ndarray | None:
+    if filter_items is None:
+        return None
+    return check_ids(np.atleast_1d(np.asarray(filter_items)), n_items, "filter item")
+
+
+def _stem(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_suffix("") if path.suffix in (".npz", ".json") else path
