@@ -1,0 +1,317 @@
+"""Ranking and rating metrics, vectorised over users.
+
+Ranking metrics take ``recommended``, an integer array (rows x columns) of item indices, best first,
+where -1 is padding and never a hit, and ``test_user_items``, a scipy sparse matrix (rows x items)
+whose row r holds the held-out items of the user recommended in row r (any stored nonzero is a
+relevant item; gains are binary).
+
+Conventions shared by every ranking metric here:
+
+* Only the first ``k`` columns of ``recommended`` count. It may have fewer than ``k`` columns only
+  when it already covers the whole catalog (``top_n`` clips N to the number of items); the missing
+  positions are treated as padding.
+* Rows without any test item are left out of every average, and ``users_evaluated`` counts the
+  rows that remain. With no such row, every average is NaN (undefined, not zero).
+* An item repeated within a row is credited once, at its best rank.
+* Per-row values are averaged with equal weight per row (macro average).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = [
+    "auc",
+    "coverage_at_k",
+    "evaluate_ranking",
+    "hit_rate_at_k",
+    "map_at_k",
+    "mae",
+    "ndcg_at_k",
+    "precision_at_k",
+    "r2",
+    "recall_at_k",
+    "rmse",
+]
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+
+def _canonical_csr(matrix: sp.spmatrix | sp.sparray, name: str) -> sp.csr_matrix:
+    """A CSR copy with duplicates summed, explicit zeros dropped and indices sorted."""
+    if not sp.issparse(matrix):
+        raise ValueError(f"{name} must be a scipy sparse matrix, got {type(matrix).__name__}")
+    csr = sp.csr_matrix(matrix, copy=True)
+    csr.sum_duplicates()
+    csr.eliminate_zeros()
+    return csr
+
+
+def _check_k(k: int) -> int:
+    if int(k) != k or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    return int(k)
+
+
+def _check_recommended(recommended: np.ndarray, n_items: int, k: int) -> np.ndarray:
+    """Validate ids and return the first ``k`` columns as int64."""
+    rec = np.asarray(recommended)
+    if rec.ndim != 2:
+        raise ValueError(f"recommended must be 2-D (rows x ranks), got shape {rec.shape}")
+    if rec.size and not np.issubdtype(rec.dtype, np.integer):
+        raise ValueError(f"recommended must hold integer item ids, got dtype {rec.dtype}")
+    if rec.shape[1] < min(k, n_items):
+        raise ValueError(
+            f"recommended has {rec.shape[1]} columns, fewer than k={k} "
+            f"(allowed only when it covers the whole catalog of {n_items} items)"
+        )
+    rec = rec[:, :k].astype(np.int64, copy=False)
+    if rec.size and (rec.min() < -1 or rec.max() >= n_items):
+        raise ValueError(f"recommended ids must be in [0, {n_items}) or -1 for padding")
+    return rec
+
+
+def _first_occurrence(rec: np.ndarray) -> np.ndarray:
+    """True where an id appears for the first time in its row (padding counts as first)."""
+    order = np.argsort(rec, axis=1, kind="stable")  # equal ids keep their rank order
+    ranked = np.take_along_axis(rec, order, axis=1)
+    repeat = np.zeros(rec.shape, dtype=bool)
+    repeat[:, 1:] = (ranked[:, 1:] == ranked[:, :-1]) & (ranked[:, 1:] >= 0)
+    first = np.empty_like(repeat)
+    np.put_along_axis(first, order, ~repeat, axis=1)
+    return first
+
+
+def _hit_matrix(recommended: np.ndarray, test_user_items, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hits of the rows that have test items: (hits bool (rows x k), test-set size per row)."""
+    k = _check_k(k)
+    test = _canonical_csr(test_user_items, "test_user_items")
+    n_rows, n_items = test.shape
+    rec = _check_recommended(recommended, n_items, k)
+    if rec.shape[0] != n_rows:
+        raise ValueError(
+            f"recommended has {rec.shape[0]} rows but test_user_items has {n_rows}; "
+            "they must describe the same users in the same order"
+        )
+    n_test = np.diff(test.indptr)
+    rows = np.flatnonzero(n_test)
+    rec = rec[rows]
+    # (row, item) pairs as one sorted int64 key, so membership is a single searchsorted
+    test_keys = np.repeat(np.arange(n_rows, dtype=np.int64), n_test) * n_items + test.indices
+    rec_keys = rows[:, None].astype(np.int64) * n_items + rec
+    pos = np.minimum(np.searchsorted(test_keys, rec_keys), max(len(test_keys) - 1, 0))
+    hits = np.zeros((len(rows), k), dtype=bool)
+    if len(test_keys):
+        hits[:, : rec.shape[1]] = (rec >= 0) & (test_keys[pos] == rec_keys) & _first_occurrence(rec)
+    return hits, n_test[rows]
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if len(values) else float("nan")
+
+
+# --------------------------------------------------------------------------- per-row formulas
+
+
+def _discounts(k: int) -> np.ndarray:
+    return 1.0 / np.log2(np.arange(2, k + 2))
+
+
+def _ndcg_rows(hits: np.ndarray, n_test: np.ndarray) -> np.ndarray:
+    disc = _discounts(hits.shape[1])
+    idcg = np.cumsum(disc)[np.minimum(n_test, hits.shape[1]) - 1]
+    return (hits @ disc) / idcg
+
+
+def _hit_rate_rows(hits: np.ndarray, n_test: np.ndarray) -> np.ndarray:
+    return hits.any(axis=1).astype(np.float64)
+
+
+def _precision_rows(hits: np.ndarray, n_test: np.ndarray) -> np.ndarray:
+    return hits.sum(axis=1) / hits.shape[1]
+
+
+def _recall_rows(hits: np.ndarray, n_test: np.ndarray) -> np.ndarray:
+    return hits.sum(axis=1) / np.minimum(n_test, hits.shape[1])
+
+
+def _ap_rows(hits: np.ndarray, n_test: np.ndarray) -> np.ndarray:
+    k = hits.shape[1]
+    precision_at_rank = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
+    return (precision_at_rank * hits).sum(axis=1) / np.minimum(n_test, k)
+
+
+_RANKING_ROWS = {
+    "ndcg": _ndcg_rows,
+    "hit_rate": _hit_rate_rows,
+    "precision": _precision_rows,
+    "recall": _recall_rows,
+    "map": _ap_rows,
+}
+
+
+def _ranking_metric(name: str, recommended: np.ndarray, test_user_items, k: int) -> float:
+    hits, n_test = _hit_matrix(recommended, test_user_items, k)
+    return _mean(_RANKING_ROWS[name](hits, n_test))
+
+
+# --------------------------------------------------------------------------- ranking metrics
+
+
+def ndcg_at_k(recommended: np.ndarray, test_user_items, k: int = 10) -> float:
+    """Mean NDCG@k with binary gains (the definition of ``implicit.evaluation``).
+
+    Per row: DCG = sum over hits in the first k ranks of 1 / log2(rank + 1) (rank 1-based);
+    IDCG = sum_{r=1}^{min(k, |test|)} 1 / log2(r + 1); NDCG = DCG / IDCG, in [0, 1].
+    """
+    return _ranking_metric("ndcg", recommended, test_user_items, k)
+
+
+def hit_rate_at_k(recommended: np.ndarray, test_user_items, k: int = 10) -> float:
+    """Share of rows with at least one test item among the first k recommendations."""
+    return _ranking_metric("hit_rate", recommended, test_user_items, k)
+
+
+def precision_at_k(recommended: np.ndarray, test_user_items, k: int = 10) -> float:
+    """Mean of hits / k per row (padding counts as a miss, so k larger than the catalog lowers it)."""
+    return _ranking_metric("precision", recommended, test_user_items, k)
+
+
+def recall_at_k(recommended: np.ndarray, test_user_items, k: int = 10) -> float:
+    """Mean of hits / min(k, |test|) per row.
+
+    Capped at min(k, |test|) rather than |test| so that a perfect ranking scores 1.0 even when a
+    user has more than k held-out items (the normalisation ``implicit`` uses for its precision).
+    """
+    return _ranking_metric("recall", recommended, test_user_items, k)
+
+
+def map_at_k(recommended: np.ndarray, test_user_items, k: int = 10) -> float:
+    """Mean average precision at k (the definition of ``implicit.evaluation``).
+
+    Per row: AP@k = sum over hit ranks r <= k of (hits within the first r) / r, divided by
+    min(k, |test|).
+    """
+    return _ranking_metric("map", recommended, test_user_items, k)
+
+
+def coverage_at_k(recommended: np.ndarray, n_items: int, k: int = 10) -> float:
+    """Catalog coverage: distinct items in the first k columns of all rows (ignoring -1) / n_items."""
+    k = _check_k(k)
+    if int(n_items) != n_items or n_items < 1:
+        raise ValueError(f"n_items must be an integer >= 1, got {n_items!r}")
+    rec = _check_recommended(recommended, int(n_items), k)
+    return float(len(np.unique(rec[rec >= 0])) / n_items)
+
+
+def evaluate_ranking(recommended: np.ndarray, test_user_items, n_items: int, k: int = 10) -> dict[str, float]:
+    """All ranking metrics at k in one pass over the hits.
+
+    Keys: ``ndcg@k``, ``hit_rate@k``, ``precision@k``, ``recall@k``, ``map@k``, ``coverage@k``
+    (floats, definitions as in the functions of the same name) and ``users_evaluated`` (int: rows
+    with at least one test item). Coverage counts the items recommended to every row, including
+    rows without test items.
+    """
+    if sp.issparse(test_user_items) and test_user_items.shape[1] != n_items:
+        raise ValueError(f"n_items={n_items} but test_user_items has {test_user_items.shape[1]} columns")
+    hits, n_test = _hit_matrix(recommended, test_user_items, k)
+    result: dict[str, float] = {f"{name}@{k}": _mean(rows(hits, n_test)) for name, rows in _RANKING_ROWS.items()}
+    result[f"coverage@{k}"] = coverage_at_k(recommended, n_items, k)
+    result["users_evaluated"] = int(len(n_test))
+    return result
+
+
+# --------------------------------------------------------------------------- AUC
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks along axis 1, ties sharing their average rank; NaN sorts last and never ties."""
+    n_rows, n_cols = values.shape
+    order = np.argsort(values, axis=1, kind="stable")
+    ordered = np.take_along_axis(values, order, axis=1)
+    starts = np.ones(values.shape, dtype=bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]  # NaN != NaN: each NaN is its own group
+    group = np.cumsum(starts.ravel()) - 1  # row starts always open a group, so none spans rows
+    position = np.tile(np.arange(1, n_cols + 1, dtype=np.float64), n_rows)
+    mean_position = np.bincount(group, weights=position) / np.bincount(group)
+    ranks = np.empty(values.shape, dtype=np.float64)
+    np.put_along_axis(ranks, order, mean_position[group].reshape(values.shape), axis=1)
+    return ranks
+
+
+def _dense_mask(matrix, shape: tuple[int, int], name: str) -> np.ndarray:
+    csr = _canonical_csr(matrix, name)
+    if csr.shape != shape:
+        raise ValueError(f"{name} has shape {csr.shape}, expected {shape} (the shape of scores)")
+    return csr.toarray() != 0
+
+
+def auc(scores: np.ndarray, test_user_items, exclude_user_items=None) -> float:
+    """Mean per-row ROC AUC from a dense score block (rows x items).
+
+    Per row, candidates are the items not in ``exclude_user_items`` (typically the training
+    items); positives are the candidate test items, negatives the other candidates.
+    AUC = P(score(positive) > score(negative)) + 0.5 * P(tie), computed exactly from average
+    ranks. Rows without a positive or without a negative are skipped; NaN if none is left.
+    """
+    block = np.array(scores, dtype=np.float64)  # a copy: excluded items are overwritten below
+    if block.ndim != 2:
+        raise ValueError(f"scores must be 2-D (rows x items), got shape {block.shape}")
+    if np.isnan(block).any():
+        raise ValueError("scores contain NaN")
+    positive = _dense_mask(test_user_items, block.shape, "test_user_items")
+    candidate = np.ones(block.shape, dtype=bool)
+    if exclude_user_items is not None:
+        candidate = ~_dense_mask(exclude_user_items, block.shape, "exclude_user_items")
+    positive &= candidate
+    block[~candidate] = np.nan  # NaN sorts after every candidate, leaving their ranks intact
+    n_pos = positive.sum(axis=1)
+    n_neg = candidate.sum(axis=1) - n_pos
+    keep = (n_pos > 0) & (n_neg > 0)
+    if not keep.any():
+        return float("nan")
+    ranks = _average_ranks(block[keep])
+    pos_rank_sum = np.where(positive[keep], ranks, 0.0).sum(axis=1)
+    n_pos, n_neg = n_pos[keep], n_neg[keep]
+    return _mean((pos_rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+# --------------------------------------------------------------------------- rating metrics
+
+
+def _paired(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
+    t = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(y_pred, dtype=np.float64)
+    if t.shape != p.shape:
+        raise ValueError(f"y_true has shape {t.shape} but y_pred has {p.shape}")
+    if t.size == 0:
+        raise ValueError("y_true and y_pred are empty")
+    return t.ravel(), p.ravel()
+
+
+def rmse(y_true, y_pred) -> float:
+    """Root mean squared error: sqrt(mean((y_true - y_pred)^2))."""
+    t, p = _paired(y_true, y_pred)
+    return float(np.sqrt(np.mean((t - p) ** 2)))
+
+
+def mae(y_true, y_pred) -> float:
+    """Mean absolute error: mean(|y_true - y_pred|)."""
+    t, p = _paired(y_true, y_pred)
+    return float(np.mean(np.abs(t - p)))
+
+
+def r2(y_true, y_pred) -> float:
+    """Coefficient of determination: 1 - sum((y_true - y_pred)^2) / sum((y_true - mean(y_true))^2).
+
+    When y_true is constant the ratio is undefined; like scikit-learn, return 1.0 for a perfect
+    prediction and 0.0 otherwise.
+    """
+    t, p = _paired(y_true, y_pred)
+    ss_res = float(np.sum((t - p) ** 2))
+    ss_tot = float(np.sum((t - t.mean()) ** 2))
+    if ss_tot == 0.0:
+        return 1.0 if ss_res == 0.0 else 0.0
+    return 1.0 - ss_res / ss_tot
