@@ -33,19 +33,36 @@ def _cython_function(module: str, name: str, n_args: int):
     return ctypes.CFUNCTYPE(None, *([_VOID_P] * n_args))(address)
 
 
+@nb.njit(fastmath=True)
+def _row_objective(constant, b, x, residual=None):
+    """The row's term of the objective at its solution x, from quantities the solve already has.
+
+    The row's objective is the quadratic x^T A x - 2 b.x + constant (constant = sum of c over the row's
+    nonzeros in implicit mode, sum of squared targets in explicit mode; A includes the gram G, so the
+    implicit "all missing pairs" part is in it). With the residual r = b - A x, x^T A x = b.x - r.x, so the
+    objective is constant - b.x - r.x: no extra pass over the data.
+    """
+    acc = constant
+    for f in range(x.shape[0]):
+        acc -= np.float64(b[f]) * x[f]
+        if residual is not None:
+            acc -= np.float64(residual[f]) * x[f]
+    return acc
+
+
 def _make_kernels(syrk, posv):
     """Build the kernels for one float type (the BLAS/LAPACK routines are type-specific)."""
 
     @nb.njit(parallel=True, fastmath=True)
-    def solve_cholesky(indptr, indices, gram_w, rhs_w, Y, base, reg, out, n_blocks):
+    def solve_cholesky(indptr, indices, gram_w, rhs_w, Y, base, reg, out, n_blocks, implicit):
         n_rows = indptr.shape[0] - 1
         k = Y.shape[1]
         failures = 0
+        objective = 0.0
         for block in nb.prange(n_blocks):
-            start = block * n_rows // n_blocks
-            stop = (block + 1) * n_rows // n_blocks
             A = np.empty((k, k), dtype=Y.dtype)
             b = np.empty(k, dtype=Y.dtype)
+            rhs = np.empty(k, dtype=Y.dtype)
             buf = np.empty((GATHER_CHUNK, k), dtype=Y.dtype)
             # Fortran arguments are passed by pointer: small arrays hold them
             ints = np.empty(4, dtype=np.int32)  # n, nrhs, rows in buf, info
@@ -55,7 +72,7 @@ def _make_kernels(syrk, posv):
             chars[0] = 85  # 'U': fill/use one triangle (symmetric, so either works)
             chars[1] = 78  # 'N': buf is k x m column-major, syrk computes buf buf^T
             one = np.ones(1, dtype=Y.dtype)
-            for u in range(start, stop):
+            for u in range(block, n_rows, n_blocks):
                 lo = indptr[u]
                 hi = indptr[u + 1]
                 if lo == hi:
@@ -65,6 +82,7 @@ def _make_kernels(syrk, posv):
                 for f in range(k):
                     A[f, f] += reg[u]
                     b[f] = 0.0
+                constant = 0.0
                 for chunk_lo in range(lo, hi, GATHER_CHUNK):
                     m = min(GATHER_CHUNK, hi - chunk_lo)
                     for j in range(m):
@@ -72,19 +90,22 @@ def _make_kernels(syrk, posv):
                         row = Y[indices[nz]]
                         scale = np.sqrt(gram_w[nz])
                         t = rhs_w[nz]
+                        constant += t if implicit else t * t
                         for f in range(k):
                             buf[j, f] = scale * row[f]
                             b[f] += t * row[f]
                     ints[2] = m
                     syrk(chars[0:1].ctypes, chars[1:2].ctypes, ints[0:1].ctypes, ints[2:3].ctypes,
                          one.ctypes, buf.ctypes, ints[0:1].ctypes, one.ctypes, A.ctypes, ints[0:1].ctypes)
+                rhs[:] = b
                 posv(chars[0:1].ctypes, ints[0:1].ctypes, ints[1:2].ctypes, A.ctypes, ints[0:1].ctypes,
                      b.ctypes, ints[0:1].ctypes, ints[3:4].ctypes)
                 if ints[3] != 0:  # not positive definite (e.g. zero regularization): keep the old row
                     failures += 1
                     continue
                 out[u, :] = b
-        return failures
+                objective += _row_objective(constant, rhs, b)
+        return failures, objective
 
     return SimpleNamespace(solve_cholesky=solve_cholesky)
 
@@ -103,94 +124,125 @@ def kernels_for(dtype) -> SimpleNamespace:
     return _F32 if np.dtype(dtype) == np.float32 else _F64
 
 
+# rows that step through CG together: their dense products G @ p become one BLAS matrix product
+CG_BATCH = 128
+# nonzeros gathered per CG batch (a row with more gets a batch, and a buffer, of its own)
+CG_GATHER = 8192
+
+
+@nb.njit(fastmath=True)
+def _gram_times(B, lo, hi, v, out):
+    """out += B[lo:hi]^T (B[lo:hi] v): the row's sum of w_ui (y_i . v) y_i, from its gathered vectors."""
+    k = B.shape[1]
+    for j in range(lo, hi):
+        t = B[j, 0] - B[j, 0]  # a zero of the factors' float type (a float64 one halves the SIMD width)
+        for f in range(k):
+            t += B[j, f] * v[f]
+        for f in range(k):
+            out[f] += t * B[j, f]
+
+
 @nb.njit(parallel=True, fastmath=True, cache=True)
-def solve_cg(indptr, indices, gram_w, rhs_w, Y, base, reg, out, cg_steps):
+def solve_cg(indptr, indices, gram_w, rhs_w, Y, base, reg, out, cg_steps, n_blocks, implicit):
     """``cg_steps`` conjugate-gradient steps per row, warm-started from ``out``, without forming the matrix:
-    A p = G p + reg_u p + sum_i w_ui (y_i . p) y_i costs k^2 + 2k * nnz_u."""
-    n_rows = indptr.shape[0] - 1
-    k = Y.shape[1]
-    for u in nb.prange(n_rows):
-        lo = indptr[u]
-        hi = indptr[u + 1]
-        if lo == hi:
-            out[u, :] = 0.0
-            continue
-        x = out[u].copy()
-        r = np.empty(k, dtype=Y.dtype)
-        Ap = np.empty(k, dtype=Y.dtype)
-        # r = b - A x
-        for f in range(k):
-            acc = reg[u] * x[f]
-            for g in range(k):
-                acc += base[f, g] * x[g]
-            r[f] = -acc
-        for nz in range(lo, hi):
-            row = Y[indices[nz]]
-            yx = 0.0
-            for f in range(k):
-                yx += row[f] * x[f]
-            coef = rhs_w[nz] - gram_w[nz] * yx
-            for f in range(k):
-                r[f] += coef * row[f]
-        p = r.copy()
-        rs_old = 0.0
-        for f in range(k):
-            rs_old += r[f] * r[f]
-        for _ in range(cg_steps):
-            if rs_old < 1e-20:
-                break
-            for f in range(k):
-                acc = reg[u] * p[f]
-                for g in range(k):
-                    acc += base[f, g] * p[g]
-                Ap[f] = acc
-            for nz in range(lo, hi):
-                row = Y[indices[nz]]
-                yp = 0.0
-                for f in range(k):
-                    yp += row[f] * p[f]
-                coef = gram_w[nz] * yp
-                for f in range(k):
-                    Ap[f] += coef * row[f]
-            pAp = 0.0
-            for f in range(k):
-                pAp += p[f] * Ap[f]
-            if pAp <= 0.0:
-                break
-            step = rs_old / pAp
-            rs_new = 0.0
-            for f in range(k):
-                x[f] += step * p[f]
-                r[f] -= step * Ap[f]
-                rs_new += r[f] * r[f]
-            beta = rs_new / rs_old
-            for f in range(k):
-                p[f] = r[f] + beta * p[f]
-            rs_old = rs_new
-        out[u, :] = x
+    A p = G p + reg_u p + sum_i w_ui (y_i . p) y_i.
 
-
-@nb.njit(parallel=True, fastmath=True, cache=True)
-def nonzero_loss(indptr, indices, values, X, Y, implicit):
-    """The part of the objective that lives on the nonzeros, in float64.
-
-    implicit: sum c (1 - s)^2 - s^2 (the dense part sum_{all u,i} s^2 is added by the caller with a gram);
-    explicit: sum (t - s)^2 where ``values`` are the targets left after biases.
+    Each block takes every ``n_blocks``-th row (balanced even when rows are sorted by popularity) and steps
+    batches of rows together: G p for the whole batch is one BLAS product, and each row's item vectors,
+    scaled by sqrt(w), are gathered once into a contiguous buffer that every CG step then streams.
     """
     n_rows = indptr.shape[0] - 1
-    k = X.shape[1]
-    total = 0.0
-    for u in nb.prange(n_rows):
-        acc = 0.0
-        for nz in range(indptr[u], indptr[u + 1]):
-            row = Y[indices[nz]]
-            s = 0.0
-            for f in range(k):
-                s += X[u, f] * row[f]
-            v = values[nz]
-            if implicit:
-                acc += v * (1.0 - s) ** 2 - s * s
-            else:
-                acc += (v - s) ** 2
-        total += acc
-    return total
+    k = Y.shape[1]
+    objective = 0.0
+    for block in nb.prange(n_blocks):
+        rows = np.arange(block, n_rows, n_blocks)
+        widest = 0
+        for u in rows:
+            widest = max(widest, indptr[u + 1] - indptr[u])
+        B = np.empty((max(widest, CG_GATHER), k), dtype=Y.dtype)
+        start = np.empty(CG_BATCH + 1, dtype=np.int64)
+        Xb = np.empty((CG_BATCH, k), dtype=Y.dtype)
+        R = np.empty((CG_BATCH, k), dtype=Y.dtype)
+        RHS = np.empty((CG_BATCH, k), dtype=Y.dtype)
+        constant = np.empty(CG_BATCH, dtype=np.float64)
+        P = np.empty((CG_BATCH, k), dtype=Y.dtype)
+        AP = np.empty((CG_BATCH, k), dtype=Y.dtype)
+        rs_old = np.empty(CG_BATCH, dtype=np.float64)
+        next_row = 0
+        while next_row < rows.shape[0]:
+            # a batch: up to CG_BATCH rows whose nonzeros fit the buffer (at least one row)
+            m = 0
+            start[0] = 0
+            while next_row + m < rows.shape[0] and m < CG_BATCH:
+                u = rows[next_row + m]
+                width = indptr[u + 1] - indptr[u]
+                if m > 0 and start[m] + width > B.shape[0]:
+                    break
+                start[m + 1] = start[m] + width
+                m += 1
+            batch = rows[next_row:next_row + m]
+            next_row += m
+            for j in range(m):
+                Xb[j] = out[batch[j]]
+            np.dot(Xb[:m], base, AP[:m])
+            # gather sqrt(w) y into B; R = b - A x with b = sum t y
+            for j in range(m):
+                u = batch[j]
+                for f in range(k):
+                    RHS[j, f] = 0.0
+                pos = start[j]
+                c = 0.0
+                for nz in range(indptr[u], indptr[u + 1]):
+                    row = Y[indices[nz]]
+                    scale = np.sqrt(gram_w[nz])
+                    t = rhs_w[nz]
+                    c += t if implicit else t * t
+                    for f in range(k):
+                        B[pos, f] = scale * row[f]
+                        RHS[j, f] += t * row[f]
+                    pos += 1
+                constant[j] = c
+                for f in range(k):
+                    R[j, f] = RHS[j, f] - AP[j, f] - reg[u] * Xb[j, f]
+                for f in range(k):
+                    AP[j, f] = 0.0
+                _gram_times(B, start[j], start[j + 1], Xb[j], AP[j])
+                acc = 0.0
+                for f in range(k):
+                    R[j, f] -= AP[j, f]
+                    P[j, f] = R[j, f]
+                    acc += R[j, f] * R[j, f]
+                rs_old[j] = acc
+            for _ in range(cg_steps):
+                np.dot(P[:m], base, AP[:m])
+                for j in range(m):
+                    u = batch[j]
+                    if rs_old[j] < 1e-20:  # converged (or an empty row): freeze it
+                        continue
+                    for f in range(k):
+                        AP[j, f] += reg[u] * P[j, f]
+                    _gram_times(B, start[j], start[j + 1], P[j], AP[j])
+                    pAp = 0.0
+                    for f in range(k):
+                        pAp += P[j, f] * AP[j, f]
+                    if pAp <= 0.0:
+                        rs_old[j] = 0.0
+                        continue
+                    step = rs_old[j] / pAp
+                    rs_new = 0.0
+                    for f in range(k):
+                        Xb[j, f] += step * P[j, f]
+                        R[j, f] -= step * AP[j, f]
+                        rs_new += R[j, f] * R[j, f]
+                    beta = rs_new / rs_old[j]
+                    for f in range(k):
+                        P[j, f] = R[j, f] + beta * P[j, f]
+                    rs_old[j] = rs_new
+            for j in range(m):
+                u = batch[j]
+                if indptr[u] == indptr[u + 1]:
+                    out[u, :] = 0.0
+                else:
+                    out[u, :] = Xb[j]
+                    objective += _row_objective(constant[j], RHS[j], Xb[j], R[j])
+    return objective

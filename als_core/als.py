@@ -184,11 +184,8 @@ class ALS:
         with self._thread_limits() as n_threads:
             for iteration in range(self.iterations):
                 started = time.perf_counter()
-                if self.implicit:
-                    self._implicit_iteration(data, n_threads)
-                else:
-                    self._explicit_iteration(data, n_threads)
-                loss = self._loss(data)
+                iterate = self._implicit_iteration if self.implicit else self._explicit_iteration
+                loss = self._loss(data, iterate(data, n_threads))
                 seconds = time.perf_counter() - started
                 self.loss_history.append(loss)
                 (log.info if show_progress else log.debug)(
@@ -240,30 +237,31 @@ class ALS:
         finally:
             nb.set_num_threads(previous)
 
-    def _solve_rows(self, csr: sp.csr_matrix, gram_w, rhs_w, Y, base, reg, out, n_threads: int) -> None:
-        """One half-step: solve every row of ``out`` against the fixed factors ``Y``."""
+    def _solve_rows(self, csr: sp.csr_matrix, gram_w, rhs_w, Y, base, reg, out, n_threads: int) -> float:
+        """One half-step: solve every row of ``out`` against the fixed factors ``Y``; returns the sum of the
+        rows' objective terms (data term over the rows plus the rows' own regularisation)."""
+        n_blocks = max(1, min(csr.shape[0], _BLOCKS_PER_THREAD * n_threads))
         if self.solver == "cholesky":
-            n_blocks = max(1, min(csr.shape[0], _BLOCKS_PER_THREAD * n_threads))
-            self.failed_solves += _kernels.kernels_for(Y.dtype).solve_cholesky(
-                csr.indptr, csr.indices, gram_w, rhs_w, Y, base, reg, out, n_blocks)
-        else:
-            _kernels.solve_cg(csr.indptr, csr.indices, gram_w, rhs_w, Y, base, reg, out, self.cg_steps)
+            failures, objective = _kernels.kernels_for(Y.dtype).solve_cholesky(
+                csr.indptr, csr.indices, gram_w, rhs_w, Y, base, reg, out, n_blocks, self.implicit)
+            self.failed_solves += failures
+            return objective
+        return _kernels.solve_cg(csr.indptr, csr.indices, gram_w, rhs_w, Y, base, reg, out, self.cg_steps,
+                                 n_blocks, self.implicit)
 
-    def _implicit_iteration(self, data: "_HalfStepData", n_threads: int) -> None:
+    def _implicit_iteration(self, data: "_HalfStepData", n_threads: int) -> float:
         X, Y = self.user_factors, self.item_factors
         self._solve_rows(data.Cui, data.gram_ui, data.conf_ui, Y, Y.T @ Y, data.reg_users, X, n_threads)
-        self._solve_rows(data.Ciu, data.gram_iu, data.conf_iu, X, X.T @ X, data.reg_items, Y, n_threads)
+        return self._solve_rows(data.Ciu, data.gram_iu, data.conf_iu, X, X.T @ X, data.reg_items, Y, n_threads)
 
-    def _explicit_iteration(self, data: "_HalfStepData", n_threads: int) -> None:
+    def _explicit_iteration(self, data: "_HalfStepData", n_threads: int) -> float:
         k = self.factors
         if not self.use_biases:
             zeros = np.zeros((k, k), dtype=self.dtype)
-            ones_ui, ones_iu = data.gram_ui, data.gram_iu
-            self._solve_rows(data.Cui, ones_ui, data.Cui.data, self.item_factors, zeros, data.reg_users,
+            self._solve_rows(data.Cui, data.gram_ui, data.Cui.data, self.item_factors, zeros, data.reg_users,
                              self.user_factors, n_threads)
-            self._solve_rows(data.Ciu, ones_iu, data.Ciu.data, self.user_factors, zeros, data.reg_items,
-                             self.item_factors, n_threads)
-            return
+            return self._solve_rows(data.Ciu, data.gram_iu, data.Ciu.data, self.user_factors, zeros,
+                                    data.reg_items, self.item_factors, n_threads)
         # Biases: solve [x_u, b_u] against [y_i, 1] with target r - mu - b_i, then symmetrically for items.
         zeros = np.zeros((k + 1, k + 1), dtype=self.dtype)
         mu = self.dtype.type(self.global_mean)
@@ -276,31 +274,21 @@ class ALS:
         items = _augmented(self.item_factors, self.item_bias)
         users_fixed = _augmented(self.user_factors, np.ones_like(self.user_bias))
         target = data.Ciu.data - mu - self.user_bias[data.Ciu.indices]
-        self._solve_rows(data.Ciu, data.gram_iu, target, users_fixed, zeros, data.reg_items, items, n_threads)
+        objective = self._solve_rows(data.Ciu, data.gram_iu, target, users_fixed, zeros, data.reg_items, items,
+                                     n_threads)
         self.item_factors, self.item_bias = np.ascontiguousarray(items[:, :k]), items[:, k].copy()
+        return objective
 
-    def _loss(self, data: "_HalfStepData") -> float:
-        X, Y = self.user_factors, self.item_factors
-        reg_term = self.regularization * (
-            float(np.dot(data.reg_weight_users, np.einsum("ij,ij->i", X, X, dtype=np.float64)))
-            + float(np.dot(data.reg_weight_items, np.einsum("ij,ij->i", Y, Y, dtype=np.float64)))
-        )
-        Cui = data.Cui
-        if self.implicit:
-            X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
-            dense = float(np.einsum("ij,ij->", X64 @ (Y64.T @ Y64), X64))  # sum over all pairs of s^2
-            sparse = _kernels.nonzero_loss(Cui.indptr, Cui.indices, data.conf_ui, X, Y, True)
-            return (dense + sparse + reg_term) / data.loss_normaliser
-        targets = Cui.data
+    def _loss(self, data: "_HalfStepData", item_step_objective: float) -> float:
+        """The normalised objective after an iteration. The item half-step already summed every item's term
+        (the whole data term and the items' regularisation, with the users fixed at their final values), so
+        only the users' regularisation is left to add."""
+        users = self.user_factors
         if self.use_biases:
-            users_of = np.repeat(np.arange(Cui.shape[0]), np.diff(Cui.indptr))
-            targets = targets - self.global_mean - self.user_bias[users_of] - self.item_bias[Cui.indices]
-            reg_term += self.regularization * (
-                float(np.dot(data.reg_weight_users, self.user_bias.astype(np.float64) ** 2))
-                + float(np.dot(data.reg_weight_items, self.item_bias.astype(np.float64) ** 2))
-            )
-        sparse = _kernels.nonzero_loss(Cui.indptr, Cui.indices, targets, X, Y, False)
-        return (sparse + reg_term) / data.loss_normaliser
+            users = _augmented(users, self.user_bias)
+        squared_norms = np.einsum("ij,ij->i", users, users, dtype=np.float64)
+        user_reg = self.regularization * float(np.dot(data.reg_weight_users, squared_norms))
+        return (item_step_objective + user_reg) / data.loss_normaliser
 
     # ------------------------------------------------------------------ inference
     def _check_fitted(self) -> None:
@@ -458,7 +446,7 @@ class ALS:
             n_blocks = max(1, min(rows.shape[0], _BLOCKS_PER_THREAD * n_threads))
             _kernels.kernels_for(self.dtype).solve_cholesky(
                 rows.indptr, rows.indices, gram_w, rhs_w.astype(self.dtype), Y, base, reg.astype(self.dtype),
-                out, n_blocks)
+                out, n_blocks, self.implicit)
         return out[0] if rows.shape[0] == 1 and np.ndim(user_items) == 1 else out
 
     def predict(self, user_ids, item_ids) -> np.ndarray:
