@@ -1,0 +1,114 @@
+"""ModelBundle: persistence, the serving decision (ALS / popularity / fold-in) and holdout evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from als_core import ALS
+from als_core.bundle import ModelBundle, evaluate_on_holdout
+from als_core.metrics import evaluate_ranking
+
+
+def planted_user_items(n_users=120, n_items=40, seed=0) -> sp.csr_matrix:
+    """Two taste groups: users of group g mostly use items of group g."""
+    rng = np.random.default_rng(seed)
+    group_u = np.arange(n_users) % 2
+    group_i = np.arange(n_items) % 2
+    p = np.where(group_u[:, None] == group_i[None, :], 0.35, 0.02)
+    return sp.csr_matrix((rng.random((n_users, n_items)) < p).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    train = planted_user_items()
+    model = ALS(factors=4, iterations=8, regularization=0.1, alpha=10, solver="cholesky", random_state=0).fit(train)
+    user_ids = np.array([f"u{i}" for i in range(train.shape[0])])
+    item_ids = np.arange(1000, 1000 + train.shape[1], dtype=np.int64)
+    return ModelBundle.build(model, user_ids, item_ids, train, {"trained_at": "2026-01-01"}), train
+
+
+def test_save_load_round_trip(bundle, tmp_path):
+    b, _ = bundle
+    b.save(tmp_path / "bundle")
+    loaded = ModelBundle.load(tmp_path / "bundle")
+    assert loaded.metadata == {"trained_at": "2026-01-01"}
+    np.testing.assert_array_equal(loaded.user_ids, b.user_ids)
+    np.testing.assert_array_equal(loaded.item_ids, b.item_ids)
+    a = b.recommend_many(["u3", "nobody"], n=5)
+    c = loaded.recommend_many(["u3", "nobody"], n=5)
+    np.testing.assert_array_equal(a.item_index, c.item_index)
+    for name in ("ids.npz", "seen.npz", "popularity.npz", "als.npz"):
+        with np.load(tmp_path / "bundle" / name, allow_pickle=False) as data:
+            assert all(data[f].dtype != object for f in data.files)
+
+
+def test_known_users_get_als_without_seen_items_unknown_get_popularity(bundle):
+    b, train = bundle
+    recs = b.recommend_many(["u4", "stranger", "u5"], n=5)
+    assert recs.sources.tolist() == ["als", "popularity", "als"]
+    seen_u4 = set(b.item_ids[train[4].indices])
+    items_u4, _ = recs.items_of(0)
+    assert not seen_u4 & set(items_u4)
+    # the planted structure: user 4 (group 0) is recommended mostly even (group 0) items
+    assert np.mean((items_u4 - 1000) % 2 == 0) >= 0.8
+    popular = b.item_ids[b.popularity.recommend(0, None, N=5, filter_already_liked_items=False)[0]]
+    np.testing.assert_array_equal(recs.items_of(1)[0], popular)
+
+
+def test_integer_ids_found_from_strings(bundle):
+    b, _ = bundle
+    index = b.items.lookup(["1003", 1004, "x", 3.5, 99])
+    assert index.tolist() == [3, 4, -1, -1, -1]
+
+
+def test_fold_in_serves_a_new_user_from_their_events(bundle):
+    b, _ = bundle
+    odd_items = b.item_ids[1::2][:6]
+    items, scores, source = b.fold_in(odd_items, n=5)
+    assert source == "fold_in"
+    assert not set(items) & set(odd_items)
+    assert np.mean((items - 1000) % 2 == 1) >= 0.8
+    assert np.all(np.diff(scores) <= 0)
+    _, _, source = b.fold_in([424242], n=5)
+    assert source == "popularity"
+
+
+def test_similar_items(bundle):
+    b, _ = bundle
+    items, _ = b.similar_items(1002, n=4)
+    assert 1002 not in items and len(items) == 4
+    with pytest.raises(KeyError):
+        b.similar_items(5, n=3)
+
+
+def test_evaluate_on_holdout_matches_direct_metrics(bundle):
+    b, train = bundle
+    rng = np.random.default_rng(1)
+    users = np.array([f"u{u}" for u in rng.integers(0, 120, 300)] + ["newcomer", "newcomer"])
+    items = np.concatenate([rng.integers(1000, 1040, 300), [1001, 5555]])  # 5555: unknown to the model
+    result = evaluate_on_holdout(b, users, items, k=10)
+    assert result["users_fallback"] == 1
+    # direct computation over the same pairs, unknown item as an extra column
+    unique_users = np.unique(users)
+    recs = b.recommend_many(unique_users, n=10)
+    cols = {int(i): int(i) - 1000 for i in range(1000, 1040)}
+    cols[5555] = 40
+    rows = {u: r for r, u in enumerate(unique_users)}
+    test = sp.csr_matrix((np.ones(len(users)), ([rows[u] for u in users], [cols[int(i)] for i in items])),
+                         shape=(len(unique_users), 41))
+    test.data[:] = 1
+    direct = evaluate_ranking(recs.item_index, test, n_items=41, k=10)
+    assert result["ndcg@10"] == pytest.approx(direct["ndcg@10"])
+    assert result["recall@10"] == pytest.approx(direct["recall@10"])
+    popularity = evaluate_on_holdout(b, users, items, k=10, strategy="popularity")
+    assert result["ndcg@10"] > popularity["ndcg@10"], "planted structure: ALS beats popularity"
+
+
+def test_bundle_rejects_mismatched_id_maps(bundle):
+    b, train = bundle
+    with pytest.raises(ValueError, match="id maps"):
+        ModelBundle.build(b.model, b.user_ids[:-1], b.item_ids, train[:-1])
+    with pytest.raises(ValueError, match="unique"):
+        ModelBundle.build(b.model, np.zeros(len(b.user_ids), dtype=np.int64), b.item_ids, train)
