@@ -127,7 +127,7 @@ def kernels_for(dtype) -> SimpleNamespace:
 # rows that step through CG together: their dense products G @ p become one BLAS matrix product
 CG_BATCH = 128
 # nonzeros gathered per CG batch (a row with more gets a batch, and a buffer, of its own)
-CG_GATHER = 8192
+CG_GATHER = 4096
 
 
 @nb.njit(fastmath=True)
