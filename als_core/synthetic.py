@@ -33,7 +33,7 @@ __all__ = ["generate_events", "generate_user_items"]
 
 ITEM_EXPONENT = 0.8  # Zipf exponent of item popularity (1.0 gives the top item ~10% of 20k items)
 USER_EXPONENT = 0.75  # of user activity; 1.0 would give one user ~10% of all events
-TASTE_SCALE = 1.0  # c . v has standard deviation ~1: a cluster's favourites get ~e^3 more weight
+TASTE_SCALE = 2.0  # c . v has standard deviation ~2: taste, not only popularity, decides (ALS beats popularity ~2x)
 PERSONAL_SCALE = 0.3  # length of a user's offset from its cluster centre (acceptance ~60%)
 CLUSTERS_PER_FACTOR = 4
 EVENT_TYPES = ("view", "cart", "purchase")
