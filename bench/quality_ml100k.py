@@ -29,8 +29,8 @@ from als_core.splits import random_holdout
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k" / "u.data.gz"
 SEED = 42
 K = 10
-GRID = {"factors": [32, 64, 128], "regularization": [1.0, 10.0, 30.0, 100.0], "alpha": [0.5, 1.0, 5.0, 20.0]}
-QUICK_GRID = {"factors": [64], "regularization": [10.0, 30.0], "alpha": [1.0, 5.0]}
+GRID = {"factors": [32, 64, 128], "regularization": [5.0, 10.0, 20.0, 50.0], "alpha": [0.5, 1.0, 2.0, 5.0]}
+QUICK_GRID = {"factors": [64], "regularization": [10.0, 20.0], "alpha": [1.0, 2.0]}
 
 
 def load_ratings(path: Path) -> sp.csr_matrix:
