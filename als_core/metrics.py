@@ -226,26 +226,25 @@ def evaluate_ranking(recommended: np.ndarray, test_user_items, n_items: int, k: 
 # --------------------------------------------------------------------------- AUC
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks along axis 1, ties sharing their average rank; NaN sorts last and never ties."""
-    n_rows, n_cols = values.shape
-    order = np.argsort(values, axis=1, kind="stable")
-    ordered = np.take_along_axis(values, order, axis=1)
-    starts = np.ones(values.shape, dtype=bool)
-    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]  # NaN != NaN: each NaN is its own group
-    group = np.cumsum(starts.ravel()) - 1  # row starts always open a group, so none spans rows
-    position = np.tile(np.arange(1, n_cols + 1, dtype=np.float64), n_rows)
-    mean_position = np.bincount(group, weights=position) / np.bincount(group)
-    ranks = np.empty(values.shape, dtype=np.float64)
-    np.put_along_axis(ranks, order, mean_position[group].reshape(values.shape), axis=1)
-    return ranks
+def _row_searchsorted(sorted_rows: np.ndarray, rows: np.ndarray, values: np.ndarray, right: bool) -> np.ndarray:
+    """``np.searchsorted(sorted_rows[r], v)`` for each (r, v) pair at once: a vectorised binary search.
+
+    NaN compares as larger than every value, matching where ``np.sort`` puts it.
+    """
+    n_cols = sorted_rows.shape[1]
+    lo = np.zeros(len(rows), dtype=np.int64)
+    hi = np.full(len(rows), n_cols, dtype=np.int64)
+    for _ in range(int(n_cols).bit_length()):  # each step halves every interval
+        mid = (lo + hi) // 2
+        x = sorted_rows[rows, np.minimum(mid, n_cols - 1)]
+        active = lo < hi
+        below = ((x <= values) if right else (x < values)) & active
+        lo, hi = np.where(below, mid + 1, lo), np.where(active & ~below, mid, hi)
+    return lo
 
 
-def _dense_mask(matrix, shape: tuple[int, int], name: str) -> np.ndarray:
-    csr = _canonical_csr(matrix, name)
-    if csr.shape != shape:
-        raise ValueError(f"{name} has shape {csr.shape}, expected {shape} (the shape of scores)")
-    return csr.toarray() != 0
+def _coordinates(csr: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    return np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr)), csr.indices.astype(np.int64)
 
 
 def auc(scores: np.ndarray, test_user_items, exclude_user_items=None) -> float:
@@ -253,29 +252,47 @@ def auc(scores: np.ndarray, test_user_items, exclude_user_items=None) -> float:
 
     Per row, candidates are the items not in ``exclude_user_items`` (typically the training
     items); positives are the candidate test items, negatives the other candidates.
-    AUC = P(score(positive) > score(negative)) + 0.5 * P(tie), computed exactly from average
-    ranks. Rows without a positive or without a negative are skipped; NaN if none is left.
+    AUC = P(score(positive) > score(negative)) + 0.5 * P(tie), computed exactly from the average
+    ranks of the positives among the candidates (Mann-Whitney U / (positives x negatives)).
+    Rows without a positive or without a negative are skipped; NaN if none is left.
     """
-    block = np.array(scores, dtype=np.float64)  # a copy: excluded items are overwritten below
+    block = np.asarray(scores)
     if block.ndim != 2:
         raise ValueError(f"scores must be 2-D (rows x items), got shape {block.shape}")
+    if not np.issubdtype(block.dtype, np.floating):
+        block = block.astype(np.float64)
     if np.isnan(block).any():
         raise ValueError("scores contain NaN")
-    positive = _dense_mask(test_user_items, block.shape, "test_user_items")
-    candidate = np.ones(block.shape, dtype=bool)
-    if exclude_user_items is not None:
-        candidate = ~_dense_mask(exclude_user_items, block.shape, "exclude_user_items")
-    positive &= candidate
-    block[~candidate] = np.nan  # NaN sorts after every candidate, leaving their ranks intact
-    n_pos = positive.sum(axis=1)
-    n_neg = candidate.sum(axis=1) - n_pos
-    keep = (n_pos > 0) & (n_neg > 0)
-    if not keep.any():
+    test = _canonical_csr(test_user_items, "test_user_items")
+    exclude = _canonical_csr(exclude_user_items if exclude_user_items is not None else sp.csr_matrix(block.shape), "exclude_user_items")
+    for name, m in (("test_user_items", test), ("exclude_user_items", exclude)):
+        if m.shape != block.shape:
+            raise ValueError(f"{name} has shape {m.shape}, expected {block.shape} (the shape of scores)")
+
+    pos_rows, pos_items = _coordinates(test)
+    excluded = np.isin(pos_rows * block.shape[1] + pos_items, _coordinates(exclude)[0] * block.shape[1] + exclude.indices)
+    pos_rows, pos_items = pos_rows[~excluded], pos_items[~excluded]
+    n_pos = np.bincount(pos_rows, minlength=block.shape[0])
+    n_neg = block.shape[1] - np.diff(exclude.indptr) - n_pos
+    keep = np.flatnonzero((n_pos > 0) & (n_neg > 0))
+    if not len(keep):
         return float("nan")
-    ranks = _average_ranks(block[keep])
-    pos_rank_sum = np.where(positive[keep], ranks, 0.0).sum(axis=1)
+
+    # candidates' scores sorted per row; excluded items become NaN, which sorts after all of them
+    candidates = block[keep]
+    ex_rows, ex_items = _coordinates(exclude[keep])
+    candidates[ex_rows, ex_items] = np.nan
+    candidates.sort(axis=1)
+    new_row = np.full(block.shape[0], -1)
+    new_row[keep] = np.arange(len(keep))
+    on_kept = new_row[pos_rows] >= 0
+    rows, values = new_row[pos_rows[on_kept]], block[pos_rows[on_kept], pos_items[on_kept]]
+    below = _row_searchsorted(candidates, rows, values, right=False)
+    at_or_below = _row_searchsorted(candidates, rows, values, right=True)
+    mid_rank = below + (at_or_below - below + 1) / 2  # 1-based, ties share their average rank
     n_pos, n_neg = n_pos[keep], n_neg[keep]
-    return _mean((pos_rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    rank_sum = np.bincount(rows, weights=mid_rank, minlength=len(keep))
+    return _mean((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 # --------------------------------------------------------------------------- rating metrics

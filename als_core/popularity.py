@@ -2,7 +2,8 @@
 
 Popularity is the number of distinct users per item. Every user gets the same ranking, so
 recommending only ever looks at the head of that ranking: the best N + (items a user has seen) +
-(filtered items) positions, never a dense users x items block.
+(filtered items) positions, never a dense users x items block; users are batched by history
+length so that this head stays short for most of them.
 """
 
 from __future__ import annotations
@@ -108,10 +109,22 @@ class PopularityRecommender:
             raise ValueError(f"filter_items must be in [0, {self.n_items})")
         return self._rank_of[items]
 
-    def _head(self, rows: sp.csr_matrix | None, N: int, n_filtered: int) -> int:
-        """How much of the global ranking can hold a user's top N once seen and filtered items go."""
-        longest = int(np.diff(rows.indptr).max(initial=0)) if rows is not None else 0
-        return min(self.n_items, N + longest + n_filtered)
+    def _batches(self, history: np.ndarray, N: int, n_filtered: int):
+        """Yield (positions of users, head) so that each batch scores at most ``_MAX_BLOCK`` cells.
+
+        A user's top N lies within the first N + (items seen) + (items filtered) positions of the
+        global ranking. Users are taken by increasing history length, so the many light users share
+        small heads and only the few heavy ones need long ones.
+        """
+        order = np.argsort(history, kind="stable")
+        need = np.minimum(self.n_items, N + n_filtered + history[order])  # non-decreasing
+        start = 0
+        while start < len(order):
+            longest_batch = _MAX_BLOCK // max(int(need[start]), 1) + 1  # heads only grow from here
+            cells = np.arange(1, len(order) - start + 1)[:longest_batch] * need[start : start + longest_batch]
+            stop = start + max(1, int(np.searchsorted(cells, _MAX_BLOCK, side="right")))
+            yield order[start:stop], int(need[stop - 1])
+            start = stop
 
     def _top_ranks(self, rows: sp.csr_matrix | None, n_users: int, N: int, head: int, filtered: np.ndarray):
         """Top N positions in the global ranking for ``n_users`` users, scoring only its ``head``."""
@@ -148,13 +161,11 @@ class PopularityRecommender:
         ids = np.atleast_1d(np.asarray(user_ids, dtype=np.int64))
         rows = self._user_rows(ids, user_items, filter_already_liked_items)
         filtered = self._filter_ranks(filter_items)
-        head = self._head(rows, int(N), len(filtered))
-        batch = max(1, _MAX_BLOCK // max(head, 1))
-        blocks = [
-            self._top_ranks(None if rows is None else rows[s : s + batch], len(ids[s : s + batch]), int(N), head, filtered)
-            for s in range(0, len(ids), batch)
-        ]
-        ranks = np.concatenate(blocks) if blocks else np.empty((0, min(int(N), self.n_items)), dtype=np.int64)
+        history = np.diff(rows.indptr) if rows is not None else np.zeros(len(ids), dtype=np.int64)
+        ranks = np.full((len(ids), min(int(N), self.n_items)), -1, dtype=np.int64)
+        for members, head in self._batches(history, int(N), len(filtered)):
+            batch_rows = None if rows is None else rows[members]
+            ranks[members] = self._top_ranks(batch_rows, len(members), int(N), head, filtered)
         found = ranks >= 0
         items = np.where(found, self._ranking[np.where(found, ranks, 0)], -1)
         scores = np.where(found, self.item_scores[items], -np.inf).astype(np.float32)

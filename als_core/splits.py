@@ -162,12 +162,14 @@ def leave_last_k(
     if int(k) != k or k < 1:
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
     u, i, v, t, _, shape = _coordinates(users, items, values, timestamps, shape)
+    if not len(u):
+        return _csr(u, i, v, shape), _csr(u, i, v, shape)
     pair = u * shape[1] + i
     order = np.lexsort((t, pair))  # grouped by pair, latest interaction last in its group
     pair, v, t = pair[order], v[order], t[order]
-    starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]]) if len(pair) else np.empty(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
     ends = np.r_[starts[1:], len(pair)]
-    key, total, last = pair[starts], np.add.reduceat(v, starts) if len(v) else v, t[ends - 1]
+    key, total, last = pair[starts], np.add.reduceat(v, starts), t[ends - 1]
     pu, pi = key // shape[1], key % shape[1]
     # most recent first within each user; the first k of a user with more than k pairs go to test
     recent = np.lexsort((-pi, -last, pu))

@@ -224,3 +224,11 @@ def test_splits_on_ml100k():
     train, test = leave_last_k(users, items, ratings, ts, 5, shape)
     assert (np.diff(test.indptr) == 5).all()  # every ml-100k user has at least 20 ratings
     assert abs(train + test - full).max() == 0
+
+
+def test_coordinate_splits_accept_no_events():
+    none = np.array([], dtype=np.int64)
+    for split in (temporal_holdout, leave_last_k):
+        train, test = split(none, none, none.astype(float), none, 1, (3, 4))
+        _assert_split_invariants(train, test, (3, 4))
+        assert train.nnz == test.nnz == 0
