@@ -264,16 +264,19 @@ def auc(scores: np.ndarray, test_user_items, exclude_user_items=None) -> float:
     if np.isnan(block).any():
         raise ValueError("scores contain NaN")
     test = _canonical_csr(test_user_items, "test_user_items")
-    exclude = _canonical_csr(exclude_user_items if exclude_user_items is not None else sp.csr_matrix(block.shape), "exclude_user_items")
+    if exclude_user_items is None:
+        exclude_user_items = sp.csr_matrix(block.shape)
+    exclude = _canonical_csr(exclude_user_items, "exclude_user_items")
     for name, m in (("test_user_items", test), ("exclude_user_items", exclude)):
         if m.shape != block.shape:
             raise ValueError(f"{name} has shape {m.shape}, expected {block.shape} (the shape of scores)")
 
     pos_rows, pos_items = _coordinates(test)
-    excluded = np.isin(pos_rows * block.shape[1] + pos_items, _coordinates(exclude)[0] * block.shape[1] + exclude.indices)
+    n_items = block.shape[1]
+    excluded = np.isin(pos_rows * n_items + pos_items, _coordinates(exclude)[0] * n_items + exclude.indices)
     pos_rows, pos_items = pos_rows[~excluded], pos_items[~excluded]
     n_pos = np.bincount(pos_rows, minlength=block.shape[0])
-    n_neg = block.shape[1] - np.diff(exclude.indptr) - n_pos
+    n_neg = n_items - np.diff(exclude.indptr) - n_pos
     keep = np.flatnonzero((n_pos > 0) & (n_neg > 0))
     if not len(keep):
         return float("nan")

@@ -102,7 +102,9 @@ def _coordinates(users, items, values, timestamps, shape) -> tuple[np.ndarray, .
 # --------------------------------------------------------------------------- splits
 
 
-def random_holdout(user_items: sp.spmatrix, fraction: float = 0.2, seed: int = 0) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+def random_holdout(
+    user_items: sp.spmatrix, fraction: float = 0.2, seed: int = 0
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """Per user, a uniformly random ``fraction`` of that user's items goes to test.
 
     A user with n items sends round(fraction * n) of them (halves rounded up) to test, capped at

@@ -112,7 +112,8 @@ def _sample_items(planted: _Planted, users: np.ndarray, rng: np.random.Generator
     """One item per entry of ``users`` (sorted), drawn with probability proportional to p_i * exp(u . v_i)."""
     if not len(users):
         return np.empty(0, dtype=np.int64)
-    return np.concatenate([_sample_items_chunk(planted, users[s : s + _CHUNK], rng) for s in range(0, len(users), _CHUNK)])
+    chunks = range(0, len(users), _CHUNK)
+    return np.concatenate([_sample_items_chunk(planted, users[s : s + _CHUNK], rng) for s in chunks])
 
 
 def _sample_users(planted: _Planted, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -130,7 +131,9 @@ def _check_positive(**values: int) -> None:
 # --------------------------------------------------------------------------- events
 
 
-def _funnel_chains(n_events: int, funnel: tuple[float, float], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _funnel_chains(
+    n_events: int, funnel: tuple[float, float], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """(carted, bought) flags per view, for just enough views to make exactly ``n_events`` rows.
 
     Each view is a chain of 1 to 3 rows; chains are drawn for the worst case (n_events views) and

@@ -209,7 +209,12 @@ def test_auc_matches_pairwise_reference_with_ties_and_exclusions():
     scores[0, :3] = -np.inf
     test = sp.random(30, 25, density=0.15, format="csr", random_state=1)
     exclude = sp.random(30, 25, density=0.2, format="csr", random_state=2)
+    before = scores.copy()
     assert M.auc(scores, test, exclude) == pytest.approx(_auc_reference(scores, test, exclude), rel=1e-12)
+    np.testing.assert_array_equal(scores, before)  # the caller's block is left alone
+    assert M.auc(scores.astype(np.int64), test) == pytest.approx(
+        _auc_reference(scores, test, sp.csr_matrix(scores.shape)), rel=1e-12
+    )
 
 
 def test_auc_rejects_bad_inputs():
