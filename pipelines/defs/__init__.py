@@ -1,0 +1,1 @@
+"""Dagster definitions, one module per concern; `pipelines.definitions` loads every module here."""

@@ -1,0 +1,301 @@
+"""Load one day of landing files into DuckDB `events`, quarantining bad rows in `rejected_events`.
+
+The whole day is one transaction: the day's previous rows are deleted, every file is staged as
+text, validated by `sql/ingest_classify.sql` and inserted, and the result is verified before the
+commit. Any failure rolls back to the previous state of the day. A file whose (decompressed)
+content was already loaded for the day under another name is recorded as a duplicate and skipped.
+No Dagster import: the asset in `pipelines/defs/ingest.py` is a thin wrapper.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import gzip
+import hashlib
+import io
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import duckdb
+import pyarrow.parquet as pq
+
+from pipelines import sql_files
+from pipelines.event_sources import EventMapping
+from pipelines.landing import LandingFile
+
+_PARQUET_BATCH_ROWS = 1 << 20
+_JSONL_DELIMITER = "\x1f"  # unit separator: JSON text never holds it unescaped
+_MAPPED_NAMES = ("user_raw", "item_raw", "event_raw", "ts_raw")
+
+
+class LandingFileError(ValueError):
+    """A landing file that cannot be read with the configured mapping (not a bad row: a bad file)."""
+
+
+@dataclass
+class FileResult:
+    source_file: str
+    content_sha256: str
+    size_bytes: int
+    rows_loaded: int = 0
+    rows_rejected: int = 0
+    duplicate_of: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class DayResult:
+    day: dt.date
+    files: list[FileResult] = field(default_factory=list)
+    events: int = 0
+    users: int = 0
+    items: int = 0
+    events_by_type: dict[str, int] = field(default_factory=dict)
+    rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rows_in(self) -> int:
+        return self.events + self.rejected
+
+    @property
+    def duplicate_files(self) -> list[FileResult]:
+        return [f for f in self.files if f.duplicate_of is not None]
+
+
+def content_sha256(path) -> str:
+    """sha256 of the file's content, decompressed when gzip: a re-landed copy gives the same hash."""
+    digest = hashlib.sha256()
+    opener = gzip.open if str(path).lower().endswith(".gz") else open
+    with opener(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    sql_files.run(con, "events_schema")
+
+
+def ingest_day(
+    con: duckdb.DuckDBPyConnection,
+    day: dt.date,
+    files: list[LandingFile],
+    mapping: EventMapping,
+    log: Callable[[str], None] = print,
+) -> DayResult:
+    """Replace partition `day` with the rows of `files`, all or nothing."""
+    ensure_schema(con)
+    result = DayResult(day=day)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        sql_files.run(con, "ingest_delete_partition", {"day": day})
+        loaded_by_hash: dict[str, str] = {}
+        for number, landing_file in enumerate(files, start=1):
+            file_result = _ingest_file(con, day, landing_file, mapping, loaded_by_hash)
+            result.files.append(file_result)
+            _log_file(log, number, len(files), file_result)
+        _summarise(con, result)
+        _verify(result)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _ingest_file(
+    con: duckdb.DuckDBPyConnection,
+    day: dt.date,
+    landing_file: LandingFile,
+    mapping: EventMapping,
+    loaded_by_hash: dict[str, str],
+) -> FileResult:
+    started = time.perf_counter()
+    checksum = content_sha256(landing_file.path)
+    result = FileResult(landing_file.relative, checksum, landing_file.path.stat().st_size)
+    if checksum in loaded_by_hash:
+        result.duplicate_of = loaded_by_hash[checksum]
+    else:
+        _stage(con, landing_file, mapping)
+        sql_files.run(
+            con,
+            "ingest_classify",
+            {
+                "day": day,
+                "time_unit": mapping.time_unit,
+                "time_format": mapping.time_format,
+                "raw_events": list(mapping.event_names.keys()),
+                "canonical_events": list(mapping.event_names.values()),
+            },
+        )
+        loaded, rejected = sql_files.run(
+            con, "ingest_insert", {"day": day, "source_file": landing_file.relative}
+        ).fetchone()
+        result.rows_loaded, result.rows_rejected = int(loaded), int(rejected)
+        loaded_by_hash[checksum] = landing_file.relative
+    sql_files.run(
+        con,
+        "ingest_record_file",
+        {
+            "day": day,
+            "source_file": result.source_file,
+            "content_sha256": result.content_sha256,
+            "size_bytes": result.size_bytes,
+            "rows_loaded": result.rows_loaded,
+            "rows_rejected": result.rows_rejected,
+            "duplicate_of": result.duplicate_of,
+        },
+    )
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _log_file(log: Callable[[str], None], number: int, total: int, f: FileResult) -> None:
+    if f.duplicate_of is not None:
+        log(f"file {number}/{total} {f.source_file}: same content as {f.duplicate_of}, skipped")
+        return
+    rows = f.rows_loaded + f.rows_rejected
+    rate = rows / f.seconds if f.seconds > 0 else float("inf")
+    log(
+        f"file {number}/{total} {f.source_file}: {rows:,} rows ({f.rows_loaded:,} loaded, "
+        f"{f.rows_rejected:,} rejected) in {f.seconds:.2f}s, {rate:,.0f} rows/s"
+    )
+
+
+# --------------------------------------------------------------------------- staging per format
+
+
+def _stage(con: duckdb.DuckDBPyConnection, landing_file: LandingFile, mapping: EventMapping) -> None:
+    if landing_file.format == "csv":
+        _stage_csv(con, landing_file, mapping)
+    elif landing_file.format == "jsonl":
+        _stage_jsonl(con, landing_file, mapping)
+    elif landing_file.format == "parquet":
+        _stage_parquet(con, landing_file, mapping)
+    else:  # landing.file_format only yields the three above
+        raise LandingFileError(f"{landing_file.relative}: unsupported format {landing_file.format!r}")
+
+
+def _read_header(landing_file: LandingFile, delimiter: str) -> list[str] | None:
+    opener = gzip.open if landing_file.path.name.lower().endswith(".gz") else open
+    with opener(landing_file.path, "rb") as stream:
+        first = stream.readline()
+    if not first.strip():
+        return None
+    text = first.decode("utf-8-sig", errors="replace")
+    return [name.strip() for name in next(csv.reader(io.StringIO(text), delimiter=delimiter))]
+
+
+def _csv_columns(landing_file: LandingFile, mapping: EventMapping) -> dict[str, str] | None:
+    """Every column of the file as VARCHAR, the mapped ones renamed to the staging names."""
+    if mapping.header:
+        names = _read_header(landing_file, mapping.delimiter)
+        if names is None:
+            return None  # an empty file
+    else:
+        names = list(mapping.column_names)
+    missing = [c for c in mapping.mapped_columns() if c not in names]
+    if missing:
+        raise LandingFileError(
+            f"{landing_file.relative}: columns {missing} of mapping {mapping.name!r} not in the file's "
+            f"columns {names}; choose another preset or set the column names in the run config"
+        )
+    renamed = dict(zip(mapping.mapped_columns(), _MAPPED_NAMES))
+    return {renamed.get(name, f"unused_{i}"): "VARCHAR" for i, name in enumerate(names)}
+
+
+def _stage_csv(con: duckdb.DuckDBPyConnection, landing_file: LandingFile, mapping: EventMapping) -> None:
+    columns = _csv_columns(landing_file, mapping)
+    if columns is None:
+        sql_files.run(con, "ingest_stage_empty")
+        return
+    header_lines = 1 if mapping.header else 0
+    sql_files.run(
+        con,
+        "ingest_stage_csv",
+        {
+            "path": str(landing_file.path),
+            "header": mapping.header,
+            "header_lines": header_lines,
+            "columns": columns,
+            "delim": mapping.delimiter,
+        },
+    )
+
+
+def _json_path(key: str) -> str:
+    return '$."' + key.replace('"', '\\"') + '"'
+
+
+def _stage_jsonl(con: duckdb.DuckDBPyConnection, landing_file: LandingFile, mapping: EventMapping) -> None:
+    sql_files.run(
+        con,
+        "ingest_stage_jsonl",
+        {
+            "path": str(landing_file.path),
+            "delim": _JSONL_DELIMITER,
+            "user_path": _json_path(mapping.user_column),
+            "item_path": _json_path(mapping.item_column),
+            "event_path": _json_path(mapping.event_column),
+            "ts_path": _json_path(mapping.time_column),
+        },
+    )
+
+
+def _stage_parquet(con: duckdb.DuckDBPyConnection, landing_file: LandingFile, mapping: EventMapping) -> None:
+    import pyarrow as pa
+
+    parquet = pq.ParquetFile(landing_file.path)
+    names = parquet.schema_arrow.names
+    missing = [c for c in mapping.mapped_columns() if c not in names]
+    if missing:
+        raise LandingFileError(
+            f"{landing_file.relative}: columns {missing} of mapping {mapping.name!r} not in the file's columns {names}"
+        )
+    sql_files.run(con, "ingest_stage_empty")
+    offset = 0
+    for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=list(mapping.mapped_columns())):
+        lines = pa.array(range(offset + 1, offset + batch.num_rows + 1), type=pa.int64())
+        arrow_batch = pa.Table.from_arrays(
+            [lines, *(batch.column(name) for name in mapping.mapped_columns())],
+            names=["line", *_MAPPED_NAMES],
+        )
+        con.register("arrow_batch", arrow_batch)
+        try:
+            sql_files.run(con, "ingest_stage_arrow")
+        finally:
+            con.unregister("arrow_batch")
+        offset += batch.num_rows
+
+
+# --------------------------------------------------------------------------- summary and checks
+
+
+def _summarise(con: duckdb.DuckDBPyConnection, result: DayResult) -> None:
+    row = sql_files.run(con, "ingest_partition_summary", {"day": result.day}).fetchone()
+    events, users, items, views, carts, purchases, rejected, off_day = (int(v) for v in row)
+    if off_day:
+        raise RuntimeError(f"{off_day} events of {result.day} lie on another day; nothing committed")
+    result.events, result.users, result.items, result.rejected = events, users, items, rejected
+    result.events_by_type = {"view": views, "cart": carts, "purchase": purchases}
+    result.rejected_by_reason = dict(
+        sql_files.run(con, "ingest_rejected_by_reason", {"day": result.day}).fetchall()
+    )
+
+
+def _verify(result: DayResult) -> None:
+    """The partition holds exactly what the files gave: else roll back rather than commit a mix."""
+    loaded = sum(f.rows_loaded for f in result.files)
+    rejected = sum(f.rows_rejected for f in result.files)
+    if (loaded, rejected) != (result.events, result.rejected):
+        raise RuntimeError(
+            f"partition {result.day}: files gave {loaded} events and {rejected} rejects but the tables "
+            f"hold {result.events} and {result.rejected}; nothing committed"
+        )
+
+
+def preview(con: duckdb.DuckDBPyConnection, day: dt.date, n: int = 10) -> list[tuple]:
+    return sql_files.run(con, "ingest_preview", {"day": day, "n": n}).fetchall()

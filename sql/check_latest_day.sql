@@ -1,0 +1,1 @@
+SELECT max(partition_day) FROM events;

@@ -1,0 +1,48 @@
+-- Stage one CSV file as text into staged_rows(line, user_raw, item_raw, event_raw, ts_raw, raw, malformed).
+-- $columns names every column of the file (all VARCHAR); the mapped ones are called user_raw,
+-- item_raw, event_raw and ts_raw. Rows of the wrong shape (truncated, extra fields, bad quoting)
+-- are set aside by DuckDB's reader into reject_errors and staged as malformed.
+DROP TABLE IF EXISTS reject_errors;
+DROP TABLE IF EXISTS reject_scans;
+
+CREATE OR REPLACE TEMP TABLE csv_records AS
+SELECT ordinality AS record, user_raw, item_raw, event_raw, ts_raw
+FROM read_csv(
+    $path,
+    header = $header,
+    auto_detect = false,
+    columns = $columns,
+    delim = $delim,
+    quote = '"',
+    escape = '"',
+    null_padding = false,
+    store_rejects = true
+) WITH ORDINALITY;
+
+CREATE OR REPLACE TEMP TABLE csv_rejects AS
+SELECT line, arg_min(error_type || ': ' || error_message, column_idx) AS problem, arg_min(csv_line, column_idx) AS csv_line
+FROM reject_errors
+GROUP BY line;
+
+-- Good records carry no line number; the reader's rejects do. Reject j (in line order) has
+-- line - header_lines - j good records before it, so good record k sits on line
+-- header_lines + k + (number of rejects with fewer than k good records before them).
+CREATE OR REPLACE TEMP TABLE staged_rows AS
+WITH gaps AS (
+    SELECT good_before, max(rejects_so_far) AS rejects_so_far
+    FROM (
+        SELECT line - $header_lines - row_number() OVER (ORDER BY line) AS good_before,
+               row_number() OVER (ORDER BY line) AS rejects_so_far
+        FROM csv_rejects
+    )
+    GROUP BY good_before
+)
+SELECT $header_lines + r.record + coalesce(g.rejects_so_far, 0) AS line,
+       r.user_raw, r.item_raw, r.event_raw, r.ts_raw,
+       NULL::VARCHAR AS raw,
+       NULL::VARCHAR AS malformed
+FROM csv_records AS r
+ASOF LEFT JOIN gaps AS g ON r.record > g.good_before
+UNION ALL
+SELECT line, NULL, NULL, NULL, NULL, trim(csv_line, E'\r\n'), problem
+FROM csv_rejects;

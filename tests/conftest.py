@@ -1,0 +1,77 @@
+"""Shared fixtures: a private pipeline home per test (warehouse, landing, training, Dagster instance)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.settings import Settings
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+_PIPELINE_ENV = (
+    "ALS_PIPELINE_HOME",
+    "ALS_PIPELINE_LANDING",
+    "ALS_PIPELINE_START_DATE",
+    "ALS_PIPELINE_EVENT_PRESET",
+    "ALS_RETRAIN_CRON",
+    "ALS_MODEL_NAME",
+    "MLFLOW_TRACKING_URI",
+    "DAGSTER_HOME",
+)
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch) -> Settings:
+    """Settings.from_env() for a fresh ALS_PIPELINE_HOME under tmp_path (other pipeline env cleared)."""
+    for name in _PIPELINE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ALS_PIPELINE_HOME", str(tmp_path / "home"))
+    settings = Settings.from_env()
+    settings.landing_dir.mkdir(parents=True)
+    return settings
+
+
+@pytest.fixture
+def duckdb_resource(settings):
+    from pipelines.defs.resources import DuckDBResource
+
+    return DuckDBResource(database=str(settings.duckdb_path))
+
+
+def shared_data_file(relative: str) -> Path:
+    """A file of /work/shared/data, or skip the test when the data is not there."""
+    path = SHARED_DATA / relative
+    if not path.is_file():
+        pytest.skip(f"shared test data {path} not available")
+    return path
+
+
+@pytest.fixture
+def ingest_day(duckdb_resource):
+    """Materialise one `events` day (with its checks) through dg.materialize; returns the result."""
+    import dagster as dg
+
+    from pipelines.defs import checks
+    from pipelines.defs.ingest import build_events_asset
+    from pipelines.defs.partitions import daily_partitions
+
+    def run(day: str, *, start_date: str = "2026-01-01", config: dict | None = None, raise_on_error: bool = True):
+        events = build_events_asset(daily_partitions(start_date))
+        return dg.materialize(
+            [events, checks.events_present_and_valid, checks.rejected_share_below_threshold],
+            partition_key=day,
+            resources={"duckdb": duckdb_resource},
+            run_config={"ops": {"events": {"config": config}}} if config else None,
+            raise_on_error=raise_on_error,
+        )
+
+    return run
+
+
+def query(settings: Settings, sql: str, params=None) -> list[tuple]:
+    """Read the test's warehouse with a short read-only connection."""
+    import duckdb
+
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        return con.execute(sql, params).fetchall()
