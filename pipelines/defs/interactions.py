@@ -1,0 +1,93 @@
+"""`interactions`: summed event weights per (user, item) over a window of days (sql/interactions.sql)."""
+
+import datetime as dt
+
+import dagster as dg
+from pydantic import Field
+
+from pipelines import sql_files
+from pipelines.event_ingest import ensure_schema
+from pipelines.defs.ingest import events
+from pipelines.defs.resources import DuckDBResource
+
+
+class InteractionsConfig(dg.Config):
+    window_days: int = Field(default=30, ge=1, description="Days of events summed, ending at end_date.")
+    end_date: str | None = Field(
+        default=None, description="Last day of the window (YYYY-MM-DD); empty: the latest day with events."
+    )
+    view_weight: float = Field(default=3.0, ge=0, description="Weight of one view.")
+    cart_weight: float = Field(default=10.0, ge=0, description="Weight of one add-to-cart.")
+    purchase_weight: float = Field(default=40.0, ge=0, description="Weight of one purchase.")
+    half_life_days: float = Field(
+        default=0.0, ge=0, description="Exponential time decay: an event this many days old counts half. 0 = off."
+    )
+
+
+def build_interactions(con, config: InteractionsConfig) -> dict:
+    """Rebuild `interactions` (and `interactions_window`) in one transaction; returns the counts."""
+    end_day = dt.date.fromisoformat(config.end_date) if config.end_date else None
+    start_day, end_day = sql_files.run(
+        con, "interactions_window", {"window_days": config.window_days, "end_day": end_day}
+    ).fetchone()
+    if end_day is None:
+        raise dg.Failure("table `events` is empty: materialise some `events` partitions first")
+    params = {
+        "start_day": start_day,
+        "end_day": end_day,
+        "view_weight": config.view_weight,
+        "cart_weight": config.cart_weight,
+        "purchase_weight": config.purchase_weight,
+        "half_life_days": config.half_life_days,
+    }
+    sql_files.run(con, "weighted_events")
+    con.execute("BEGIN TRANSACTION")
+    try:
+        pairs, users, items, n_events, total_weight = sql_files.run(con, "interactions", params).fetchone()
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return {
+        "start_day": start_day,
+        "end_day": end_day,
+        "pairs": int(pairs),
+        "users": int(users),
+        "items": int(items),
+        "events": int(n_events),
+        "total_weight": float(total_weight),
+    }
+
+
+@dg.asset(
+    group_name="training",
+    deps=[events],
+    pool="duckdb",
+    kinds={"duckdb"},
+    description="DuckDB table `interactions(user_id, item_id, weight, last_ts, n_events, first_ts)` over a window.",
+)
+def interactions(
+    context: dg.AssetExecutionContext, config: InteractionsConfig, duckdb: DuckDBResource
+) -> dg.MaterializeResult:
+    with duckdb.connect() as con:
+        ensure_schema(con)  # a fresh warehouse has no tables yet: fail below with a clear message
+        counts = build_interactions(con, config)
+    context.log.info(
+        f"interactions {counts['start_day']}..{counts['end_day']}: {counts['pairs']:,} pairs from "
+        f"{counts['events']:,} events, {counts['users']:,} users, {counts['items']:,} items"
+    )
+    if counts["pairs"] == 0:
+        raise dg.Failure(f"no events between {counts['start_day']} and {counts['end_day']}")
+    md = dg.MetadataValue
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": md.int(counts["pairs"]),
+            "window_start": md.text(str(counts["start_day"])),
+            "window_end": md.text(str(counts["end_day"])),
+            "users": md.int(counts["users"]),
+            "items": md.int(counts["items"]),
+            "events": md.int(counts["events"]),
+            "total_weight": md.float(counts["total_weight"]),
+            "half_life_days": md.float(config.half_life_days),
+        }
+    )

@@ -1,0 +1,89 @@
+"""`training_data`: id maps, the train matrix and the holdout, published to `latest_dir(settings)`."""
+
+from typing import Literal
+
+import dagster as dg
+import numpy as np
+from pydantic import Field
+
+from pipelines import sql_files
+from pipelines.defs.interactions import interactions
+from pipelines.defs.resources import DuckDBResource
+from pipelines.settings import Settings
+from pipelines.training_data import TrainingData, latest_dir, publish, random_split, temporal_split
+
+
+class TrainingDataConfig(dg.Config):
+    split: Literal["temporal", "random"] = Field(
+        default="temporal",
+        description="temporal: hold out pairs first seen on the window's last day; random: per user, a random fraction.",
+    )
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1, description="Share of each user's items held out (random split).")
+    seed: int = Field(default=0, description="Seed of the random split.")
+
+
+def _read_window(con) -> dict:
+    row = sql_files.run(con, "training_window").fetchone()
+    if row is None:
+        raise dg.Failure("table `interactions_window` is empty: materialise `interactions` first")
+    keys = ("start_day", "end_day", "view_weight", "cart_weight", "purchase_weight", "half_life_days")
+    return dict(zip(keys, row))
+
+
+def build_training_data(con, config: TrainingDataConfig) -> TrainingData:
+    """Read what the split needs (then the caller closes the connection before anything heavy)."""
+    window = _read_window(con)
+    if config.split == "temporal":
+        sql_files.run(con, "weighted_events")  # the same weighting as `interactions`
+        users, items, days, weights = _columns(sql_files.run(con, "training_daily_weights", window))
+        return temporal_split(users, items, days, weights, window["start_day"], window["end_day"])
+    users, items, weights = _columns(sql_files.run(con, "training_interactions"))
+    return random_split(
+        users, items, weights, window["start_day"], window["end_day"], config.holdout_fraction, config.seed
+    )
+
+
+def _columns(result) -> list[np.ndarray]:
+    return list(result.fetchnumpy().values())
+
+
+@dg.asset(
+    group_name="training",
+    deps=[interactions],
+    pool="duckdb",
+    kinds={"duckdb", "numpy"},
+    description="Train matrix + holdout (external ids) as npz/JSON under <home>/training/latest.",
+)
+def training_data(
+    context: dg.AssetExecutionContext, config: TrainingDataConfig, duckdb: DuckDBResource
+) -> dg.MaterializeResult:
+    settings = Settings.from_env()
+    with duckdb.connect(read_only=True) as con:
+        data = build_training_data(con, config)
+    if data.train.nnz == 0:
+        raise dg.Failure(f"no training interactions before {data.window_end}: widen the window")
+    if data.holdout_pairs == 0:
+        raise dg.Failure(
+            f"empty holdout ({data.split} split of {data.window_start}..{data.window_end}): no model could be "
+            "evaluated; use more days of events or split=random"
+        )
+    snapshot = publish(data, settings)
+    context.log.info(
+        f"training data {data.window_start}..{data.window_end} ({data.split}): {len(data.user_ids):,} users x "
+        f"{len(data.item_ids):,} items, {data.train.nnz:,} nonzeros, {data.holdout_pairs:,} holdout pairs -> {snapshot}"
+    )
+    md = dg.MetadataValue
+    return dg.MaterializeResult(
+        metadata={
+            "users": md.int(len(data.user_ids)),
+            "items": md.int(len(data.item_ids)),
+            "nnz": md.int(int(data.train.nnz)),
+            "holdout_pairs": md.int(data.holdout_pairs),
+            "holdout_fingerprint": md.text(data.holdout_fingerprint),
+            "split": md.text(data.split),
+            "window_start": md.text(data.window_start),
+            "window_end": md.text(data.window_end),
+            "path": md.path(str(latest_dir(settings))),
+            "snapshot": md.path(str(snapshot)),
+        }
+    )

@@ -1,0 +1,245 @@
+"""What a training run consumes: id maps, the train matrix and a holdout of external (user, item) pairs.
+
+Stored as arrays (npz, no pickles) and JSON. The pipeline publishes each build as a snapshot
+directory and points `latest_dir(settings)` (a symlink) at it with one atomic rename, so a reader
+sees either the previous build or the new one, never half of one. No Dagster import.
+
+Ids are int64 when every id of that axis is a canonical decimal integer (so nothing is lost by the
+conversion: '7' yes, '007' or 'abc' no), else unicode strings. Holdout pairs use the same types.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from pipelines.settings import Settings
+
+FORMAT_VERSION = 1
+_ARRAYS = "arrays.npz"
+_META = "meta.json"
+_CANONICAL_INT = re.compile(r"^(0|-?[1-9][0-9]{0,18})$")
+SPLITS = ("temporal", "random")
+
+
+@dataclass
+class TrainingData:
+    user_ids: np.ndarray  # row i of `train` is user user_ids[i]
+    item_ids: np.ndarray  # column j is item item_ids[j]
+    train: sp.csr_matrix  # float32 users x items, summed event weights
+    holdout_user_ids: np.ndarray  # external ids, one per holdout pair
+    holdout_item_ids: np.ndarray
+    window_start: str  # YYYY-MM-DD, inclusive
+    window_end: str
+    split: str  # 'temporal' or 'random(fraction=..., seed=...)'
+
+    def __post_init__(self) -> None:
+        self.train = sp.csr_matrix(self.train, dtype=np.float32)
+        if self.train.shape != (len(self.user_ids), len(self.item_ids)):
+            raise ValueError(
+                f"train has shape {self.train.shape} but there are {len(self.user_ids)} users and "
+                f"{len(self.item_ids)} items"
+            )
+        if len(self.holdout_user_ids) != len(self.holdout_item_ids):
+            raise ValueError("holdout_user_ids and holdout_item_ids differ in length")
+        for name in ("user_ids", "item_ids", "holdout_user_ids", "holdout_item_ids"):
+            kind = np.asarray(getattr(self, name)).dtype.kind
+            if kind not in "iU":
+                raise ValueError(f"{name} must be int64 or unicode, got dtype kind {kind!r}")
+
+    @property
+    def holdout_pairs(self) -> int:
+        return len(self.holdout_user_ids)
+
+    @property
+    def holdout_fingerprint(self) -> str:
+        """sha256 (hex) of the sorted holdout pairs as text: equal holdouts, equal fingerprints,
+        whatever the id dtype."""
+        pairs = sorted(zip(map(str, self.holdout_user_ids.tolist()), map(str, self.holdout_item_ids.tolist())))
+        digest = hashlib.sha256()
+        for user, item in pairs:
+            digest.update(f"{user}\t{item}\n".encode())
+        return digest.hexdigest()
+
+    def meta(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "window_start": self.window_start,
+            "window_end": self.window_end,
+            "split": self.split,
+            "users": len(self.user_ids),
+            "items": len(self.item_ids),
+            "nnz": int(self.train.nnz),
+            "holdout_pairs": self.holdout_pairs,
+            "holdout_fingerprint": self.holdout_fingerprint,
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Write into `directory`, replacing it: the files go to a temporary sibling first, which
+        is then renamed into place."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            np.savez(
+                staging / _ARRAYS,
+                user_ids=self.user_ids,
+                item_ids=self.item_ids,
+                train_data=self.train.data,
+                train_indices=self.train.indices,
+                train_indptr=self.train.indptr,
+                train_shape=np.asarray(self.train.shape, dtype=np.int64),
+                holdout_user_ids=self.holdout_user_ids,
+                holdout_item_ids=self.holdout_item_ids,
+            )
+            (staging / _META).write_text(json.dumps(self.meta(), indent=2) + "\n", encoding="utf-8")
+            _replace_dir(staging, directory)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TrainingData:
+        directory = Path(directory)
+        if not (directory / _META).is_file():
+            raise FileNotFoundError(f"no training data in {directory}: materialise `training_data` first")
+        meta = json.loads((directory / _META).read_text(encoding="utf-8"))
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{directory}: format_version {meta.get('format_version')}, expected {FORMAT_VERSION}")
+        with np.load(directory / _ARRAYS, allow_pickle=False) as arrays:
+            train = sp.csr_matrix(
+                (arrays["train_data"], arrays["train_indices"], arrays["train_indptr"]),
+                shape=tuple(int(n) for n in arrays["train_shape"]),
+            )
+            data = cls(
+                user_ids=arrays["user_ids"],
+                item_ids=arrays["item_ids"],
+                train=train,
+                holdout_user_ids=arrays["holdout_user_ids"],
+                holdout_item_ids=arrays["holdout_item_ids"],
+                window_start=meta["window_start"],
+                window_end=meta["window_end"],
+                split=meta["split"],
+            )
+        if data.holdout_fingerprint != meta["holdout_fingerprint"]:
+            raise ValueError(f"{directory}: holdout does not match its recorded fingerprint (damaged files?)")
+        return data
+
+
+def _replace_dir(source: Path, target: Path) -> None:
+    if target.is_symlink():
+        target.unlink()
+    if not target.exists():
+        os.replace(source, target)
+        return
+    aside = target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
+    os.replace(target, aside)
+    os.replace(source, target)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- where builds live
+
+
+def latest_dir(settings: Settings) -> Path:
+    """The current training data: a symlink to the newest snapshot (read it, do not write into it)."""
+    return settings.training_dir / "latest"
+
+
+def publish(data: TrainingData, settings: Settings, keep: int = 5) -> Path:
+    """Save `data` as a new snapshot, point `latest_dir` at it atomically, keep the newest `keep`.
+
+    Returns the snapshot directory (stable, unlike `latest`: record it where a run must be traced)."""
+    snapshots = settings.training_dir / "snapshots"
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    snapshot = data.save(snapshots / f"{stamp}-{data.holdout_fingerprint[:12]}")
+    latest = latest_dir(settings)
+    if latest.exists() and not latest.is_symlink():  # a directory left by hand: replace it
+        shutil.rmtree(latest)
+    link = settings.training_dir / f".latest-{uuid.uuid4().hex}"
+    link.symlink_to(snapshot.relative_to(settings.training_dir), target_is_directory=True)
+    os.replace(link, latest)
+    for old in sorted(p for p in snapshots.iterdir() if not p.name.startswith("."))[:-keep]:
+        if old != snapshot:
+            shutil.rmtree(old, ignore_errors=True)
+    return snapshot
+
+
+# --------------------------------------------------------------------------- building
+
+
+def as_id_array(ids) -> np.ndarray:
+    """int64 when every id is a canonical decimal integer (lossless), else unicode strings."""
+    text = np.asarray(ids).astype(str)
+    if len(text) and all(_CANONICAL_INT.match(s) for s in np.unique(text).tolist()):
+        try:
+            return text.astype(np.int64)
+        except OverflowError:
+            pass
+    return text
+
+
+def _prune(train: sp.csr_matrix, user_ids: np.ndarray, item_ids: np.ndarray):
+    """Drop users and items without a training interaction: the model cannot learn them, and
+    serving/evaluation treat them as unknown (popularity fallback)."""
+    rows = np.flatnonzero(np.diff(train.indptr) > 0)
+    cols = np.flatnonzero(np.bincount(train.indices, minlength=train.shape[1]) > 0)
+    return sp.csr_matrix(train[rows][:, cols]), user_ids[rows], item_ids[cols]
+
+
+def _holdout_pairs(test: sp.csr_matrix, user_ids: np.ndarray, item_ids: np.ndarray):
+    test = sp.csr_matrix(test)
+    rows = np.repeat(np.arange(test.shape[0]), np.diff(test.indptr))
+    return user_ids[rows], item_ids[test.indices]  # CSR order: sorted by user index, then item index
+
+
+def temporal_split(users, items, days, weights, window_start: dt.date, window_end: dt.date) -> TrainingData:
+    """Holdout = (user, item) pairs first seen on the window's last day; train = the days before.
+
+    Coordinates are per event (or per day) with `days` as dates. The rule is
+    `als_core.splits.temporal_holdout` with the cutoff at the start of the last day: pairs already
+    seen before it stay train-only, and their last-day events are left out of both sides.
+    """
+    from als_core.splits import temporal_holdout
+
+    user_ids, u = np.unique(as_id_array(users), return_inverse=True)
+    item_ids, i = np.unique(as_id_array(items), return_inverse=True)
+    train, test = temporal_holdout(
+        u, i, np.asarray(weights, dtype=np.float64), np.asarray(days, dtype="datetime64[D]"),
+        np.datetime64(window_end, "D"), (len(user_ids), len(item_ids)),
+    )
+    holdout_users, holdout_items = _holdout_pairs(test, user_ids, item_ids)
+    train, user_ids, item_ids = _prune(train, user_ids, item_ids)
+    return TrainingData(
+        user_ids, item_ids, train, holdout_users, holdout_items,
+        window_start.isoformat(), window_end.isoformat(), "temporal",
+    )
+
+
+def random_split(users, items, weights, window_start: dt.date, window_end: dt.date, fraction: float = 0.2, seed: int = 0) -> TrainingData:
+    """Per user, a random `fraction` of the user's items is held out (`als_core.splits.random_holdout`)."""
+    from als_core.splits import random_holdout
+
+    user_ids, u = np.unique(as_id_array(users), return_inverse=True)
+    item_ids, i = np.unique(as_id_array(items), return_inverse=True)
+    matrix = sp.csr_matrix(
+        (np.asarray(weights, dtype=np.float64), (u, i)), shape=(len(user_ids), len(item_ids))
+    )
+    train, test = random_holdout(matrix, fraction=fraction, seed=seed)
+    holdout_users, holdout_items = _holdout_pairs(test, user_ids, item_ids)
+    train, user_ids, item_ids = _prune(train, user_ids, item_ids)
+    return TrainingData(
+        user_ids, item_ids, train, holdout_users, holdout_items,
+        window_start.isoformat(), window_end.isoformat(), f"random(fraction={fraction}, seed={seed})",
+    )

@@ -1,0 +1,85 @@
+"""`interactions`: weights, window and decay against a hand computation."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+import pytest
+from conftest import query
+
+from pipelines.defs.interactions import interactions
+
+EVENTS = {
+    "2026-01-01": ["u1,i1,view,2026-01-01 10:00:00", "u1,i1,cart,2026-01-01 11:00:00", "u2,i1,purchase,2026-01-01 12:00:00"],
+    "2026-01-02": ["u1,i2,view,2026-01-02 00:00:00", "u1,i1,view,2026-01-02 12:00:00"],
+    "2026-01-03": ["u2,i2,view,2026-01-03 06:00:00", "u3,i3,purchase,2026-01-03 23:00:00"],
+}
+
+
+@pytest.fixture
+def three_days(settings, ingest_day):
+    for day, rows in EVENTS.items():
+        (settings.landing_dir / f"events-{day}.csv").write_text("user_id,item_id,event_type,ts\n" + "\n".join(rows) + "\n")
+        ingest_day(day)
+    return settings
+
+
+def _build(duckdb_resource, **config):
+    result = dg.materialize(
+        [interactions],
+        resources={"duckdb": duckdb_resource},
+        run_config={"ops": {"interactions": {"config": config}}} if config else None,
+    )
+    return result.asset_materializations_for_node("interactions")[0].metadata
+
+
+def _table(settings) -> dict:
+    rows = query(settings, "SELECT user_id, item_id, weight, n_events, last_ts FROM interactions")
+    return {(u, i): (w, n, str(t)) for u, i, w, n, t in rows}
+
+
+def test_default_weights_over_the_whole_window(three_days, duckdb_resource):
+    metadata = _build(duckdb_resource)
+    assert _table(three_days) == {
+        ("u1", "i1"): (3 + 10 + 3, 3, "2026-01-02 12:00:00"),
+        ("u2", "i1"): (40, 1, "2026-01-01 12:00:00"),
+        ("u1", "i2"): (3, 1, "2026-01-02 00:00:00"),
+        ("u2", "i2"): (3, 1, "2026-01-03 06:00:00"),
+        ("u3", "i3"): (40, 1, "2026-01-03 23:00:00"),
+    }
+    assert (metadata["window_start"].value, metadata["window_end"].value) == ("2025-12-05", "2026-01-03")
+    assert metadata["dagster/row_count"].value == 5
+    assert metadata["events"].value == 7
+
+
+def test_window_ends_at_the_configured_day(three_days, duckdb_resource):
+    _build(duckdb_resource, window_days=2)  # 01-02 .. 01-03
+    assert {k: v[0] for k, v in _table(three_days).items()} == {
+        ("u1", "i1"): 3, ("u1", "i2"): 3, ("u2", "i2"): 3, ("u3", "i3"): 40,
+    }
+    _build(duckdb_resource, window_days=1, end_date="2026-01-02", view_weight=1.0)
+    assert {k: v[0] for k, v in _table(three_days).items()} == {("u1", "i1"): 1, ("u1", "i2"): 1}
+    assert query(three_days, "SELECT start_day, end_day FROM interactions_window") == [
+        (dt.date(2026, 1, 2), dt.date(2026, 1, 2))
+    ]
+
+
+def test_exponential_decay_halves_per_half_life(three_days, duckdb_resource):
+    _build(duckdb_resource, half_life_days=1.0, view_weight=1.0, cart_weight=2.0, purchase_weight=5.0)
+    end = dt.datetime(2026, 1, 4)  # ages count from the end of the window's last day
+
+    def decayed(weight, ts):
+        age_days = (end - dt.datetime.fromisoformat(ts)).total_seconds() / 86400
+        return weight * 0.5**age_days
+
+    table = _table(three_days)
+    expected_u1_i1 = decayed(1, "2026-01-01 10:00:00") + decayed(2, "2026-01-01 11:00:00") + decayed(1, "2026-01-02 12:00:00")
+    assert table[("u1", "i1")][0] == pytest.approx(expected_u1_i1, rel=1e-12)
+    assert table[("u3", "i3")][0] == pytest.approx(5 * 0.5 ** (1 / 24), rel=1e-12)
+    assert table[("u2", "i1")][0] == pytest.approx(5 * 0.25 * 0.5 ** (12 / 24), rel=1e-12)
+
+
+def test_empty_warehouse_fails_with_a_clear_message(settings, duckdb_resource):
+    with pytest.raises(dg.Failure, match="materialise some `events`"):
+        _build(duckdb_resource)

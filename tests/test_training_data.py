@@ -1,0 +1,161 @@
+"""TrainingData: storage round trip, fingerprint, the temporal-holdout rule, random split, publishing, the asset."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from als_core.synthetic import generate_events
+from pipelines.defs.interactions import interactions
+from pipelines.defs.training_data_asset import training_data
+from pipelines.landing import write_day_files
+from pipelines.training_data import TrainingData, as_id_array, latest_dir, publish, random_split, temporal_split
+
+D1, D2, D3 = dt.date(2026, 1, 1), dt.date(2026, 1, 2), dt.date(2026, 1, 3)
+
+
+def _data(user_ids=("a", "b"), item_ids=("x", "y", "z"), holdout=(("a", "z"), ("c", "x"))) -> TrainingData:
+    train = sp.csr_matrix(np.array([[1.0, 0, 2.5], [0, 4.0, 0]], dtype=np.float32))
+    return TrainingData(
+        user_ids=np.asarray(user_ids), item_ids=np.asarray(item_ids), train=train,
+        holdout_user_ids=np.asarray([u for u, _ in holdout]), holdout_item_ids=np.asarray([i for _, i in holdout]),
+        window_start="2026-01-01", window_end="2026-01-30", split="temporal",
+    )
+
+
+@pytest.mark.parametrize("ids", [("a", "b"), (7, 123456789012)])
+def test_round_trip_keeps_arrays_types_and_fingerprint(tmp_path, ids):
+    data = _data(user_ids=ids, holdout=((ids[0], "z"), (ids[1], "x")))
+    data.save(tmp_path / "td")
+    back = TrainingData.load(tmp_path / "td")
+    for name in ("user_ids", "item_ids", "holdout_user_ids", "holdout_item_ids"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(data, name))
+        assert getattr(back, name).dtype == getattr(data, name).dtype
+        assert getattr(back, name).dtype.kind in "iU"
+    assert (back.train != data.train).nnz == 0 and back.train.dtype == np.float32
+    assert (back.window_start, back.window_end, back.split) == (data.window_start, data.window_end, data.split)
+    assert back.holdout_fingerprint == data.holdout_fingerprint
+    with np.load(tmp_path / "td" / "arrays.npz", allow_pickle=False) as arrays:  # no object arrays inside
+        assert all(arrays[key].dtype != object for key in arrays.files)
+    meta = json.loads((tmp_path / "td" / "meta.json").read_text())
+    assert meta["holdout_fingerprint"] == data.holdout_fingerprint and meta["nnz"] == 3
+
+
+def test_save_replaces_an_existing_directory_and_load_detects_damage(tmp_path):
+    _data().save(tmp_path / "td")
+    _data(holdout=(("a", "x"),)).save(tmp_path / "td")
+    assert TrainingData.load(tmp_path / "td").holdout_pairs == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+    meta = json.loads((tmp_path / "td" / "meta.json").read_text())
+    meta["holdout_fingerprint"] = "0" * 64
+    (tmp_path / "td" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="fingerprint"):
+        TrainingData.load(tmp_path / "td")
+
+
+def test_fingerprint_depends_on_the_pairs_only():
+    base = _data(holdout=(("a", "z"), ("c", "x")))
+    assert _data(holdout=(("c", "x"), ("a", "z"))).holdout_fingerprint == base.holdout_fingerprint
+    assert _data(holdout=(("a", "z"), ("c", "y"))).holdout_fingerprint != base.holdout_fingerprint
+    numeric = _data(user_ids=(1, 2), holdout=((1, "z"),))
+    textual = _data(user_ids=("1", "2"), holdout=(("1", "z"),))
+    assert numeric.holdout_fingerprint == textual.holdout_fingerprint
+
+
+def test_ids_become_int64_only_when_nothing_is_lost():
+    assert as_id_array(["3", "10", "-2", "0"]).dtype == np.int64
+    for mixed in (["3", "007"], ["3", "x"], ["3", "1.5"], ["99999999999999999999"], ["+3"]):
+        converted = as_id_array(mixed)
+        assert converted.dtype.kind == "U"
+        assert converted.tolist() == mixed
+
+
+def test_temporal_split_holds_out_pairs_first_seen_on_the_last_day():
+    rows = [  # user, item, day, weight
+        ("u1", "i1", D1, 3.0),
+        ("u1", "i1", D3, 10.0),  # seen before the last day: train only, and this event is dropped
+        ("u1", "i2", D3, 3.0),  # new on the last day: holdout
+        ("u2", "i3", D3, 40.0),  # a user seen only on the last day: holdout, not a train row
+        ("u3", "i1", D2, 3.0),
+        ("u3", "i4", D1, 3.0),
+        ("u3", "i4", D2, 10.0),
+    ]
+    users, items, days, weights = (np.asarray(col) for col in zip(*rows))
+    data = temporal_split(users, items, np.asarray(days, dtype="datetime64[D]"), weights, D1, D3)
+    assert data.user_ids.tolist() == ["u1", "u3"]
+    assert data.item_ids.tolist() == ["i1", "i4"]
+    assert data.train.toarray().tolist() == [[3.0, 0.0], [3.0, 13.0]]
+    assert sorted(zip(data.holdout_user_ids.tolist(), data.holdout_item_ids.tolist())) == [("u1", "i2"), ("u2", "i3")]
+    assert (data.window_start, data.window_end, data.split) == ("2026-01-01", "2026-01-03", "temporal")
+
+
+def test_random_split_is_reproducible_and_partitions_the_pairs():
+    rng = np.random.default_rng(5)
+    pairs = {(int(u), int(i)) for u, i in rng.integers(0, 40, size=(600, 2))}
+    users, items = (np.asarray(col) for col in zip(*sorted(pairs)))
+    weights = rng.integers(1, 50, size=len(users)).astype(float)
+    first = random_split(users.astype(str), items.astype(str), weights, D1, D3, fraction=0.25, seed=3)
+    again = random_split(users.astype(str), items.astype(str), weights, D1, D3, fraction=0.25, seed=3)
+    other = random_split(users.astype(str), items.astype(str), weights, D1, D3, fraction=0.25, seed=4)
+    assert first.holdout_fingerprint == again.holdout_fingerprint != other.holdout_fingerprint
+    assert first.user_ids.dtype == np.int64  # numeric ids stay numbers
+    coo = first.train.tocoo()
+    train_pairs = {(int(first.user_ids[r]), int(first.item_ids[c])) for r, c in zip(coo.row, coo.col)}
+    held = set(zip(first.holdout_user_ids.tolist(), first.holdout_item_ids.tolist()))
+    assert not train_pairs & held and train_pairs | held == pairs
+    assert 0.15 < len(held) / len(pairs) < 0.35
+    assert first.split == "random(fraction=0.25, seed=3)"
+
+
+def test_publish_swaps_latest_atomically_and_keeps_a_few_snapshots(settings):
+    published = [publish(_data(holdout=((f"u{n}", "x"),)), settings, keep=2) for n in range(4)]
+    latest = latest_dir(settings)
+    assert latest.is_symlink() and latest.resolve() == published[-1].resolve()
+    assert TrainingData.load(latest).holdout_user_ids.tolist() == ["u3"]
+    remaining = sorted(p.name for p in (settings.training_dir / "snapshots").iterdir())
+    assert remaining == sorted(p.name for p in published[-2:])
+
+
+def test_asset_builds_the_temporal_split_of_the_warehouse(settings, ingest_day, duckdb_resource):
+    events = generate_events(n_users=400, n_items=150, n_events=8_000, n_days=4, seed=3, start="2026-01-01")
+    write_day_files(events, settings.landing_dir, "parquet")
+    for day in ("2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04"):
+        ingest_day(day)
+    result = dg.materialize([interactions, training_data], resources={"duckdb": duckdb_resource})
+    metadata = result.asset_materializations_for_node("training_data")[0].metadata
+    data = TrainingData.load(latest_dir(settings))
+
+    # the rule, computed independently with pandas
+    weight = events["event_type"].map({"view": 3.0, "cart": 10.0, "purchase": 40.0})
+    frame = events.assign(weight=weight, last_day=events["ts"].dt.date == dt.date(2026, 1, 4))
+    before = frame[~frame["last_day"]].groupby(["user_id", "item_id"])["weight"].sum()
+    on_last = set(map(tuple, frame[frame["last_day"]][["user_id", "item_id"]].drop_duplicates().values.tolist()))
+    expected_holdout = on_last - set(before.index)
+    assert set(zip(data.holdout_user_ids.tolist(), data.holdout_item_ids.tolist())) == expected_holdout
+    coo = data.train.tocoo()
+    got = {(int(data.user_ids[r]), int(data.item_ids[c])): float(v) for r, c, v in zip(coo.row, coo.col, coo.data)}
+    assert got == pytest.approx({k: float(v) for k, v in before.items()})
+    assert metadata["holdout_pairs"].value == len(expected_holdout)
+    assert metadata["holdout_fingerprint"].value == data.holdout_fingerprint
+    assert metadata["nnz"].value == len(before)
+    assert (data.window_start, data.window_end) == ("2025-12-06", "2026-01-04")
+
+
+def test_asset_random_split_by_config(settings, ingest_day, duckdb_resource):
+    events = generate_events(n_users=200, n_items=80, n_events=3_000, n_days=2, seed=4, start="2026-01-01")
+    write_day_files(events, settings.landing_dir, "csv")
+    for day in ("2026-01-01", "2026-01-02"):
+        ingest_day(day)
+    config = {"ops": {"training_data": {"config": {"split": "random", "holdout_fraction": 0.3, "seed": 9}}}}
+    dg.materialize([interactions, training_data], resources={"duckdb": duckdb_resource}, run_config=config)
+    data = TrainingData.load(latest_dir(settings))
+    pairs = events.groupby(["user_id", "item_id"]).size()
+    assert data.train.nnz + data.holdout_pairs == len(pairs)
+    assert data.split == "random(fraction=0.3, seed=9)"
+    assert isinstance(pd.Timestamp(data.window_end), pd.Timestamp)
