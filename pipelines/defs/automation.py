@@ -1,0 +1,97 @@
+"""Jobs, schedules and the landing sensor; all start RUNNING with the code location.
+
+- `ingest`: the `events` asset, one day per run; scheduled daily for the day just ended, and
+  requested by `landing_sensor` for the days of new or changed landing files.
+- `daily_retrain`: the whole `training` group (interactions -> training_data -> challenger ->
+  evaluation -> champion -> recommendations) on the cron $ALS_RETRAIN_CRON (default 03:00 UTC).
+"""
+
+import datetime as dt
+import hashlib
+import json
+import os
+
+import dagster as dg
+
+from pipelines.defs.partitions import event_days
+from pipelines.landing import landing_files
+from pipelines.settings import Settings
+
+DEFAULT_RETRAIN_CRON = "0 3 * * *"
+
+ingest_job = dg.define_asset_job(
+    name="ingest",
+    selection=dg.AssetSelection.assets("events"),  # partitioned like `events`
+    description="Ingest one day of landing files into `events`.",
+)
+
+ingest_schedule = dg.build_schedule_from_partitioned_job(
+    ingest_job,
+    name="ingest_daily",
+    hour_of_day=0,
+    minute_of_hour=30,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+
+daily_retrain_job = dg.define_asset_job(
+    name="daily_retrain",
+    selection=dg.AssetSelection.groups("training"),
+    description="Rebuild interactions and training data, train a challenger and gate it against the champion.",
+)
+
+daily_retrain_schedule = dg.ScheduleDefinition(
+    name="daily_retrain_schedule",
+    job=daily_retrain_job,
+    cron_schedule=os.environ.get("ALS_RETRAIN_CRON") or DEFAULT_RETRAIN_CRON,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+
+
+def _file_state(path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_mtime_ns, stat.st_size]
+
+
+@dg.sensor(
+    job=ingest_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Requests the `events` partition of every landing file that is new or changed.",
+)
+def landing_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    """Cursor: {relative path: [mtime_ns, size]} of the files already requested. A file whose day
+    has no partition yet (today, or the future) is left out of the cursor and requested once the
+    day is over; a file before the first partition is recorded and skipped."""
+    settings = Settings.from_env()
+    seen: dict[str, list[int]] = json.loads(context.cursor) if context.cursor else {}
+    now = dt.datetime.now(dt.UTC)
+    valid_days = set(event_days.get_partition_keys(current_time=now))
+    first_day = event_days.start.date().isoformat()
+    cursor: dict[str, list[int]] = {}
+    day_files: dict[str, list[str]] = {}
+    changed: set[str] = set()
+    for landing_file in landing_files(settings.landing_dir):
+        day = landing_file.day.isoformat()
+        state = _file_state(landing_file.path)
+        if day in valid_days:
+            cursor[landing_file.relative] = state
+            day_files.setdefault(day, []).append(f"{landing_file.relative}:{state}")
+            if seen.get(landing_file.relative) != state:
+                changed.add(day)
+        elif day < first_day:
+            cursor[landing_file.relative] = state
+            if landing_file.relative not in seen:
+                context.log.warning(f"{landing_file.relative}: {day} is before the first partition {first_day}")
+    run_requests = [
+        dg.RunRequest(
+            partition_key=day,
+            # keyed by the day's whole set of file versions: the same state never runs twice
+            run_key=f"{day}:{hashlib.sha256(json.dumps(sorted(day_files[day])).encode()).hexdigest()[:16]}",
+            tags={"landing/files": str(len(day_files[day]))},
+        )
+        for day in sorted(changed)
+    ]
+    if run_requests:
+        context.log.info(f"new or changed landing files for {[r.partition_key for r in run_requests]}")
+    return dg.SensorResult(run_requests=run_requests, cursor=json.dumps(cursor, sort_keys=True))
