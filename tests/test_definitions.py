@@ -140,3 +140,24 @@ def test_ingest_through_the_dagster_cli(settings):
         assert records[0].dagster_run.tags["dagster/partition"] == "2026-01-02"
     finally:
         instance.dispose()
+
+
+def test_settings_paths_are_absolute_and_follow_the_environment(tmp_path, monkeypatch):
+    from pipelines.settings import PROJECT_ROOT, Settings
+
+    defaults = Settings.from_env({})
+    assert defaults.home == PROJECT_ROOT / ".data"
+    assert defaults.mlflow_tracking_uri == f"sqlite:///{PROJECT_ROOT / '.data' / 'mlflow.db'}"
+    assert defaults.model_name == "als-recommender"
+
+    monkeypatch.chdir(tmp_path)
+    custom = Settings.from_env(
+        {"ALS_PIPELINE_HOME": "rel/home", "ALS_PIPELINE_LANDING": "drop", "MLFLOW_TRACKING_URI": "sqlite:///m.db", "ALS_MODEL_NAME": "m"}
+    )
+    assert custom.home == tmp_path / "rel" / "home"
+    assert custom.duckdb_path == tmp_path / "rel" / "home" / "warehouse.duckdb"
+    assert custom.dagster_home == custom.home / "dagster" and custom.training_dir == custom.home / "training"
+    assert custom.mlflow_artifact_root == custom.home / "mlartifacts"
+    assert custom.landing_dir == tmp_path / "drop"
+    assert custom.mlflow_tracking_uri == f"sqlite:///{tmp_path / 'm.db'}"
+    assert Settings.from_env({"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}).mlflow_tracking_uri == "http://127.0.0.1:5000"

@@ -139,3 +139,63 @@ def test_every_landing_format_loads_the_same_events(settings, ingest_day, fmt):
     assert [(int(u), int(i), e, t) for u, i, e, t in loaded] == list(
         zip(events["user_id"], events["item_id"], events["event_type"], events["ts"].dt.to_pydatetime())
     )
+
+
+def test_which_files_belong_to_a_day(tmp_path):
+    from pipelines.landing import files_for_day, landing_files
+
+    for name in (
+        "events-2026-01-05.csv.gz",
+        "2026-01-05/part-0.parquet",
+        "2026-01-05/events-2026-01-06.jsonl",  # the file name's date wins over the directory's
+        "2026-01-05/.part-1.parquet",  # hidden: still being written
+        "_tmp/events-2026-01-05.csv",  # under a hidden directory
+        "events-2026-13-45.csv",  # not a date
+        "notes-2026-01-05.txt",  # not a landing format
+    ):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    day = pd.Timestamp("2026-01-05").date()
+    assert [f.relative for f in files_for_day(tmp_path, day)] == ["2026-01-05/part-0.parquet", "events-2026-01-05.csv.gz"]
+    assert {f.relative: (str(f.day), f.format) for f in landing_files(tmp_path)} == {
+        "2026-01-05/events-2026-01-06.jsonl": ("2026-01-06", "jsonl"),
+        "2026-01-05/part-0.parquet": ("2026-01-05", "parquet"),
+        "events-2026-01-05.csv.gz": ("2026-01-05", "csv"),
+    }
+
+
+def test_landing_cli_writes_one_file_per_day(tmp_path, capsys):
+    from pipelines.landing import main
+
+    main(["--users", "20", "--items", "10", "--events", "300", "--days", "3", "--format", "jsonl", "--landing", str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"events-{d}.jsonl" for d in DAYS]
+    assert len(capsys.readouterr().out.splitlines()) == 3
+
+
+def test_a_locked_warehouse_is_waited_for(settings):
+    """DuckDB lets one process hold the file; a second one retries until the lock is released."""
+    import subprocess
+    import sys
+    import time
+
+    import duckdb
+
+    from pipelines import warehouse
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); time.sleep(2)",
+         str(settings.duckdb_path)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(duckdb.IOException, match="lock"):
+            warehouse.connect(settings.duckdb_path, lock_timeout_s=0.2)
+        waits: list[str] = []
+        started = time.monotonic()
+        con = warehouse.connect(settings.duckdb_path, lock_timeout_s=30, on_wait=waits.append)
+        assert con.execute("SELECT current_setting('TimeZone')").fetchone() == ("UTC",)
+        con.close()
+        assert waits and time.monotonic() - started < 30
+    finally:
+        holder.wait(timeout=30)
