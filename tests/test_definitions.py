@@ -138,6 +138,8 @@ def test_ingest_through_the_dagster_cli(settings):
         records = instance.get_run_records()
         assert [r.dagster_run.status for r in records] == [dg.DagsterRunStatus.SUCCESS]
         assert records[0].dagster_run.tags["dagster/partition"] == "2026-01-02"
+        # the multiprocess executor ran events and its two checks under the instance's pool limit
+        assert instance.event_log_storage.get_concurrency_info("duckdb").slot_count == 1
     finally:
         instance.dispose()
 
