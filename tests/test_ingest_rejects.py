@@ -7,7 +7,6 @@ import gzip
 import shutil
 
 import pandas as pd
-import pytest
 from conftest import query, shared_data_file
 
 DAY = "2026-01-05"
