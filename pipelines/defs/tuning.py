@@ -1,0 +1,109 @@
+"""The tuning asset: a hyperparameter search on the training data only, one nested MLflow run per point.
+
+It runs weekly and on demand (not in the daily retrain); the challenger picks its result up from
+`pipelines.tuned_params` unless the run config overrides it.
+"""
+
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from als_core.tuning import TuningPoint, tune
+from pipelines import plots, registry
+from pipelines.defs.mlflow_resource import MLflowResource
+from pipelines.settings import Settings
+from pipelines.training_data import TrainingData, latest_dir
+from pipelines.tuned_params import write_best_params
+
+TUNING_GROUP = "tuning"
+
+
+class TuningConfig(dg.Config):
+    factors: list[int] = Field(default=[32, 64, 128], description="Search space: numbers of latent factors.")
+    regularization: list[float] = Field(default=[1.0, 10.0, 30.0], description="Search space: L2 regularization.")
+    alpha: list[float] = Field(default=[1.0, 5.0, 20.0], description="Search space: confidence scale (c = 1 + alpha*r).")
+    iterations: int = Field(default=15, description="ALS iterations per point.")
+    validation_fraction: float = Field(default=0.2, description="Share of each user's TRAINING items held out for validation.")
+    seed: int = Field(default=0, description="Seed of the validation split and of the factor initialisation.")
+    early_stop: bool = Field(default=True, description="Stop points far below the best after a third of their iterations.")
+
+
+def _metric_name(key: str) -> str:
+    return key.replace("@", "_at_")  # MLflow metric names allow no '@'
+
+
+@dg.asset(
+    group_name=TUNING_GROUP,
+    deps=["training_data"],
+    description="Grid search of factors x regularization x alpha on a validation split of the training data "
+                "(never the promotion holdout); writes the best parameters for the challenger.",
+    kinds={"python", "mlflow"},
+)
+def tuning(context: dg.AssetExecutionContext, config: TuningConfig, mlflow: MLflowResource) -> dg.MaterializeResult:
+    settings = Settings.from_env()
+    data = TrainingData.load(latest_dir(settings))
+    space = {"factors": config.factors, "regularization": config.regularization, "alpha": config.alpha}
+    client = mlflow.client()
+    experiment_id = mlflow.experiment_id(client)
+    parent = registry.start_training_run(client, experiment_id, "tuning",
+                                         {registry.TAG_DAGSTER_RUN_ID: context.run.run_id, "kind": "tuning"})
+    context.log.info(f"tuning on {data.train.shape[0]} users x {data.train.shape[1]} items "
+                     f"({data.train.nnz} nonzeros) over {space}")
+
+    def log_point(point: TuningPoint) -> None:
+        child = registry.start_training_run(client, experiment_id, "tuning point", {
+            "mlflow.parentRunId": parent, registry.TAG_DAGSTER_RUN_ID: context.run.run_id,
+            "stopped_early": str(point.stopped_early)})
+        registry.log_training(client, child, point.params, point.loss_history, point.seconds, {})
+        registry.log_metrics(client, child, {f"validation_{_metric_name(k)}": v for k, v in point.metrics.items()})
+        registry.finish_run(client, child)
+        context.log.info(f"{point.params}: validation NDCG@10 {point.ndcg:.4f}"
+                         f"{' (stopped early)' if point.stopped_early else ''} in {point.seconds:.1f}s")
+
+    started = time.perf_counter()
+    try:
+        result = tune(data.train, space, validation_fraction=config.validation_fraction, seed=config.seed,
+                      iterations=config.iterations, early_stop=config.early_stop, on_point=log_point)
+        registry.log_training(client, parent, {f"space_{k}": v for k, v in space.items()},
+                              [], time.perf_counter() - started, {"points": len(result.points)})
+        registry.log_metrics(client, parent, {"best_validation_ndcg_at_10": result.best_ndcg})
+        with tempfile.TemporaryDirectory() as tmp:
+            pictures = []
+            for rows, cols in (("factors", "regularization"), ("alpha", "regularization")):
+                r, c, grid = result.table(rows, cols)
+                path = plots.ndcg_heatmap(r, c, grid, rows, cols, Path(tmp) / f"heatmap_{rows}_{cols}.png")
+                client.log_artifact(parent, str(path), artifact_path="tuning")
+                pictures.append(plots.markdown_image(path, f"NDCG@10 over {rows} x {cols}"))
+    except Exception:
+        registry.finish_run(client, parent, failed=True)
+        raise
+    registry.finish_run(client, parent)
+    written = write_best_params(settings, {
+        "params": result.best_params, "validation_ndcg_at_10": result.best_ndcg, "mlflow_run_id": parent,
+        "dagster_run_id": context.run.run_id, "training_window_end": data.window_end,
+    })
+    context.log.info(f"best {result.best_params} (validation NDCG@10 {result.best_ndcg:.4f}) -> {written}")
+    return dg.MaterializeResult(metadata={
+        "best_params": dg.MetadataValue.json(result.best_params),
+        "best_validation_ndcg_at_10": dg.MetadataValue.float(result.best_ndcg),
+        "points": dg.MetadataValue.int(len(result.points)),
+        "stopped_early": dg.MetadataValue.int(sum(p.stopped_early for p in result.points)),
+        "validation_pairs": dg.MetadataValue.int(result.validation_pairs),
+        "mlflow_run": dg.MetadataValue.url(mlflow.run_url(experiment_id, parent)),
+        "heatmaps": dg.MetadataValue.md("\n\n".join(pictures)),
+    })
+
+
+tuning_job = dg.define_asset_job("tuning", selection=dg.AssetSelection.assets(tuning),
+                                 description="Hyperparameter search on the latest training data.")
+
+weekly_tuning = dg.ScheduleDefinition(
+    job=tuning_job, cron_schedule=os.environ.get("ALS_TUNING_CRON", "0 1 * * 0"), execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Weekly hyperparameter search (ALS_TUNING_CRON, default Sundays 01:00 UTC).",
+)
