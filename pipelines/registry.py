@@ -1,0 +1,636 @@
+"""The MLflow side of the pipeline: training runs, registered versions, the champion gate and rollback.
+
+No Dagster import: the serving API reuses the read side (`champion_ref`, `download_bundle`,
+`load_champion_bundle`). Every function takes an explicit tracking URI or client; nothing relies on MLflow's
+process-global default store (a relative ``sqlite:///mlflow.db`` in whatever directory the process runs in).
+
+Layout (docs/registry.md has the full list):
+- one experiment (default "als-recommender"), one run per training;
+- the model is a "models from code" pyfunc (`pipelines/mlflow_model.py`) whose artifact ``bundle`` is the
+  `als_core.bundle.ModelBundle` directory (arrays + JSON), registered as a new version of the model name;
+- the holdout the run was judged on is an artifact of the run (``holdout/holdout.npz``), so a promotion can
+  re-score a changed champion on exactly the same pairs;
+- aliases ``champion`` and ``previous_champion``; the gate's decision and scores are version tags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import math
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+if TYPE_CHECKING:  # heavy imports stay lazy: `python -m pipelines.registry` and serving start faster
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+    from als_core.bundle import ModelBundle
+
+CHAMPION = "champion"
+PREVIOUS_CHAMPION = "previous_champion"
+BUNDLE_ARTIFACT_KEY = "bundle"
+MODEL_ARTIFACT_NAME = "model"
+HOLDOUT_ARTIFACT_PATH = "holdout/holdout.npz"
+MODEL_CODE_PATH = Path(__file__).with_name("mlflow_model.py")
+DEFAULT_EXPERIMENT = "als-recommender"
+DEFAULT_N = 10
+
+# Version / run tag keys. Kept here so writers and readers cannot drift apart.
+TAG_DAGSTER_RUN_ID = "dagster_run_id"
+TAG_HOLDOUT_FINGERPRINT = "holdout_fingerprint"
+TAG_EVAL_PREFIX = "eval."
+TAG_GATE_PREFIX = "gate."
+
+REACHABILITY_TIMEOUT_S = 5.0
+LOCK_TIMEOUT_S = 600.0
+
+# mlflow.pyfunc.log_model only talks to the process-global tracking URI; this lock keeps our own callers
+# from switching it under each other.
+_GLOBAL_URI_LOCK = threading.RLock()
+
+
+class RegistryError(RuntimeError):
+    """The registry is not in the state an operation needs (no champion to roll back to, ...)."""
+
+
+class MlflowUnavailable(RegistryError):
+    """MLflow could not be reached, or failed, while the pipeline needed it."""
+
+
+# --------------------------------------------------------------------------------------------- connection
+
+
+def validate_tracking_uri(tracking_uri: str) -> str:
+    """Refuse relative stores: a relative sqlite path silently creates a new, empty registry per cwd."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme == "sqlite":
+        path = tracking_uri[len("sqlite:///"):]
+        if not tracking_uri.startswith("sqlite:///") or not path.startswith("/"):
+            raise ValueError(f"MLflow tracking URI must be absolute (sqlite:////abs/path.db): {tracking_uri!r}")
+    elif parsed.scheme in ("", "file"):
+        path = parsed.path if parsed.scheme else tracking_uri
+        if not os.path.isabs(path):
+            raise ValueError(f"MLflow tracking URI must be an absolute path: {tracking_uri!r}")
+    return tracking_uri
+
+
+def is_remote(tracking_uri: str) -> bool:
+    return urlparse(tracking_uri).scheme in ("http", "https")
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    if urlparse(tracking_uri).scheme != "sqlite":
+        return None
+    return Path(tracking_uri[len("sqlite:///"):])
+
+
+def check_reachable(tracking_uri: str, timeout_s: float = REACHABILITY_TIMEOUT_S) -> None:
+    """Fail fast with a clear message instead of MLflow's minutes of HTTP retries on a dead server."""
+    validate_tracking_uri(tracking_uri)
+    if is_remote(tracking_uri):
+        import httpx
+
+        url = tracking_uri.rstrip("/") + "/health"
+        try:
+            response = httpx.get(url, timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            raise MlflowUnavailable(
+                f"MLflow tracking server {tracking_uri} is unreachable ({type(exc).__name__}: {exc})"
+            ) from exc
+        if response.status_code != 200:
+            raise MlflowUnavailable(
+                f"MLflow tracking server {tracking_uri} is unhealthy: GET /health -> {response.status_code}"
+            )
+        return
+    db_path = sqlite_path(tracking_uri)
+    if db_path is not None:
+        try:
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MlflowUnavailable(f"MLflow store {tracking_uri} is not writable: {exc}") from exc
+
+
+def make_client(tracking_uri: str) -> MlflowClient:
+    from mlflow import MlflowClient
+
+    validate_tracking_uri(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+@contextlib.contextmanager
+def mlflow_errors(action: str) -> Iterator[None]:
+    """Re-raise whatever MLflow or the network throws as MlflowUnavailable naming the step that failed."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except RegistryError:
+        raise
+    except (MlflowException, OSError, ConnectionError) as exc:
+        raise MlflowUnavailable(f"MLflow failed while {action}: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # requests' errors do not all derive from OSError
+        if type(exc).__module__.startswith(("requests", "urllib3", "httpx")):
+            raise MlflowUnavailable(f"MLflow failed while {action}: {type(exc).__name__}: {exc}") from exc
+        raise
+
+
+@contextlib.contextmanager
+def using_tracking_uri(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (log_model needs it) at ``tracking_uri`` for the block, then restore."""
+    import mlflow
+
+    with _GLOBAL_URI_LOCK:
+        previous = os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_REGISTRY_URI")
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        try:
+            yield
+        finally:
+            for key, value in zip(("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"), previous):
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            mlflow.set_tracking_uri(previous[0])
+            mlflow.set_registry_uri(previous[1])
+
+
+# --------------------------------------------------------------------------------------------- training run
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
+    """Experiment id for ``name``, created on first use.
+
+    Local stores get an explicit artifact location under the pipeline home (MLflow's default is ./mlruns
+    relative to the cwd); a tracking server decides its own (proxied ``mlflow-artifacts:/``).
+    """
+    with mlflow_errors(f"looking up experiment {name!r}"):
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = None
+        if artifact_root is not None and not is_remote(client.tracking_uri):
+            location = (Path(artifact_root).absolute() / name).as_uri()
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except Exception:
+            # another process created it between our lookup and create
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
+
+
+def start_training_run(
+    client: MlflowClient, experiment_id: str, run_name: str, tags: Mapping[str, str]
+) -> str:
+    with mlflow_errors("creating the training run"):
+        run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+    return run.info.run_id
+
+
+def log_training(
+    client: MlflowClient,
+    run_id: str,
+    params: Mapping[str, Any],
+    loss_history: Sequence[float],
+    fit_seconds: float,
+    sizes: Mapping[str, int],
+) -> None:
+    """Params, the loss per iteration as a metric history, fit time and data sizes: one run, few requests."""
+    from mlflow.entities import Metric, Param
+
+    now = int(time.time() * 1000)
+    metrics = [Metric("train_loss", float(v), now, step) for step, v in enumerate(loss_history)]
+    metrics.append(Metric("fit_seconds", float(fit_seconds), now, 0))
+    metrics += [Metric(f"data_{key}", float(value), now, 0) for key, value in sizes.items()]
+    param_list = [Param(str(key), str(value)) for key, value in params.items()]
+    with mlflow_errors("logging the training run"):
+        client.log_batch(run_id, params=param_list)
+        for start in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics per request
+            client.log_batch(run_id, metrics=metrics[start:start + 1000])
+
+
+def log_holdout(client: MlflowClient, run_id: str, user_ids: np.ndarray, item_ids: np.ndarray) -> None:
+    """Keep the exact holdout pairs with the run: promotion may re-score another champion on them later."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(HOLDOUT_ARTIFACT_PATH).name
+        np.savez_compressed(path, user_ids=np.asarray(user_ids), item_ids=np.asarray(item_ids))
+        with mlflow_errors("logging the holdout"):
+            client.log_artifact(run_id, str(path), artifact_path=str(Path(HOLDOUT_ARTIFACT_PATH).parent))
+
+
+def load_holdout(client: MlflowClient, run_id: str) -> tuple[np.ndarray, np.ndarray]:
+    with tempfile.TemporaryDirectory() as tmp:
+        with mlflow_errors(f"downloading the holdout of run {run_id}"):
+            local = client.download_artifacts(run_id, HOLDOUT_ARTIFACT_PATH, tmp)
+        with np.load(local, allow_pickle=False) as npz:
+            return npz["user_ids"], npz["item_ids"]
+
+
+def log_metrics(client: MlflowClient, run_id: str, values: Mapping[str, float]) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, float(value), now, 0) for key, value in values.items()]
+    with mlflow_errors("logging metrics"):
+        client.log_batch(run_id, metrics=metrics)
+
+
+def finish_run(client: MlflowClient, run_id: str, failed: bool = False) -> None:
+    with mlflow_errors("closing the training run"):
+        client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+
+
+def model_signature(id_dtype: np.dtype):
+    """Input: one ``user_id`` column typed like the model's ids; params: ``n`` (without a params schema
+    MLflow silently drops ``params={"n": ...}``). Output: one row per (user, rank)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    id_type = "long" if np.issubdtype(np.dtype(id_dtype), np.integer) else "string"
+    return ModelSignature(
+        inputs=Schema([ColSpec(id_type, "user_id")]),
+        outputs=Schema([
+            ColSpec(id_type, "user_id"),
+            ColSpec("long", "rank"),
+            ColSpec(id_type, "item_id"),
+            ColSpec("double", "score"),
+            ColSpec("string", "source"),
+        ]),
+        params=ParamSchema([ParamSpec("n", "long", DEFAULT_N)]),
+    )
+
+
+def _pip_requirements() -> list[str]:
+    """Pinned to what is installed, instead of MLflow's inference (a subprocess that imports the model).
+    `als_core` itself comes from this project (see docs/registry.md)."""
+    pins = []
+    for package in ("mlflow", "numpy", "scipy", "numba", "pandas"):
+        try:
+            pins.append(f"{package}=={importlib_metadata.version(package)}")
+        except importlib_metadata.PackageNotFoundError:
+            pins.append(package)
+    return pins
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """One registered model version; ``version`` normalised to int (sqlite gives int, REST gives str)."""
+
+    name: str
+    version: int
+    run_id: str | None
+    tags: Mapping[str, str]
+
+    @classmethod
+    def of(cls, mv: ModelVersion) -> VersionRef:
+        return cls(name=mv.name, version=int(mv.version), run_id=mv.run_id, tags=dict(mv.tags or {}))
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def register_bundle(
+    tracking_uri: str,
+    run_id: str,
+    model_name: str,
+    bundle_dir: Path,
+    id_dtype: np.dtype,
+    version_tags: Mapping[str, str],
+) -> VersionRef:
+    """Log the pyfunc (code file + bundle directory as artifact ``bundle``) into ``run_id`` and register it
+    as a new version of ``model_name``."""
+    import mlflow
+
+    with mlflow_errors("logging and registering the model"), using_tracking_uri(tracking_uri):
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT_NAME,
+                python_model=str(MODEL_CODE_PATH),
+                artifacts={BUNDLE_ARTIFACT_KEY: str(bundle_dir)},
+                signature=model_signature(id_dtype),
+                pip_requirements=_pip_requirements(),
+                registered_model_name=model_name,
+            )
+        client = make_client(tracking_uri)
+        version = str(info.registered_model_version)
+        for key, value in version_tags.items():
+            client.set_model_version_tag(model_name, version, key, str(value))
+        return VersionRef.of(client.get_model_version(model_name, version))
+
+
+def set_version_tags(client: MlflowClient, ref: VersionRef, tags: Mapping[str, Any]) -> None:
+    with mlflow_errors(f"tagging {ref.name} version {ref.version}"):
+        for key, value in tags.items():
+            client.set_model_version_tag(ref.name, str(ref.version), key, "" if value is None else str(value))
+
+
+def get_version(client: MlflowClient, name: str, version: int | str) -> VersionRef:
+    with mlflow_errors(f"reading {name} version {version}"):
+        return VersionRef.of(client.get_model_version(name, str(version)))
+
+
+def find_version(client: MlflowClient, name: str, dagster_run_id: str | None = None) -> VersionRef:
+    """The version registered by ``dagster_run_id``; without one (an asset materialised on its own), or when
+    that run registered none, the newest version of ``name``."""
+    _check_name(name)
+    with mlflow_errors(f"searching versions of {name!r}"):
+        if dagster_run_id:
+            found = client.search_model_versions(
+                f"name = '{name}' AND tags.{TAG_DAGSTER_RUN_ID} = '{_quoted(dagster_run_id)}'"
+            )
+            if found:
+                return VersionRef.of(max(found, key=lambda mv: int(mv.version)))
+        found = client.search_model_versions(f"name = '{name}'", max_results=1,
+                                             order_by=["version_number DESC"])
+    if not found:
+        raise RegistryError(f"no registered version of model {name!r}: materialise `challenger` first")
+    return VersionRef.of(found[0])
+
+
+def _check_name(name: str) -> None:
+    if "'" in name:
+        raise ValueError(f"model names with quotes are not supported: {name!r}")
+
+
+def _quoted(value: str) -> str:
+    if "'" in value:
+        raise ValueError(f"value with quotes cannot be used in an MLflow filter: {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------- read side
+
+
+def aliases(client: MlflowClient, name: str) -> dict[str, int]:
+    """``{alias: version}``; empty when the model is not registered yet.
+
+    Read from the registered model, never via get_model_version_by_alias, which raises
+    INVALID_PARAMETER_VALUE for a missing alias.
+    """
+    from mlflow.exceptions import MlflowException
+
+    with mlflow_errors(f"reading the aliases of {name!r}"):
+        try:
+            model = client.get_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return {}
+            raise
+    return {alias: int(version) for alias, version in (model.aliases or {}).items()}
+
+
+def champion_ref(client: MlflowClient, name: str, alias: str = CHAMPION) -> VersionRef | None:
+    """The version behind ``alias`` (pinned: serve this number, not the moving alias), or None."""
+    version = aliases(client, name).get(alias)
+    return None if version is None else get_version(client, name, version)
+
+
+def download_bundle(tracking_uri: str, name: str, version: int, dst_dir: Path) -> Path:
+    """Download version ``version`` of ``name`` into ``dst_dir``; return its bundle directory."""
+    import mlflow.artifacts
+    from mlflow.models import Model
+
+    dst_dir = Path(dst_dir)
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    with mlflow_errors(f"downloading {name} version {version}"):
+        local = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{int(version)}", dst_path=str(dst_dir),
+            tracking_uri=tracking_uri, registry_uri=tracking_uri,
+        ))
+    pyfunc_conf = Model.load(str(local / "MLmodel")).flavors["python_function"]
+    bundle_dir = local / pyfunc_conf["artifacts"][BUNDLE_ARTIFACT_KEY]["path"]
+    if not bundle_dir.is_dir():
+        raise RegistryError(f"{name} version {version} has no `{BUNDLE_ARTIFACT_KEY}` artifact directory")
+    return bundle_dir
+
+
+def load_bundle(tracking_uri: str, name: str, version: int, dst_dir: Path | None = None) -> ModelBundle:
+    """The version's ModelBundle. Arrays are read into memory, so a temporary download dir is fine."""
+    from als_core.bundle import ModelBundle
+
+    if dst_dir is not None:
+        return ModelBundle.load(download_bundle(tracking_uri, name, version, dst_dir))
+    with tempfile.TemporaryDirectory(prefix="als-bundle-") as tmp:
+        return ModelBundle.load(download_bundle(tracking_uri, name, version, Path(tmp)))
+
+
+def load_champion_bundle(
+    tracking_uri: str, name: str, dst_dir: Path | None = None
+) -> tuple[VersionRef, ModelBundle] | None:
+    """Resolve ``champion`` once to a version number and load that version's bundle; None if no champion."""
+    ref = champion_ref(make_client(tracking_uri), name)
+    if ref is None:
+        return None
+    return ref, load_bundle(tracking_uri, name, ref.version, dst_dir)
+
+
+# --------------------------------------------------------------------------------------------- the gate
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reason: str
+    challenger_version: int
+    challenger_ndcg: float
+    champion_version: int | None
+    champion_ndcg: float | None
+    popularity_ndcg: float
+    margin: float
+
+    def tags(self) -> dict[str, str]:
+        """Version tags (and asset metadata) describing the decision."""
+        return {
+            f"{TAG_GATE_PREFIX}decision": "promoted" if self.promote else "rejected",
+            f"{TAG_GATE_PREFIX}reason": self.reason,
+            f"{TAG_GATE_PREFIX}challenger_ndcg_at_10": _fmt(self.challenger_ndcg),
+            f"{TAG_GATE_PREFIX}champion_version": "" if self.champion_version is None else str(self.champion_version),
+            f"{TAG_GATE_PREFIX}champion_ndcg_at_10": _fmt(self.champion_ndcg),
+            f"{TAG_GATE_PREFIX}popularity_ndcg_at_10": _fmt(self.popularity_ndcg),
+            f"{TAG_GATE_PREFIX}margin": _fmt(self.margin),
+        }
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
+
+
+def decide(
+    challenger_version: int,
+    challenger_ndcg: float,
+    champion_version: int | None,
+    champion_ndcg: float | None,
+    popularity_ndcg: float,
+    margin: float = 0.0,
+) -> GateDecision:
+    """The rule: with a champion, promote iff challenger NDCG@10 > champion NDCG@10 + margin (same holdout);
+    without one, promote iff the challenger beats popularity. NaN never wins."""
+    common = dict(challenger_version=challenger_version, challenger_ndcg=challenger_ndcg,
+                  champion_version=champion_version, champion_ndcg=champion_ndcg,
+                  popularity_ndcg=popularity_ndcg, margin=margin)
+    if not math.isfinite(challenger_ndcg):
+        return GateDecision(False, f"challenger NDCG@10 is {challenger_ndcg}", **common)
+    if champion_version == challenger_version:
+        return GateDecision(False, "challenger is already the champion", **common)
+    if champion_version is None:
+        wins = challenger_ndcg > popularity_ndcg
+        relation = ">" if wins else "<="
+        reason = (f"first model: challenger NDCG@10 {challenger_ndcg:.5f} {relation} "
+                  f"popularity {popularity_ndcg:.5f}")
+        return GateDecision(wins, reason, **common)
+    if champion_ndcg is None or not math.isfinite(champion_ndcg):
+        # a champion we cannot score would otherwise block every promotion forever
+        return GateDecision(True, f"champion v{champion_version} could not be scored ({champion_ndcg})",
+                            **common)
+    wins = challenger_ndcg > champion_ndcg + margin
+    relation = ">" if wins else "<="
+    reason = (f"challenger NDCG@10 {challenger_ndcg:.5f} {relation} champion v{champion_version} "
+              f"{champion_ndcg:.5f} + margin {margin:g}")
+    return GateDecision(wins, reason, **common)
+
+
+def lock_path_for(tracking_uri: str, fallback_dir: Path) -> Path:
+    """The promotion lock lives next to a sqlite store (every writer of that file shares it); for a
+    tracking server, in the pipeline home (shared by every process of this deployment)."""
+    db_path = sqlite_path(tracking_uri)
+    if db_path is not None:
+        return db_path.with_name(db_path.name + ".promotion.lock")
+    return Path(fallback_dir) / "promotion.lock"
+
+
+@contextlib.contextmanager
+def promotion_lock(path: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Exclusive flock: serialises promotions across processes and threads (each call opens its own file
+    description, so two threads of one process exclude each other too)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout_s
+    with open(path, "a+") as handle:
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RegistryError(f"timed out after {timeout_s:.0f}s waiting for promotion lock {path}")
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def promote_if_better(
+    client: MlflowClient,
+    name: str,
+    challenger_version: int,
+    challenger_ndcg: float,
+    popularity_ndcg: float,
+    evaluated_champion: tuple[int | None, float | None],
+    score_champion: Callable[[int], float],
+    lock_path: Path,
+    margin: float = 0.0,
+    extra_tags: Mapping[str, str] | None = None,
+) -> GateDecision:
+    """Move ``champion`` to the challenger if it wins; the replaced version becomes ``previous_champion``.
+
+    Compare-and-set under an exclusive lock: the champion alias is re-read just before moving it, and if it
+    changed since evaluation (another retrain promoted meanwhile) the new champion is re-scored with
+    ``score_champion(version)`` on the challenger's holdout before deciding. So two racing retrains end with
+    the better model as champion. The decision and scores become tags of the challenger version.
+    """
+    evaluated_version, evaluated_ndcg = evaluated_champion
+    with promotion_lock(lock_path):
+        current = aliases(client, name).get(CHAMPION)
+        if current is None or current == challenger_version:
+            champion_ndcg = None
+        elif current == evaluated_version:
+            champion_ndcg = evaluated_ndcg
+        else:
+            champion_ndcg = score_champion(current)
+        decision = decide(challenger_version, challenger_ndcg, current, champion_ndcg, popularity_ndcg, margin)
+        with mlflow_errors(f"moving the {CHAMPION} alias of {name!r}"):
+            if decision.promote:
+                if current is not None:
+                    client.set_registered_model_alias(name, PREVIOUS_CHAMPION, str(current))
+                client.set_registered_model_alias(name, CHAMPION, str(challenger_version))
+        tags = {**decision.tags(), f"{TAG_GATE_PREFIX}decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        tags.update(extra_tags or {})
+        set_version_tags(client, VersionRef(name, challenger_version, None, {}), tags)
+    return decision
+
+
+def rollback(client: MlflowClient, name: str, lock_path: Path | None = None) -> tuple[int, int]:
+    """Point ``champion`` back at ``previous_champion``; the demoted version becomes ``previous_champion``,
+    so a second rollback undoes the first. Returns (demoted version, restored version)."""
+    lock = promotion_lock(lock_path) if lock_path is not None else contextlib.nullcontext()
+    with lock:
+        current = aliases(client, name)
+        if PREVIOUS_CHAMPION not in current:
+            raise RegistryError(f"model {name!r} has no `{PREVIOUS_CHAMPION}` alias: nothing to roll back to")
+        restored = current[PREVIOUS_CHAMPION]
+        demoted = current.get(CHAMPION)
+        with mlflow_errors(f"rolling back {name!r}"):
+            client.set_registered_model_alias(name, CHAMPION, str(restored))
+            if demoted is not None and demoted != restored:
+                client.set_registered_model_alias(name, PREVIOUS_CHAMPION, str(demoted))
+                client.set_model_version_tag(name, str(demoted), f"{TAG_GATE_PREFIX}rolled_back_at",
+                                             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return (demoted if demoted is not None else restored), restored
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def _describe(client: MlflowClient, name: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": name, "tracking_uri": client.tracking_uri}
+    for alias, version in sorted(aliases(client, name).items()):
+        ref = get_version(client, name, version)
+        out[alias] = {"version": version, "run_id": ref.run_id,
+                      "ndcg_at_10": ref.tags.get(f"{TAG_GATE_PREFIX}challenger_ndcg_at_10")}
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m pipelines.registry show|rollback` against the pipeline's settings (env)."""
+    from pipelines.settings import Settings
+
+    settings = Settings.from_env()
+    parser = argparse.ArgumentParser(prog="python -m pipelines.registry", description=main.__doc__)
+    parser.add_argument("command", choices=["show", "rollback"])
+    parser.add_argument("--model-name", default=settings.model_name)
+    parser.add_argument("--tracking-uri", default=settings.mlflow_tracking_uri)
+    args = parser.parse_args(argv)
+    try:
+        check_reachable(args.tracking_uri)
+        client = make_client(args.tracking_uri)
+        if args.command == "rollback":
+            demoted, restored = rollback(client, args.model_name,
+                                         lock_path_for(args.tracking_uri, settings.home))
+            print(f"{args.model_name}: champion v{demoted} -> v{restored} (v{demoted} is now {PREVIOUS_CHAMPION})")
+        print(json.dumps(_describe(client, args.model_name), indent=2))
+    except RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""A real `mlflow server` on 127.0.0.1 for tests where the HTTP path matters.
+
+Use it from a test module with ``pytest_plugins = ["mlflow_server"]`` (tests/ is on sys.path under pytest's default import mode) or import the fixture. One server
+per test session (start-up costs seconds); tests isolate themselves by model and experiment name, not by
+server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+START_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 5.0  # graceful shutdown of a test server is not worth waiting for
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def closed_port_uri() -> str:
+    """An http URI on 127.0.0.1 where nothing listens (the port is bound, then released)."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def _mlflow_executable() -> list[str]:
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    return [str(mlflow_bin)] if mlflow_bin.exists() else [sys.executable, "-m", "mlflow"]
+
+
+def wait_healthy(uri: str, process: subprocess.Popen, timeout_s: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited early with code {process.returncode}")
+        try:
+            if httpx.get(f"{uri}/health", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"mlflow server at {uri} not healthy after {timeout_s:.0f}s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Terminate the server's process group (it forks workers), then kill what is left."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=STOP_TIMEOUT_S)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> str:
+    """Start `mlflow server` (sqlite backend, proxied artifacts, one worker); yield its http URI."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    log_path = root / "server.log"
+    command = [
+        *_mlflow_executable(),
+        "server",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(root / "mlartifacts"),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--workers", "1",
+    ]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_healthy(uri, process)
+    except Exception as exc:
+        stop(process)
+        tail = log_path.read_text(errors="replace")[-3000:]
+        pytest.fail(f"could not start mlflow server: {exc}\n--- server log ---\n{tail}")
+    try:
+        yield uri
+    finally:
+        stop(process)

@@ -1,0 +1,202 @@
+"""pipelines.registry against real MLflow stores (sqlite file and `mlflow server`): aliases, the gate's
+compare-and-set promotion, rollback, races and an unreachable server. Scores here are given numbers; the
+end-to-end gate with trained models is tests/test_gate.py."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import pytest
+
+from pipelines import registry
+
+pytest_plugins = ["mlflow_server", "registry_stores"]
+
+
+def never_called(version: int) -> float:
+    raise AssertionError(f"champion v{version} should not need re-scoring")
+
+
+# ------------------------------------------------------------------------------------------ pure rules
+
+
+@pytest.mark.parametrize("uri", ["sqlite:///mlflow.db", "sqlite:///rel/dir/mlflow.db", "relative/mlruns",
+                                 "file:relative"])
+def test_relative_tracking_uris_are_refused(uri):
+    with pytest.raises(ValueError, match="absolute"):
+        registry.validate_tracking_uri(uri)
+
+
+@pytest.mark.parametrize("uri", ["sqlite:////tmp/x/mlflow.db", "http://127.0.0.1:5000", "file:///tmp/mlruns"])
+def test_absolute_tracking_uris_pass(uri):
+    assert registry.validate_tracking_uri(uri) == uri
+
+
+def test_first_model_must_beat_popularity():
+    assert registry.decide(1, 0.30, None, None, popularity_ndcg=0.20).promote
+    loses = registry.decide(1, 0.20, None, None, popularity_ndcg=0.20)
+    assert not loses.promote and "popularity" in loses.reason
+
+
+def test_challenger_must_beat_champion_by_more_than_margin():
+    assert registry.decide(2, 0.31, 1, 0.30, 0.1).promote
+    assert not registry.decide(2, 0.30, 1, 0.30, 0.1).promote  # a tie keeps the champion
+    assert not registry.decide(2, 0.31, 1, 0.30, 0.1, margin=0.02).promote
+    assert registry.decide(2, 0.33, 1, 0.30, 0.1, margin=0.02).promote
+
+
+def test_nan_never_wins_and_an_unscorable_champion_does_not_block_forever():
+    assert not registry.decide(2, math.nan, 1, 0.3, 0.1).promote
+    assert registry.decide(2, 0.2, 1, math.nan, 0.1).promote
+
+
+def test_decision_tags_carry_both_scores():
+    tags = registry.decide(3, 0.4, 2, 0.3, 0.1, margin=0.01).tags()
+    assert tags["gate.decision"] == "promoted"
+    assert float(tags["gate.challenger_ndcg_at_10"]) == 0.4
+    assert float(tags["gate.champion_ndcg_at_10"]) == 0.3
+    assert tags["gate.champion_version"] == "2"
+
+
+# ------------------------------------------------------------------------------------------ on a store
+
+
+def test_no_model_means_no_aliases_and_no_champion(store):
+    client = store.client()
+    assert registry.aliases(client, store.model_name) == {}
+    assert registry.champion_ref(client, store.model_name) is None
+
+
+def test_promotion_sequence_and_rollback(store, register_placeholder):
+    client = store.client()
+    name = store.model_name
+
+    def promote(version, ndcg, evaluated):
+        return registry.promote_if_better(client, name, version, ndcg, popularity_ndcg=0.10,
+                                          evaluated_champion=evaluated, score_champion=never_called,
+                                          lock_path=store.lock_path, extra_tags={"dagster_run_id": f"r{version}"})
+
+    v1 = register_placeholder(store)
+    first = promote(v1, 0.30, (None, None))
+    assert first.promote
+    assert registry.aliases(client, name) == {"champion": v1}
+
+    v2 = register_placeholder(store)
+    weak = promote(v2, 0.20, (v1, 0.30))
+    assert not weak.promote
+    assert registry.aliases(client, name) == {"champion": v1}  # the alias did not move
+    tags = registry.get_version(client, name, v2).tags
+    assert tags["gate.decision"] == "rejected"
+    assert float(tags["gate.champion_ndcg_at_10"]) == 0.30 and tags["dagster_run_id"] == f"r{v2}"
+
+    v3 = register_placeholder(store)
+    assert promote(v3, 0.40, (v1, 0.30)).promote
+    assert registry.aliases(client, name) == {"champion": v3, "previous_champion": v1}
+    assert registry.champion_ref(client, name).version == v3
+
+    assert registry.rollback(client, name, store.lock_path) == (v3, v1)
+    assert registry.aliases(client, name) == {"champion": v1, "previous_champion": v3}
+    assert "gate.rolled_back_at" in registry.get_version(client, name, v3).tags
+    # a second rollback undoes the first
+    assert registry.rollback(client, name) == (v1, v3)
+    assert registry.champion_ref(client, name).version == v3
+
+
+def test_first_model_losing_to_popularity_is_not_promoted(store, register_placeholder):
+    client = store.client()
+    v1 = register_placeholder(store)
+    decision = registry.promote_if_better(client, store.model_name, v1, 0.05, popularity_ndcg=0.10,
+                                          evaluated_champion=(None, None), score_champion=never_called,
+                                          lock_path=store.lock_path)
+    assert not decision.promote
+    assert registry.aliases(client, store.model_name) == {}
+
+
+def test_rollback_without_previous_champion_is_a_clear_error(store, register_placeholder):
+    client = store.client()
+    v1 = register_placeholder(store)
+    client.set_registered_model_alias(store.model_name, "champion", str(v1))
+    with pytest.raises(registry.RegistryError, match="previous_champion"):
+        registry.rollback(client, store.model_name)
+
+
+def test_champion_changed_since_evaluation_is_rescored(sqlite_only, register_placeholder):
+    """v3 was evaluated against champion v1, but another retrain promoted v2 meanwhile: the gate must
+    re-score v2 on v3's holdout before deciding, not trust the stale comparison with v1."""
+    store = sqlite_only
+    client = store.client()
+    v1, v2, v3, v4 = (register_placeholder(store) for _ in range(4))
+    client.set_registered_model_alias(store.model_name, "champion", str(v1))
+    client.set_registered_model_alias(store.model_name, "champion", str(v2))  # the racing promotion
+    rescored = []
+
+    def score(version):
+        rescored.append(version)
+        return {v2: 0.50}[version]
+
+    decision = registry.promote_if_better(client, store.model_name, v3, 0.40, 0.1, (v1, 0.30), score,
+                                          store.lock_path)
+    assert rescored == [v2]
+    assert not decision.promote and decision.champion_version == v2 and decision.champion_ndcg == 0.50
+    assert registry.champion_ref(client, store.model_name).version == v2
+
+    decision = registry.promote_if_better(client, store.model_name, v4, 0.60, 0.1, (v1, 0.30), score,
+                                          store.lock_path)
+    assert rescored == [v2, v2] and decision.promote
+    assert registry.aliases(client, store.model_name) == {"champion": v4, "previous_champion": v2}
+
+
+def test_racing_promotions_end_with_the_better_model(sqlite_only, register_placeholder):
+    """Two retrains both evaluated while there was no champion; whichever order the lock gives them,
+    the better one must end as champion (the later one re-scores the earlier's promotion)."""
+    store = sqlite_only
+    client = store.client()
+    weak, strong = register_placeholder(store), register_placeholder(store)
+    ndcg = {weak: 0.30, strong: 0.45}
+    barrier = threading.Barrier(2)
+    errors = []
+
+    def retrain(version):
+        def slow_score(champion_version):
+            time.sleep(0.05)
+            return ndcg[champion_version]
+
+        try:
+            barrier.wait(timeout=10)
+            registry.promote_if_better(registry.make_client(store.tracking_uri), store.model_name, version,
+                                       ndcg[version], 0.1, (None, None), slow_score, store.lock_path)
+        except Exception as exc:  # surfaced below: an exception in a thread would pass silently
+            errors.append(exc)
+
+    for order in ([weak, strong], [strong, weak]):
+        if "champion" in registry.aliases(client, store.model_name):
+            client.delete_registered_model_alias(store.model_name, "champion")
+        threads = [threading.Thread(target=retrain, args=(v,)) for v in order]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not errors
+        assert registry.champion_ref(client, store.model_name).version == strong
+
+
+def test_lock_excludes_a_second_holder(tmp_path):
+    lock = tmp_path / "promotion.lock"
+    with registry.promotion_lock(lock):
+        with pytest.raises(registry.RegistryError, match="timed out"):
+            with registry.promotion_lock(lock, timeout_s=0.2):
+                pass
+    with registry.promotion_lock(lock, timeout_s=0.2):  # released
+        pass
+
+
+def test_unreachable_server_fails_fast_with_a_clear_message():
+    from mlflow_server import closed_port_uri
+
+    uri = closed_port_uri()
+    started = time.monotonic()
+    with pytest.raises(registry.MlflowUnavailable, match="unreachable"):
+        registry.check_reachable(uri)
+    assert time.monotonic() - started < 10
