@@ -1,0 +1,341 @@
+"""`python -m pipelines status`: what the pipeline holds now, for an operator at a terminal.
+
+- the champion: version, NDCG@10, when it was trained and on how much data;
+- the last retrains: registered versions, newest first, with the gate's decision and scores (version tags
+  written by `pipelines.registry.promote_if_better`);
+- the last ingest of each `events` day with its rejected rows (DuckDB, read-only).
+
+Every source is read on its own and may be missing (nothing has run yet), unreachable (a tracking server that
+is down) or busy (a run holding DuckDB's write lock): the report then says so plainly and goes on with the
+rest. It never creates or writes anything: a missing sqlite store or warehouse is reported, not created.
+No Dagster import, so it starts fast and works while the Dagster instance is busy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines import registry, sql_files, warehouse
+from pipelines.settings import Settings
+
+DEFAULT_LIMIT = 10
+DEFAULT_LOCK_WAIT_S = 3.0
+# MLflow's own HTTP retries take minutes against a dead server; the operator wants an answer now.
+_MLFLOW_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+_GATE = registry.TAG_GATE_PREFIX
+
+
+@dataclass
+class VersionSummary:
+    version: int
+    registered_at: str | None
+    aliases: list[str]
+    decision: str | None  # promoted | rejected | None (not gated yet)
+    ndcg_at_10: float | None
+    champion_version: int | None  # the champion it was compared with
+    champion_ndcg_at_10: float | None
+    popularity_ndcg_at_10: float | None
+    reason: str | None
+    run_id: str | None
+    dagster_run_id: str | None
+
+
+@dataclass
+class ChampionSummary:
+    version: int
+    ndcg_at_10: float | None
+    popularity_ndcg_at_10: float | None
+    trained_at: str | None
+    data: dict[str, float]  # the run's data_* metrics: events, users, items, ...
+    window: str | None
+    run_id: str | None
+
+
+@dataclass
+class RegistryStatus:
+    tracking_uri: str
+    model_name: str
+    state: str  # ok | empty | unavailable
+    message: str | None = None
+    champion: ChampionSummary | None = None
+    versions: list[VersionSummary] = field(default_factory=list)
+
+
+@dataclass
+class DaySummary:
+    day: str
+    ingested_at: str
+    files: int
+    duplicate_files: int
+    events: int
+    rejected: int
+    rejected_reasons: str
+
+
+@dataclass
+class WarehouseStatus:
+    path: str
+    state: str  # ok | empty | unavailable
+    message: str | None = None
+    days: int = 0
+    events: int = 0
+    rejected: int = 0
+    first_day: str | None = None
+    last_day: str | None = None
+    recent: list[DaySummary] = field(default_factory=list)
+
+
+@dataclass
+class Status:
+    home: str
+    registry: RegistryStatus
+    warehouse: WarehouseStatus
+
+    @property
+    def ok(self) -> bool:
+        return "unavailable" not in (self.registry.state, self.warehouse.state)
+
+
+# --------------------------------------------------------------------------------------------- MLflow
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _int(value: Any) -> int | None:
+    number = _float(value)
+    return None if number is None else int(number)
+
+
+def _utc(millis: int | None) -> str | None:
+    if not millis:
+        return None
+    return dt.datetime.fromtimestamp(millis / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _version_summary(mv, aliases_of: dict[int, list[str]]) -> VersionSummary:
+    tags = dict(mv.tags or {})
+    version = int(mv.version)
+    return VersionSummary(
+        version=version,
+        registered_at=_utc(mv.creation_timestamp),
+        aliases=sorted(aliases_of.get(version, [])),
+        decision=tags.get(f"{_GATE}decision"),
+        ndcg_at_10=_float(tags.get(f"{_GATE}challenger_ndcg_at_10")),
+        champion_version=_int(tags.get(f"{_GATE}champion_version")),
+        champion_ndcg_at_10=_float(tags.get(f"{_GATE}champion_ndcg_at_10")),
+        popularity_ndcg_at_10=_float(tags.get(f"{_GATE}popularity_ndcg_at_10")),
+        reason=tags.get(f"{_GATE}reason"),
+        run_id=mv.run_id,
+        dagster_run_id=tags.get(registry.TAG_DAGSTER_RUN_ID),
+    )
+
+
+def _champion_summary(client, summary: VersionSummary) -> ChampionSummary:
+    """The champion's own training run says when and on what it was trained."""
+    data: dict[str, float] = {}
+    window = None
+    trained_at = summary.registered_at
+    if summary.run_id:
+        run = client.get_run(summary.run_id)
+        data = {key[len("data_"):]: value for key, value in sorted(run.data.metrics.items())
+                if key.startswith("data_")}
+        params = run.data.params
+        if params.get("window_start") and params.get("window_end"):
+            window = f"{params['window_start']}..{params['window_end']}"
+        trained_at = _utc(run.info.start_time) or trained_at
+    return ChampionSummary(
+        version=summary.version, ndcg_at_10=summary.ndcg_at_10,
+        popularity_ndcg_at_10=summary.popularity_ndcg_at_10, trained_at=trained_at, data=data,
+        window=window, run_id=summary.run_id,
+    )
+
+
+def read_registry(settings: Settings, limit: int = DEFAULT_LIMIT) -> RegistryStatus:
+    uri, name = settings.mlflow_tracking_uri, settings.model_name
+    status = RegistryStatus(tracking_uri=uri, model_name=name, state="ok")
+    db_path = registry.sqlite_path(uri)
+    if db_path is not None and not db_path.exists():
+        # opening a missing sqlite store would create an empty one: report instead
+        status.state, status.message = "empty", f"no MLflow store yet ({db_path}): nothing trained"
+        return status
+    for key, value in _MLFLOW_HTTP_ENV.items():
+        os.environ.setdefault(key, value)
+    try:
+        registry.check_reachable(uri)
+        client = registry.make_client(uri)
+        aliases = registry.aliases(client, name)
+        with registry.mlflow_errors(f"listing versions of {name!r}"):
+            found = client.search_model_versions(f"name = '{name}'", max_results=limit,
+                                                 order_by=["version_number DESC"])
+        aliases_of: dict[int, list[str]] = {}
+        for alias, version in aliases.items():
+            aliases_of.setdefault(version, []).append(alias)
+        status.versions = [_version_summary(mv, aliases_of) for mv in found]
+        champion = aliases.get(registry.CHAMPION)
+        if champion is not None:
+            with registry.mlflow_errors(f"reading champion v{champion}"):
+                mv = client.get_model_version(name, str(champion))
+                status.champion = _champion_summary(client, _version_summary(mv, aliases_of))
+    except (registry.RegistryError, ValueError) as exc:
+        status.state, status.message = "unavailable", f"MLflow unavailable: {exc}"
+        return status
+    if not status.versions:
+        status.state, status.message = "empty", f"no registered version of {name!r} yet: nothing trained"
+    elif status.champion is None:
+        status.message = f"no `{registry.CHAMPION}` alias: no version has passed the gate yet"
+    return status
+
+
+# --------------------------------------------------------------------------------------------- DuckDB
+
+
+def _missing_table(error: Exception) -> bool:
+    return "does not exist" in str(error) and "Table" in str(error)
+
+
+def read_warehouse(settings: Settings, limit: int = DEFAULT_LIMIT,
+                   lock_wait_s: float = DEFAULT_LOCK_WAIT_S) -> WarehouseStatus:
+    import duckdb
+
+    path = settings.duckdb_path
+    status = WarehouseStatus(path=str(path), state="ok")
+    if not path.exists():
+        status.state, status.message = "empty", f"no warehouse yet ({path}): nothing ingested"
+        return status
+    try:
+        with warehouse.open_warehouse(path, read_only=True, lock_timeout_s=lock_wait_s) as con:
+            totals = sql_files.run(con, "status_totals").fetchone()
+            rows = sql_files.run(con, "status_ingests", {"limit": limit}).fetchall()
+    except duckdb.CatalogException as exc:
+        if not _missing_table(exc):
+            raise
+        status.state, status.message = "empty", f"warehouse {path} has no ingest tables yet: nothing ingested"
+        return status
+    except duckdb.IOException as exc:
+        if "lock" not in str(exc).lower():
+            raise
+        status.state = "unavailable"
+        status.message = (f"warehouse {path} is locked by another process (a run is writing to it; waited "
+                          f"{lock_wait_s:g}s): try again in a moment, or pass --lock-wait 60")
+        return status
+    days, events, rejected, first_day, last_day = totals
+    status.days, status.events, status.rejected = int(days), int(events), int(rejected)
+    status.first_day = first_day and first_day.isoformat()
+    status.last_day = last_day and last_day.isoformat()
+    status.recent = [
+        DaySummary(day=day.isoformat(), ingested_at=f"{ingested_at:%Y-%m-%d %H:%M:%S} UTC", files=int(files),
+                   duplicate_files=int(duplicates), events=int(loaded), rejected=int(rejected_rows),
+                   rejected_reasons=reasons)
+        for day, ingested_at, files, duplicates, loaded, rejected_rows, reasons in rows
+    ]
+    if not status.recent:
+        status.state, status.message = "empty", "no day ingested yet"
+    return status
+
+
+def read_status(settings: Settings | None = None, limit: int = DEFAULT_LIMIT,
+                lock_wait_s: float = DEFAULT_LOCK_WAIT_S) -> Status:
+    settings = settings or Settings.from_env()
+    return Status(home=str(settings.home), registry=read_registry(settings, limit),
+                  warehouse=read_warehouse(settings, limit, lock_wait_s))
+
+
+# --------------------------------------------------------------------------------------------- text
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    cells = [list(map(str, header))] + [[str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+
+
+def _champion_lines(reg: RegistryStatus) -> list[str]:
+    champion = reg.champion
+    if champion is None:
+        return [f"Champion: none. {reg.message or ''}".rstrip()]
+    lines = [f"Champion: {reg.model_name} v{champion.version}   NDCG@10 {_score(champion.ndcg_at_10)}"
+             f"   (popularity {_score(champion.popularity_ndcg_at_10)})"]
+    data = champion.data
+    trained = f"  trained {champion.trained_at or 'at an unknown time'}"
+    if "events" in data:
+        trained += f" on {int(data['events']):,} events"
+    sizes = [f"{int(data[key]):,} {key}" for key in ("users", "items", "nnz", "holdout_pairs") if key in data]
+    if sizes:
+        trained += f" ({', '.join(sizes)})"
+    if champion.window:
+        trained += f", window {champion.window}"
+    lines.append(trained)
+    if champion.run_id:
+        lines.append(f"  MLflow run {champion.run_id}")
+    return lines
+
+
+def _versions_lines(reg: RegistryStatus) -> list[str]:
+    if not reg.versions:
+        return []
+    rows = []
+    for v in reg.versions:
+        against = "-" if v.champion_version is None else f"v{v.champion_version} {_score(v.champion_ndcg_at_10)}"
+        rows.append((f"v{v.version}", v.registered_at or "-", v.decision or "not gated", _score(v.ndcg_at_10),
+                     against, _score(v.popularity_ndcg_at_10), ",".join(v.aliases)))
+    header = ("version", "registered", "decision", "NDCG@10", "vs champion", "popularity", "aliases")
+    return ["", "Last retrains (newest first):", *_table(header, rows)]
+
+
+def _warehouse_lines(wh: WarehouseStatus) -> list[str]:
+    if wh.state != "ok":
+        return [f"Ingest: {wh.message}"]
+    lines = [f"Ingest: {wh.days:,} days ({wh.first_day}..{wh.last_day}), {wh.events:,} events, "
+             f"{wh.rejected:,} rejected rows in {wh.path}",
+             f"Last ingest per day (newest {len(wh.recent)}):"]
+    rows = [(d.day, d.ingested_at, d.files if not d.duplicate_files else f"{d.files} ({d.duplicate_files} dup)",
+             f"{d.events:,}", f"{d.rejected:,}", d.rejected_reasons or "-") for d in wh.recent]
+    return lines + _table(("day", "ingested", "files", "events", "rejected", "reasons"), rows)
+
+
+def render(status: Status) -> str:
+    reg = status.registry
+    lines = [f"ALS pipeline status   home {status.home}", f"MLflow {reg.tracking_uri}   model {reg.model_name}", ""]
+    if reg.state == "unavailable":
+        lines.append(f"Champion: unknown. {reg.message}")
+    else:
+        lines += _champion_lines(reg) + _versions_lines(reg)
+    lines += ["", *_warehouse_lines(status.warehouse)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the champion, the last retrains and the last ingest per day. Exit 1 if a source was unreadable."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines status", description=main.__doc__)
+    parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help="versions and days to list")
+    parser.add_argument("--lock-wait", type=float, default=DEFAULT_LOCK_WAIT_S,
+                        help="seconds to wait for a run's DuckDB write lock")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv)
+    status = read_status(limit=args.limit, lock_wait_s=args.lock_wait)
+    if args.json:
+        print(json.dumps(asdict(status), indent=2))
+    else:
+        sys.stdout.write(render(status))
+    return 0 if status.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""`python -m pipelines status` against a real DuckDB warehouse and a real MLflow sqlite store: a populated
+pipeline, nothing run yet, an unreachable tracking server, a warehouse locked by a writing process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from pipelines import registry, status
+from pipelines.landing import write_day_files
+from pipelines.settings import PROJECT_ROOT, Settings
+
+CLI_TIMEOUT_S = 120
+# (challenger NDCG@10, popularity NDCG@10) per retrain, in order: v1 beats popularity, v2 loses to v1, v3 wins
+RETRAINS = [(0.30, 0.10), (0.25, 0.10), (0.35, 0.12)]
+DAYS = {"2026-01-05": (40, 3), "2026-01-06": (50, 0)}  # day: (good rows, bad rows)
+
+
+def run_status(settings: Settings, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The real CLI in a subprocess, with the test's pipeline home."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("ALS_", "MLFLOW_", "DAGSTER_"))}
+    environment.update({"ALS_PIPELINE_HOME": str(settings.home), **(env or {})})
+    return subprocess.run([sys.executable, "-m", "pipelines", "status", *args], cwd=PROJECT_ROOT, env=environment,
+                          capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+
+
+def status_json(settings: Settings, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict]:
+    result = run_status(settings, "--json", *args, env=env)
+    assert result.stdout, result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+
+
+def land_days(settings: Settings) -> None:
+    """Landing files with `good` valid events and `bad` rows (unknown event type) per day."""
+    frames = []
+    for day, (good, bad) in DAYS.items():
+        ts = pd.Timestamp(day) + pd.to_timedelta(np.arange(good + bad), unit="min")
+        kinds = ["view"] * good + ["wishlist"] * bad
+        frames.append(pd.DataFrame({"user_id": np.arange(good + bad) % 7, "item_id": np.arange(good + bad) % 11,
+                                    "event_type": kinds, "ts": ts}))
+    write_day_files(pd.concat(frames, ignore_index=True), settings.landing_dir, fmt="csv")
+
+
+def tiny_bundle_dir(root: Path) -> Path:
+    from als_core import ALS
+    from als_core.bundle import ModelBundle
+
+    rng = np.random.default_rng(0)
+    train = sp.random(12, 9, density=0.4, format="csr", dtype=np.float32, random_state=rng) * 10
+    model = ALS(factors=4, iterations=2, random_state=0)
+    model.fit(train)
+    bundle = ModelBundle.build(model, np.arange(100, 112), np.arange(500, 509), train, {"test": True})
+    return bundle.save(root / "bundle")
+
+
+def register_retrains(settings: Settings, tmp: Path) -> None:
+    """Three training runs through the registry's own functions, each gated like the pipeline does."""
+    uri, name = settings.mlflow_tracking_uri, settings.model_name
+    client = registry.make_client(uri)
+    experiment = registry.ensure_experiment(client, registry.DEFAULT_EXPERIMENT, settings.mlflow_artifact_root)
+    bundle_dir = tiny_bundle_dir(tmp)
+    lock = registry.lock_path_for(uri, settings.home)
+    scores: dict[int, float] = {}
+    for i, (ndcg, popularity) in enumerate(RETRAINS):
+        run_id = registry.start_training_run(client, experiment, f"retrain-{i}", {})
+        registry.log_training(client, run_id, {"factors": 4, "window_start": "2026-01-05", "window_end": "2026-01-06"},
+                              [3.0, 2.0, 1.5], 0.1, {"events": 1000 * (i + 1), "users": 12, "items": 9})
+        registry.finish_run(client, run_id)
+        ref = registry.register_bundle(uri, run_id, name, bundle_dir, np.dtype(np.int64),
+                                       {registry.TAG_DAGSTER_RUN_ID: f"dagster-{i}"})
+        champion = registry.aliases(client, name).get(registry.CHAMPION)
+        registry.promote_if_better(client, name, ref.version, ndcg, popularity, (champion, scores.get(champion)),
+                                   score_champion=scores.__getitem__, lock_path=lock)
+        scores[ref.version] = ndcg
+
+
+@pytest.fixture(scope="module")
+def populated(tmp_path_factory) -> Settings:
+    """A pipeline home with two ingested days and three gated retrains (built once for the module)."""
+    import dagster as dg
+
+    from pipelines.defs import checks
+    from pipelines.defs.ingest import build_events_asset
+    from pipelines.defs.partitions import daily_partitions
+    from pipelines.defs.resources import DuckDBResource
+
+    root = tmp_path_factory.mktemp("status")
+    settings = Settings.from_env({"ALS_PIPELINE_HOME": str(root / "home")})
+    with pytest.MonkeyPatch.context() as mp:  # the events asset reads Settings.from_env() itself
+        for key in [k for k in os.environ if k.startswith(("ALS_", "MLFLOW_"))]:
+            mp.delenv(key)
+        mp.setenv("ALS_PIPELINE_HOME", str(settings.home))
+        land_days(settings)
+        events = build_events_asset(daily_partitions("2026-01-01"))
+        for day in DAYS:
+            dg.materialize([events, checks.events_present_and_valid], partition_key=day,
+                           resources={"duckdb": DuckDBResource(database=str(settings.duckdb_path))})
+    register_retrains(settings, root)
+    return settings
+
+
+# ------------------------------------------------------------------------------------------ tests
+
+
+def test_nothing_run_yet_says_so_and_creates_nothing(settings):
+    result = run_status(settings)
+    assert result.returncode == 0, result.stderr
+    assert "nothing trained" in result.stdout and "nothing ingested" in result.stdout
+    assert "Champion: none" in result.stdout
+    assert not settings.duckdb_path.exists() and not (settings.home / "mlflow.db").exists()
+
+
+def test_populated_pipeline_shows_champion_retrains_and_ingests(populated):
+    code, report = status_json(populated)
+    assert code == 0
+    reg, wh = report["registry"], report["warehouse"]
+    assert reg["state"] == "ok" and wh["state"] == "ok"
+
+    versions = reg["versions"]
+    assert [v["version"] for v in versions] == [3, 2, 1]  # newest first
+    by_version = {v["version"]: v for v in versions}
+    for version, (ndcg, popularity) in enumerate(RETRAINS, start=1):
+        assert by_version[version]["ndcg_at_10"] == pytest.approx(ndcg)
+        assert by_version[version]["popularity_ndcg_at_10"] == pytest.approx(popularity)
+        assert by_version[version]["dagster_run_id"] == f"dagster-{version - 1}"
+    assert [by_version[v]["decision"] for v in (1, 2, 3)] == ["promoted", "rejected", "promoted"]
+    assert by_version[2]["champion_version"] == 1 and by_version[2]["champion_ndcg_at_10"] == pytest.approx(0.30)
+    assert by_version[3]["aliases"] == ["champion"] and by_version[1]["aliases"] == ["previous_champion"]
+
+    champion = reg["champion"]
+    assert champion["version"] == 3 and champion["ndcg_at_10"] == pytest.approx(RETRAINS[2][0])
+    assert champion["data"]["events"] == 3000 and champion["window"] == "2026-01-05..2026-01-06"
+    assert champion["trained_at"].endswith("UTC")
+
+    recent = {d["day"]: d for d in wh["recent"]}
+    assert list(recent) == sorted(DAYS, reverse=True)
+    for day, (good, bad) in DAYS.items():
+        assert (recent[day]["events"], recent[day]["rejected"], recent[day]["files"]) == (good, bad, 1)
+    assert recent["2026-01-05"]["rejected_reasons"] == f"unknown event type: {DAYS['2026-01-05'][1]}"
+    assert wh["events"] == sum(g for g, _ in DAYS.values()) and wh["rejected"] == sum(b for _, b in DAYS.values())
+
+
+def test_populated_text_report_is_readable(populated):
+    result = run_status(populated)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert f"Champion: {populated.model_name} v3   NDCG@10 0.3500" in text
+    assert "on 3,000 events" in text and "window 2026-01-05..2026-01-06" in text
+    lines = text.splitlines()
+    retrains = lines.index("Last retrains (newest first):")
+    rows = lines[retrains + 2:retrains + 5]
+    assert [row.split()[0] for row in rows] == ["v3", "v2", "v1"]
+    assert "rejected" in rows[1] and "v1 0.3000" in rows[1]
+    day_rows = [line for line in lines if line.strip().startswith("2026-01-0")]
+    assert [row.split()[0] for row in day_rows] == ["2026-01-06", "2026-01-05"]
+    assert "unknown event type: 3" in day_rows[1]
+
+
+def test_unreachable_mlflow_is_reported_and_ingest_still_shown(populated):
+    from ui_helpers import free_port
+
+    start = time.monotonic()
+    result = run_status(populated, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
+    assert time.monotonic() - start < 60
+    assert result.returncode == 1
+    assert "MLflow unavailable" in result.stdout and "unreachable" in result.stdout
+    assert "2026-01-06" in result.stdout  # the warehouse part is still there
+
+
+def test_locked_warehouse_is_reported_and_champion_still_shown(populated):
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(60)",
+         str(populated.duckdb_path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = run_status(populated, "--lock-wait", "0.5")
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    assert result.returncode == 1
+    assert "locked by another process" in result.stdout
+    assert "Champion: " in result.stdout and " v3 " in result.stdout
+
+
+def test_versions_without_champion_say_none_passed_the_gate(tmp_path):
+    settings = Settings.from_env({"ALS_PIPELINE_HOME": str(tmp_path / "home")})
+    uri, name = settings.mlflow_tracking_uri, settings.model_name
+    client = registry.make_client(uri)
+    experiment = registry.ensure_experiment(client, registry.DEFAULT_EXPERIMENT, settings.mlflow_artifact_root)
+    run_id = registry.start_training_run(client, experiment, "loses", {})
+    ref = registry.register_bundle(uri, run_id, name, tiny_bundle_dir(tmp_path), np.dtype(np.int64), {})
+    registry.promote_if_better(client, name, ref.version, 0.05, 0.10, (None, None), score_champion=None,
+                               lock_path=registry.lock_path_for(uri, settings.home))
+    reg = status.read_registry(settings)
+    assert reg.state == "ok" and reg.champion is None
+    assert [v.decision for v in reg.versions] == ["rejected"]
+    assert "no version has passed the gate" in status.render(
+        status.Status(str(settings.home), reg, status.read_warehouse(settings)))
+
+
+def test_warehouse_without_tables_is_empty_not_an_error(tmp_path):
+    import duckdb
+
+    settings = Settings.from_env({"ALS_PIPELINE_HOME": str(tmp_path / "home")})
+    settings.home.mkdir(parents=True)
+    duckdb.connect(str(settings.duckdb_path)).close()
+    wh = status.read_warehouse(settings)
+    assert wh.state == "empty" and "no ingest tables" in wh.message
