@@ -26,30 +26,25 @@ class ALSRecommenderModel(PythonModel):
 
         self.bundle = ModelBundle.load(context.artifacts[BUNDLE_ARTIFACT_KEY])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         n = int((params or {}).get("n", DEFAULT_N))
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if "user_id" not in model_input.columns:
             raise ValueError(f"input needs a `user_id` column, got {list(model_input.columns)}")
-        user_ids = np.asarray(model_input["user_id"].to_numpy()).astype(self.bundle.user_ids.dtype)
-        items, scores, sources = self.bundle.recommend_many(user_ids, n=n)
-        return recommendations_frame(user_ids, items, scores, sources)
+        user_ids = model_input["user_id"].to_numpy()
+        return recommendations_frame(user_ids, self.bundle.recommend_many(user_ids, n=n))
 
 
-def recommendations_frame(user_ids, items, scores, sources) -> pd.DataFrame:
-    """Long format, padded slots dropped: a user with fewer than n candidate items gets fewer rows."""
-    items = np.asarray(items)
-    scores = np.asarray(scores, dtype=np.float64)
-    n_users, n = scores.shape if scores.ndim == 2 else (len(user_ids), 0)
-    valid = np.isfinite(scores)
-    rows, ranks = np.nonzero(valid)
+def recommendations_frame(user_ids, recs) -> pd.DataFrame:
+    """`als_core.bundle.Recommendations` in long format; padded slots (fewer candidates than n) dropped."""
+    rows, ranks = np.nonzero(recs.item_index >= 0)
     return pd.DataFrame({
         "user_id": np.asarray(user_ids)[rows],
         "rank": (ranks + 1).astype(np.int64),
-        "item_id": items[rows, ranks],
-        "score": scores[rows, ranks],
-        "source": np.asarray(sources).astype(str)[rows],
+        "item_id": recs.item_ids[recs.item_index[rows, ranks]],
+        "score": recs.scores[rows, ranks].astype(np.float64),
+        "source": recs.sources[rows].astype(str),
     })
 
 

@@ -311,28 +311,54 @@ def register_bundle(
     run_id: str,
     model_name: str,
     bundle_dir: Path,
-    id_dtype: np.dtype,
+    example_user_ids: np.ndarray,
     version_tags: Mapping[str, str],
 ) -> VersionRef:
     """Log the pyfunc (code file + bundle directory as artifact ``bundle``) into ``run_id`` and register it
-    as a new version of ``model_name``."""
+    as a new version of ``model_name``.
+
+    ``example_user_ids`` (a few ids the model knows) become the input example, and the logged model is loaded
+    and asked for recommendations for them before it is registered: a version that cannot serve is never
+    registered (MLflow's own input-example validation only logs a warning).
+    """
     import mlflow
 
+    example = _example_frame(example_user_ids)
     with mlflow_errors("logging and registering the model"), using_tracking_uri(tracking_uri):
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT_NAME,
                 python_model=str(MODEL_CODE_PATH),
                 artifacts={BUNDLE_ARTIFACT_KEY: str(bundle_dir)},
-                signature=model_signature(id_dtype),
+                signature=model_signature(example["user_id"].dtype),
+                input_example=example,
                 pip_requirements=_pip_requirements(),
-                registered_model_name=model_name,
             )
-        client = make_client(tracking_uri)
-        version = str(info.registered_model_version)
-        for key, value in version_tags.items():
-            client.set_model_version_tag(model_name, version, key, str(value))
-        return VersionRef.of(client.get_model_version(model_name, version))
+        smoke_test(info.model_uri, example)
+        mv = mlflow.register_model(info.model_uri, model_name, tags=dict(version_tags))
+        return get_version(make_client(tracking_uri), model_name, mv.version)
+
+
+def _example_frame(user_ids: np.ndarray):
+    import pandas as pd
+
+    return pd.DataFrame({"user_id": np.asarray(user_ids)})
+
+
+def smoke_test(model_uri: str, example, n: int = 2) -> None:
+    """Load the pyfunc as serving would and check it recommends, at most ``n`` items per user (a user who
+    has seen nearly the whole catalogue may get fewer)."""
+    import mlflow
+
+    try:
+        out = mlflow.pyfunc.load_model(model_uri).predict(example, params={"n": n})
+        counts = out.groupby("user_id").size()
+        ok = len(out) > 0 and bool((counts <= n).all())
+        problem = f"expected 1..{n} items per user for {len(example)} users, got {counts.to_dict()}"
+    except Exception as exc:  # any failure here means the logged model cannot serve
+        ok, problem = False, f"{type(exc).__name__}: {exc}"
+    if not ok:
+        raise RegistryError(f"logged model {model_uri} failed its smoke test, not registered: {problem}")
 
 
 def set_version_tags(client: MlflowClient, ref: VersionRef, tags: Mapping[str, Any]) -> None:
@@ -409,11 +435,10 @@ def download_bundle(tracking_uri: str, name: str, version: int, dst_dir: Path) -
 
     dst_dir = Path(dst_dir)
     dst_dir.mkdir(parents=True, exist_ok=True)
-    with mlflow_errors(f"downloading {name} version {version}"):
+    # models:/ URIs resolve through the global registry URI whatever download_artifacts is given
+    with mlflow_errors(f"downloading {name} version {version}"), using_tracking_uri(tracking_uri):
         local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{int(version)}", dst_path=str(dst_dir),
-            tracking_uri=tracking_uri, registry_uri=tracking_uri,
-        ))
+            artifact_uri=f"models:/{name}/{int(version)}", dst_path=str(dst_dir), tracking_uri=tracking_uri))
     pyfunc_conf = Model.load(str(local / "MLmodel")).flavors["python_function"]
     bundle_dir = local / pyfunc_conf["artifacts"][BUNDLE_ARTIFACT_KEY]["path"]
     if not bundle_dir.is_dir():

@@ -8,6 +8,7 @@ import math
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from pipelines import registry
@@ -200,3 +201,15 @@ def test_unreachable_server_fails_fast_with_a_clear_message():
     with pytest.raises(registry.MlflowUnavailable, match="unreachable"):
         registry.check_reachable(uri)
     assert time.monotonic() - started < 10
+
+
+def test_a_model_that_cannot_serve_is_not_registered(sqlite_only, tmp_path):
+    store = sqlite_only
+    client = store.client()
+    broken = tmp_path / "bundle"
+    broken.mkdir()
+    (broken / "bundle.json").write_text('{"format_version": -1}')  # ModelBundle.load refuses it
+    run_id = registry.start_training_run(client, store.experiment_id(), "broken", {})
+    with pytest.raises(registry.RegistryError, match="smoke test"):
+        registry.register_bundle(store.tracking_uri, run_id, store.model_name, broken, np.array([1, 2]), {})
+    assert client.search_model_versions(f"name = '{store.model_name}'") == []

@@ -1,0 +1,389 @@
+"""The model half of the retrain: challenger -> evaluation -> champion -> recommendations (group "training").
+
+Nothing passes between these assets through an IO manager: each writes to MLflow (or DuckDB) and returns a
+`dg.MaterializeResult`; the next one declares `deps=` and finds its input again in MLflow:
+- the challenger of this Dagster run is the model version tagged ``dagster_run_id=<run id>``; an asset
+  materialised on its own (another run id) takes the newest version of the model;
+- the evaluation's scores are tags ``eval.*`` of that version, which the champion gate reads;
+- the holdout a challenger is judged on is an artifact of its MLflow run (``holdout/holdout.npz``).
+docs/registry.md describes the MLflow layout.
+"""
+
+
+import contextlib
+import math
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from pipelines import plots, registry, sql_files
+from pipelines.defs.mlflow_resource import MLflowResource
+from pipelines.defs.resources import DuckDBResource
+from pipelines.settings import Settings
+from pipelines.training_data import TrainingData, latest_dir
+from pipelines.tuned_params import read_best_params
+
+GROUP = "training"
+K = 10  # the gate decides on NDCG@10; every metric is @10
+DECIDING = f"ndcg@{K}"
+ROLES = ("challenger", "champion", "popularity")
+
+
+@contextlib.contextmanager
+def mlflow_failure_is_a_run_failure() -> Iterator[None]:
+    """An MLflow outage fails the step with a message that says so (and nothing moved the champion alias)."""
+    try:
+        yield
+    except registry.MlflowUnavailable as exc:
+        raise dg.Failure(description=f"{exc}. The champion alias was not changed.") from exc
+
+
+def metric_key(key: str) -> str:
+    return key.replace("@", "_at_")  # MLflow metric and tag names allow no '@'
+
+
+def _score(bundle, holdout: tuple[np.ndarray, np.ndarray], strategy: str = "model") -> dict[str, float]:
+    from als_core.bundle import evaluate_on_holdout
+
+    return evaluate_on_holdout(bundle, holdout[0], holdout[1], k=K, strategy=strategy)
+
+
+# ------------------------------------------------------------------------------------------ challenger
+
+
+class ChallengerConfig(dg.Config):
+    factors: int = Field(default=64, ge=1, description="Latent factors.")
+    iterations: int = Field(default=15, ge=1, description="ALS iterations (sweeps over users and items).")
+    alpha: float = Field(default=40.0, ge=0, description="Confidence scale: c_ui = 1 + alpha * r_ui.")
+    regularization: float = Field(default=0.01, ge=0, description="L2 regularization of the factors.")
+    solver: Literal["cg", "cholesky"] = Field(default="cg", description="cg: a few conjugate-gradient steps per row; cholesky: exact row solves.")
+    cg_steps: int = Field(default=3, ge=1, description="Conjugate-gradient steps per row (solver=cg).")
+    seed: int = Field(default=0, description="Seed of the factor initialisation (reproducible retrains).")
+    use_tuned: bool = Field(
+        default=True,
+        description="Take factors/regularization/alpha from the tuning asset's best_params.json when it exists; "
+                    "a value set explicitly in this run config still wins.",
+    )
+
+
+def resolve_hyperparameters(config: ChallengerConfig, settings: Settings) -> tuple[dict, str]:
+    """ALS keyword arguments and where the tunable ones came from ("config" or "tuning")."""
+    params = {"factors": config.factors, "iterations": config.iterations, "alpha": config.alpha,
+              "regularization": config.regularization, "solver": config.solver, "cg_steps": config.cg_steps,
+              "random_state": config.seed}
+    tuned = read_best_params(settings) if config.use_tuned else None
+    if not tuned:
+        return params, "config"
+    # model_fields_set: what the run config named explicitly (defaults are not in it)
+    params.update({key: value for key, value in tuned.items() if key not in config.model_fields_set})
+    return params, "tuning"
+
+
+def factors_finite_result(model) -> dg.AssetCheckResult:
+    bad = {name: int((~np.isfinite(getattr(model, name))).sum()) for name in ("user_factors", "item_factors")}
+    return dg.AssetCheckResult(
+        check_name="factors_finite",
+        passed=not any(bad.values()),
+        metadata={f"non_finite_{name}": dg.MetadataValue.int(count) for name, count in bad.items()},
+        description="every user and item factor is finite (NaN/inf means the fit diverged)",
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=["training_data"],
+    kinds={"python", "mlflow"},
+    check_specs=[dg.AssetCheckSpec("factors_finite", asset="challenger", blocking=True,
+                                   description="All factors finite; blocks evaluation and promotion if not.")],
+    description="ALS fit on the latest training data; one MLflow run, registered as a new model version.",
+)
+def challenger(context: dg.AssetExecutionContext, config: ChallengerConfig, mlflow: MLflowResource) -> dg.MaterializeResult:
+    from als_core import ALS
+    from als_core.bundle import ModelBundle
+
+    settings = Settings.from_env()
+    snapshot = latest_dir(settings).resolve()  # the stable snapshot behind `latest`, recorded for tracing
+    data = TrainingData.load(snapshot)
+    params, source = resolve_hyperparameters(config, settings)
+    run_id = context.run.run_id
+    with mlflow_failure_is_a_run_failure():
+        client = mlflow.client()  # checks reachability before minutes of training
+        experiment_id = mlflow.experiment_id(client)
+        identity = {registry.TAG_DAGSTER_RUN_ID: run_id, registry.TAG_HOLDOUT_FINGERPRINT: data.holdout_fingerprint,
+                    "training_window": f"{data.window_start}..{data.window_end}", "training_split": data.split,
+                    "training_snapshot": str(snapshot), "hyperparameters_from": source}
+        mlflow_run = registry.start_training_run(client, experiment_id, f"challenger {data.window_end}", identity)
+        try:
+            context.log.info(f"training {params} ({source}) on {data.train.shape[0]} users x {data.train.shape[1]} "
+                             f"items, {data.train.nnz} nonzeros; MLflow run {mlflow_run}")
+
+            def progress(iteration: int, loss: float, seconds: float) -> None:
+                context.log.info(f"iteration {iteration + 1}/{params['iterations']}: loss {loss:.6f} ({seconds:.2f}s)")
+
+            started = time.perf_counter()
+            model = ALS(**params, callback=progress).fit(data.train)
+            fit_seconds = time.perf_counter() - started
+            sizes = {"users": data.train.shape[0], "items": data.train.shape[1], "nnz": int(data.train.nnz),
+                     "holdout_pairs": data.holdout_pairs}
+            registry.log_training(client, mlflow_run, {**params, "hyperparameters_from": source},
+                                  model.loss_history, fit_seconds, sizes)
+            registry.log_holdout(client, mlflow_run, data.holdout_user_ids, data.holdout_item_ids)
+            check = factors_finite_result(model)
+            metadata = {
+                "mlflow_run": dg.MetadataValue.url(mlflow.run_url(experiment_id, mlflow_run)),
+                "mlflow_run_id": dg.MetadataValue.text(mlflow_run),
+                "fit_seconds": dg.MetadataValue.float(fit_seconds),
+                "final_loss": dg.MetadataValue.float(float(model.loss_history[-1]) if model.loss_history else math.nan),
+                "hyperparameters": dg.MetadataValue.json({**params, "from": source}),
+                **{key: dg.MetadataValue.int(value) for key, value in sizes.items()},
+            }
+            with tempfile.TemporaryDirectory(prefix="challenger-") as tmp:
+                if model.loss_history:
+                    curve = plots.loss_curve(model.loss_history, Path(tmp) / "loss_curve.png")
+                    with registry.mlflow_errors("logging the loss curve"):
+                        client.log_artifact(mlflow_run, str(curve), artifact_path="plots")
+                    metadata["loss_curve"] = dg.MetadataValue.md(plots.markdown_image(curve, "training loss"))
+                if not check.passed:
+                    # keep the run for diagnosis, but register nothing: a broken model must never be served
+                    registry.finish_run(client, mlflow_run, failed=True)
+                    context.log.error("non-finite factors: nothing registered")
+                    return dg.MaterializeResult(metadata=metadata, check_results=[check])
+                bundle = ModelBundle.build(model, data.user_ids, data.item_ids, data.train, metadata={
+                    "hyperparameters": params, "training_window": [data.window_start, data.window_end],
+                    "holdout_fingerprint": data.holdout_fingerprint, "mlflow_run_id": mlflow_run,
+                    "dagster_run_id": run_id})
+                bundle_dir = bundle.save(Path(tmp) / "bundle")
+                version = registry.register_bundle(mlflow.tracking_uri, mlflow_run, mlflow.model_name, bundle_dir,
+                                                   bundle.user_ids[:2], identity)
+            registry.finish_run(client, mlflow_run)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                registry.finish_run(client, mlflow_run, failed=True)
+            raise
+    context.log.info(f"registered {version.name} version {version.version}")
+    metadata["model_version"] = dg.MetadataValue.int(version.version)
+    return dg.MaterializeResult(metadata=metadata, check_results=[check])
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _metrics_table(scores: dict[str, dict[str, float] | None]) -> str:
+    keys = [key for key in next(s for s in scores.values() if s) if "@" in key]
+    rows = [[role] + [f"{values[key]:.4f}" if values else "-" for key in keys] for role, values in scores.items()]
+    return markdown_table(["model", *keys], rows)
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[challenger],
+    kinds={"python", "mlflow"},
+    check_specs=[dg.AssetCheckSpec("challenger_beats_popularity", asset="evaluation",
+                                   description="The challenger's NDCG@10 is above the popularity baseline's (a warning: "
+                                               "the gate decides).")],
+    description="Challenger, current champion and popularity scored on the challenger's holdout (unknown users "
+                "get the popularity fallback, as in serving).",
+)
+def evaluation(context: dg.AssetExecutionContext, mlflow: MLflowResource) -> dg.MaterializeResult:
+    with mlflow_failure_is_a_run_failure():
+        client = mlflow.client()
+        ref = registry.find_version(client, mlflow.model_name, context.run.run_id)
+        holdout = registry.load_holdout(client, ref.run_id)
+        context.log.info(f"evaluating {ref.name} v{ref.version} on {len(holdout[0])} holdout pairs")
+        bundle = registry.load_bundle(mlflow.tracking_uri, ref.name, ref.version)
+        scores: dict[str, dict[str, float] | None] = {
+            "challenger": _score(bundle, holdout), "champion": None,
+            "popularity": _score(bundle, holdout, strategy="popularity")}
+        champion = registry.champion_ref(client, ref.name)
+        if champion is not None:
+            context.log.info(f"re-scoring champion v{champion.version} on the same holdout")
+            champion_bundle = bundle if champion.version == ref.version else registry.load_bundle(
+                mlflow.tracking_uri, ref.name, champion.version)
+            scores["champion"] = _score(champion_bundle, holdout)
+        registry.log_metrics(client, ref.run_id, {
+            f"eval_{role}_{metric_key(key)}": value
+            for role, values in scores.items() if values for key, value in values.items()})
+        registry.set_version_tags(client, ref, {
+            "eval.challenger_ndcg_at_10": repr(scores["challenger"][DECIDING]),
+            "eval.popularity_ndcg_at_10": repr(scores["popularity"][DECIDING]),
+            "eval.champion_version": "" if champion is None else champion.version,
+            "eval.champion_ndcg_at_10": "" if champion is None else repr(scores["champion"][DECIDING]),
+            "eval.dagster_run_id": context.run.run_id,
+        })
+        experiment_id = client.get_run(ref.run_id).info.experiment_id
+    for role, values in scores.items():
+        if values:
+            context.log.info(f"{role}: NDCG@10 {values[DECIDING]:.4f}, HitRate@10 {values['hit_rate@10']:.4f}")
+    beats = scores["challenger"][DECIDING] > scores["popularity"][DECIDING]
+    metadata = {
+        f"{role}_ndcg_at_10": dg.MetadataValue.float(float(values[DECIDING]))
+        for role, values in scores.items() if values
+    }
+    metadata.update({
+        "challenger_version": dg.MetadataValue.int(ref.version),
+        "champion_version": dg.MetadataValue.int(champion.version) if champion else dg.MetadataValue.text("none"),
+        "holdout_pairs": dg.MetadataValue.int(len(holdout[0])),
+        "holdout_fingerprint": dg.MetadataValue.text(ref.tags.get(registry.TAG_HOLDOUT_FINGERPRINT, "")),
+        "metrics": dg.MetadataValue.md(_metrics_table(scores)),
+        "mlflow_run": dg.MetadataValue.url(mlflow.run_url(experiment_id, ref.run_id)),
+    })
+    check = dg.AssetCheckResult(
+        check_name="challenger_beats_popularity", passed=bool(beats), severity=dg.AssetCheckSeverity.WARN,
+        metadata={"challenger_ndcg_at_10": dg.MetadataValue.float(float(scores["challenger"][DECIDING])),
+                  "popularity_ndcg_at_10": dg.MetadataValue.float(float(scores["popularity"][DECIDING]))})
+    return dg.MaterializeResult(metadata=metadata, check_results=[check])
+
+
+# ------------------------------------------------------------------------------------------ champion
+
+
+class ChampionConfig(dg.Config):
+    margin: float = Field(default=0.0, ge=0, description="Promote only if challenger NDCG@10 > champion NDCG@10 + margin.")
+
+
+def _tag_float(tags: dict, key: str) -> float | None:
+    value = tags.get(key, "")
+    return float(value) if value != "" else None
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[evaluation],
+    pool="promotion",
+    kinds={"mlflow"},
+    description="Moves the `champion` alias to the challenger if it beats the champion on the same holdout "
+                "(the first model: if it beats popularity). A losing challenger is a normal outcome.",
+)
+def champion(context: dg.AssetExecutionContext, config: ChampionConfig, mlflow: MLflowResource) -> dg.MaterializeResult:
+    with mlflow_failure_is_a_run_failure():
+        client = mlflow.client()
+        ref = registry.find_version(client, mlflow.model_name, context.run.run_id)
+        challenger_ndcg = _tag_float(ref.tags, "eval.challenger_ndcg_at_10")
+        popularity_ndcg = _tag_float(ref.tags, "eval.popularity_ndcg_at_10")
+        if challenger_ndcg is None or popularity_ndcg is None:
+            raise dg.Failure(description=f"{ref.name} v{ref.version} has no evaluation: materialise `evaluation` first")
+        evaluated_version = ref.tags.get("eval.champion_version") or None
+        evaluated = (int(evaluated_version) if evaluated_version else None,
+                     _tag_float(ref.tags, "eval.champion_ndcg_at_10"))
+
+        def rescore(version: int) -> float:
+            context.log.info(f"champion changed to v{version} since evaluation: re-scoring it on the same holdout")
+            bundle = registry.load_bundle(mlflow.tracking_uri, ref.name, version)
+            return _score(bundle, registry.load_holdout(client, ref.run_id))[DECIDING]
+
+        fingerprint = ref.tags.get(registry.TAG_HOLDOUT_FINGERPRINT, "")
+        decision = registry.promote_if_better(
+            client, ref.name, ref.version, challenger_ndcg, popularity_ndcg, evaluated, rescore, mlflow.lock_path,
+            margin=config.margin,
+            extra_tags={"gate.dagster_run_id": context.run.run_id, "gate.holdout_fingerprint": fingerprint})
+        now = registry.aliases(client, ref.name)
+    context.log.info(f"{'PROMOTED' if decision.promote else 'kept the champion'}: {decision.reason}")
+    metadata = {
+        "decision": dg.MetadataValue.text("promoted" if decision.promote else "rejected"),
+        "reason": dg.MetadataValue.text(decision.reason),
+        "challenger_version": dg.MetadataValue.int(ref.version),
+        "challenger_ndcg_at_10": dg.MetadataValue.float(float(decision.challenger_ndcg)),
+        "popularity_ndcg_at_10": dg.MetadataValue.float(float(decision.popularity_ndcg)),
+        "margin": dg.MetadataValue.float(float(decision.margin)),
+        "holdout_fingerprint": dg.MetadataValue.text(fingerprint),
+        "dagster_run_id": dg.MetadataValue.text(context.run.run_id),
+        "champion_version": dg.MetadataValue.int(now[registry.CHAMPION]) if registry.CHAMPION in now
+        else dg.MetadataValue.text("none"),
+    }
+    if decision.champion_ndcg is not None:
+        metadata["champion_ndcg_at_10"] = dg.MetadataValue.float(float(decision.champion_ndcg))
+        metadata["compared_with_version"] = dg.MetadataValue.int(decision.champion_version)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+# ------------------------------------------------------------------------------------------ recommendations
+
+
+class RecommendationsConfig(dg.Config):
+    n: int = Field(default=50, ge=1, le=1000, description="Recommendations per user.")
+    batch_size: int = Field(default=5000, ge=1, description="Users scored per batch (bounds memory).")
+
+
+_RECOMMENDATION_SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()),
+                                    ("score", pa.float64()), ("model_version", pa.int32())])
+
+
+def stage_recommendations(bundle, version: int, n: int, batch_size: int, path: Path, log) -> int:
+    """Score every known user in batches into one Parquet file (bounded memory, no DuckDB lock held)."""
+    user_ids = bundle.user_ids
+    written = 0
+    with pq.ParquetWriter(path, _RECOMMENDATION_SCHEMA) as writer:
+        for start in range(0, len(user_ids), batch_size):
+            batch = user_ids[start:start + batch_size]
+            recs = bundle.recommend_many(batch, n=n)
+            rows, ranks = np.nonzero(recs.item_index >= 0)
+            writer.write_table(pa.table({
+                "user_id": batch[rows].astype(str),
+                "rank": (ranks + 1).astype(np.int32),
+                "item_id": recs.item_ids[recs.item_index[rows, ranks]].astype(str),
+                "score": recs.scores[rows, ranks].astype(np.float64),
+                "model_version": np.full(len(rows), version, dtype=np.int32),
+            }, schema=_RECOMMENDATION_SCHEMA))
+            written += len(rows)
+            log(f"scored users {start + len(batch)}/{len(user_ids)} ({written} rows)")
+    return written
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[champion],
+    pool="duckdb",
+    kinds={"duckdb", "mlflow"},
+    description="The champion's top-N for every user it knows, in DuckDB table `recommendations` (replaced whole).",
+)
+def recommendations(context: dg.AssetExecutionContext, config: RecommendationsConfig, mlflow: MLflowResource,
+                    duckdb: DuckDBResource) -> dg.MaterializeResult:
+    with mlflow_failure_is_a_run_failure():
+        loaded = registry.load_champion_bundle(mlflow.tracking_uri, mlflow.model_name)
+    if loaded is None:
+        context.log.warning(f"{mlflow.model_name} has no champion yet: `recommendations` left unchanged")
+        return dg.MaterializeResult(metadata={"champion_version": dg.MetadataValue.text("none"),
+                                              "rows": dg.MetadataValue.int(0)})
+    ref, bundle = loaded
+    context.log.info(f"scoring {len(bundle.user_ids)} users with champion v{ref.version}, top {config.n}")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="recommendations-") as tmp:
+        staged = Path(tmp) / "recommendations.parquet"
+        stage_recommendations(bundle, ref.version, config.n, config.batch_size, staged, context.log.info)
+        with duckdb.connect() as con:
+            sql_files.run(con, "recommendations_schema")
+            con.begin()
+            try:
+                sql_files.run(con, "recommendations_replace", {"staged_files": [str(staged)]})
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
+            rows, users, distinct_items, version = sql_files.run(con, "recommendations_summary").fetchone()
+            preview = sql_files.run(con, "recommendations_preview", {"limit_rows": 10}).fetchall()
+    seconds = time.perf_counter() - started
+    context.log.info(f"wrote {rows} rows for {users} users in {seconds:.1f}s")
+    return dg.MaterializeResult(metadata={
+        "champion_version": dg.MetadataValue.int(int(version)),
+        "rows": dg.MetadataValue.int(int(rows)),
+        "users": dg.MetadataValue.int(int(users)),
+        "distinct_items": dg.MetadataValue.int(int(distinct_items)),
+        "n": dg.MetadataValue.int(config.n),
+        "seconds": dg.MetadataValue.float(seconds),
+        "preview": dg.MetadataValue.md(markdown_table(["user_id", "rank", "item_id", "score", "model_version"],
+                                                      [list(row) for row in preview])),
+    })

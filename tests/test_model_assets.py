@@ -1,0 +1,171 @@
+"""The model half (challenger -> evaluation -> champion -> recommendations) through `dg.materialize` on a real
+MLflow sqlite store and a real DuckDB file, with training data written directly (no ingest)."""
+
+from __future__ import annotations
+
+import duckdb
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+import als_core
+from model_half import ALL_ASSETS, BETTER, GATE_ASSETS, GOOD, materialize, metadata_of, mlflow_resource, \
+    publish_training_data
+from mlflow_server import closed_port_uri
+from pipelines import registry
+from pipelines.defs import model_assets
+from pipelines.tuned_params import write_best_params
+
+
+def read_table(settings, sql: str, params=None) -> list[tuple]:
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        return con.execute(sql, params).fetchall()
+
+
+@pytest.fixture
+def trained(settings):
+    """One full materialisation of the model half with the GOOD hyperparameters."""
+    data = publish_training_data(settings)
+    resource = mlflow_resource(settings)
+    result = materialize(ALL_ASSETS, resource, settings, challenger=GOOD, recommendations={"n": 20})
+    return data, resource, result
+
+
+def test_challenger_run_logs_params_loss_history_and_registers_a_version(settings, trained):
+    data, resource, result = trained
+    client = registry.make_client(resource.tracking_uri)
+    meta = metadata_of(result, "challenger")
+    ref = registry.get_version(client, resource.model_name, meta["model_version"])
+    run = client.get_run(ref.run_id)
+
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[registry.TAG_DAGSTER_RUN_ID] == result.run_id == ref.tags[registry.TAG_DAGSTER_RUN_ID]
+    assert ref.tags[registry.TAG_HOLDOUT_FINGERPRINT] == data.holdout_fingerprint
+    assert run.data.params["factors"] == str(GOOD["factors"]) and run.data.params["hyperparameters_from"] == "config"
+    loss = client.get_metric_history(ref.run_id, "train_loss")
+    assert [m.step for m in sorted(loss, key=lambda m: m.step)] == list(range(GOOD["iterations"]))
+    assert run.data.metrics["data_users"] == data.train.shape[0] and run.data.metrics["data_nnz"] == data.train.nnz
+    assert run.data.metrics["fit_seconds"] > 0
+    # the experiment's artifacts live under the pipeline home, not in ./mlruns of the test's cwd
+    assert run.info.artifact_uri.startswith(settings.mlflow_artifact_root.as_uri())
+    holdout_users, holdout_items = registry.load_holdout(client, ref.run_id)
+    assert np.array_equal(holdout_users, data.holdout_user_ids) and np.array_equal(holdout_items, data.holdout_item_ids)
+    bundle = registry.load_bundle(resource.tracking_uri, resource.model_name, ref.version)
+    assert np.array_equal(bundle.user_ids, data.user_ids) and np.array_equal(bundle.item_ids, data.item_ids)
+
+
+def test_evaluation_and_first_promotion(trained):
+    data, resource, result = trained
+    client = registry.make_client(resource.tracking_uri)
+    evaluation = metadata_of(result, "evaluation")
+    version = metadata_of(result, "challenger")["model_version"]
+    run = client.get_run(registry.get_version(client, resource.model_name, version).run_id)
+    for role in ("challenger", "popularity"):
+        for metric in ("ndcg", "hit_rate", "precision", "recall", "map", "coverage"):
+            assert f"eval_{role}_{metric}_at_10" in run.data.metrics
+    assert run.data.metrics["eval_challenger_ndcg_at_10"] == pytest.approx(evaluation["challenger_ndcg_at_10"])
+    assert evaluation["champion_version"] == "none"  # nothing to compare with on the first run
+    [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == "challenger_beats_popularity"]
+    assert check.passed == (evaluation["challenger_ndcg_at_10"] > evaluation["popularity_ndcg_at_10"])
+    assert check.passed  # GOOD beats popularity on this data (else the next asserts test nothing)
+
+    champion = metadata_of(result, "champion")
+    assert champion["decision"] == "promoted" and champion["champion_version"] == version
+    assert registry.aliases(client, resource.model_name) == {"champion": version}
+    tags = registry.get_version(client, resource.model_name, version).tags
+    assert tags["gate.decision"] == "promoted" and tags["gate.dagster_run_id"] == result.run_id
+    assert tags["gate.holdout_fingerprint"] == data.holdout_fingerprint
+
+
+def test_recommendations_table_matches_the_champion(settings, trained):
+    data, resource, result = trained
+    version = metadata_of(result, "challenger")["model_version"]
+    rows = read_table(settings, "SELECT user_id, rank, item_id, score, model_version FROM recommendations "
+                                "ORDER BY user_id, rank")
+    frame = pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score", "model_version"])
+    assert set(frame["model_version"]) == {version}
+    assert set(frame["user_id"]) == set(data.user_ids.astype(str))  # every known user
+    assert frame.groupby("user_id")["rank"].apply(lambda r: list(r) == list(range(1, len(r) + 1))).all()
+    assert frame.groupby("user_id")["rank"].max().max() == 20
+    assert (frame.groupby("user_id")["score"].apply(lambda s: np.all(np.diff(s.to_numpy()) <= 1e-6))).all()
+    # seen items are never recommended
+    seen = {(str(data.user_ids[u]), str(data.item_ids[i])) for u, i in zip(*data.train.nonzero())}
+    assert not seen & set(zip(frame["user_id"], frame["item_id"]))
+    assert metadata_of(result, "recommendations")["rows"] == len(frame)
+
+
+def test_pyfunc_loads_from_the_champion_alias_and_honours_n(settings, trained):
+    data, resource, result = trained
+    users = [int(u) for u in data.user_ids[:3]] + [987654321]  # the last one is unknown to the model
+    with registry.using_tracking_uri(resource.tracking_uri):
+        model = mlflow.pyfunc.load_model(f"models:/{resource.model_name}@champion")
+        assert model.metadata.get_params_schema() is not None
+        out = model.predict(pd.DataFrame({"user_id": users}), params={"n": 5})
+    assert out.groupby("user_id").size().to_dict() == {u: 5 for u in users}
+    sources = out.groupby("user_id")["source"].first()
+    assert sources[987654321] == "popularity" and set(sources[users[:3]]) == {"als"}
+    # the same items as the precomputed table (both come from the pinned champion version)
+    first = str(users[0])
+    table = [row[0] for row in read_table(
+        settings, "SELECT item_id FROM recommendations WHERE user_id = ? AND rank <= 5 ORDER BY rank", [first])]
+    assert [str(i) for i in out[out["user_id"] == users[0]].sort_values("rank")["item_id"]] == table
+
+
+def test_a_new_champion_replaces_the_recommendations(settings, trained):
+    data, resource, first = trained
+    before = read_table(settings, "SELECT count(*) FROM recommendations")[0][0]
+    result = materialize(ALL_ASSETS, resource, settings, challenger=BETTER, recommendations={"n": 20})
+    assert metadata_of(result, "champion")["decision"] == "promoted"
+    new_version = metadata_of(result, "challenger")["model_version"]
+    assert read_table(settings, "SELECT DISTINCT model_version FROM recommendations") == [(new_version,)]
+    assert read_table(settings, "SELECT count(*) FROM recommendations")[0][0] == before
+
+
+def test_mlflow_unreachable_fails_the_challenger_and_leaves_the_champion(settings, trained):
+    data, resource, _ = trained
+    client = registry.make_client(resource.tracking_uri)
+    champion_before = registry.aliases(client, resource.model_name)
+    dead = mlflow_resource(settings, tracking_uri=closed_port_uri(), model_name=resource.model_name)
+    result = materialize(GATE_ASSETS, dead, settings, challenger=BETTER, raise_on_error=False)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.step_key == "challenger"
+    message = str(failure.event_specific_data.error)
+    assert "unreachable" in message and "champion alias was not changed" in message
+    assert registry.aliases(client, resource.model_name) == champion_before
+
+
+def test_non_finite_factors_block_evaluation_and_register_nothing(settings, monkeypatch):
+    publish_training_data(settings)
+    resource = mlflow_resource(settings)
+    real_fit = als_core.ALS.fit
+
+    def diverging_fit(self, *args, **kwargs):  # fault injection: the fit "diverges"
+        real_fit(self, *args, **kwargs)
+        self.item_factors[0, 0] = np.nan
+        return self
+
+    monkeypatch.setattr(als_core.ALS, "fit", diverging_fit)
+    result = materialize(GATE_ASSETS, resource, settings, challenger=GOOD, raise_on_error=False)
+    assert not result.success
+    [check] = result.get_asset_check_evaluations()
+    assert check.check_name == "factors_finite" and not check.passed
+    assert check.metadata["non_finite_item_factors"].value == 1
+    steps = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SUCCESS"}
+    assert "evaluation" not in steps and "champion" not in steps
+    client = registry.make_client(resource.tracking_uri)
+    assert client.search_model_versions(f"name = '{resource.model_name}'") == []
+    runs = client.search_runs([resource.experiment_id(client)])
+    assert [r.info.status for r in runs] == ["FAILED"]  # the diverged run is kept for diagnosis
+
+
+def test_tuned_parameters_apply_unless_the_run_config_sets_them(settings):
+    assert model_assets.resolve_hyperparameters(model_assets.ChallengerConfig(), settings)[1] == "config"
+    write_best_params(settings, {"params": {"factors": 5, "alpha": 2.0}})
+    params, source = model_assets.resolve_hyperparameters(model_assets.ChallengerConfig(), settings)
+    assert (params["factors"], params["alpha"], params["regularization"], source) == (5, 2.0, 0.01, "tuning")
+    params, _ = model_assets.resolve_hyperparameters(model_assets.ChallengerConfig(factors=7), settings)
+    assert (params["factors"], params["alpha"]) == (7, 2.0)
+    params, source = model_assets.resolve_hyperparameters(model_assets.ChallengerConfig(use_tuned=False), settings)
+    assert (params["factors"], source) == (64, "config")
