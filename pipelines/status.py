@@ -31,6 +31,7 @@ DEFAULT_LOCK_WAIT_S = 3.0
 # MLflow's own HTTP retries take minutes against a dead server; the operator wants an answer now.
 _MLFLOW_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 _GATE = registry.TAG_GATE_PREFIX
+TAG_TRAINING_WINDOW = "training_window"  # run tag set by the challenger asset: "YYYY-MM-DD..YYYY-MM-DD"
 
 
 @dataclass
@@ -54,9 +55,11 @@ class ChampionSummary:
     ndcg_at_10: float | None
     popularity_ndcg_at_10: float | None
     trained_at: str | None
-    data: dict[str, float]  # the run's data_* metrics: events, users, items, ...
-    window: str | None
+    data: dict[str, float]  # the run's data_* metrics: users, items, nnz, ...
+    window: str | None  # YYYY-MM-DD..YYYY-MM-DD
     run_id: str | None
+    events: int | None = None
+    events_source: str | None = None  # "run" (logged by the training) | "warehouse" (counted in its window now)
 
 
 @dataclass
@@ -91,6 +94,12 @@ class WarehouseStatus:
     first_day: str | None = None
     last_day: str | None = None
     recent: list[DaySummary] = field(default_factory=list)
+    events_by_day: dict[str, int] = field(default_factory=dict)
+
+    def events_between(self, first: str, last: str) -> int | None:
+        if self.state != "ok":
+            return None
+        return sum(n for day, n in self.events_by_day.items() if first <= day <= last)
 
 
 @dataclass
@@ -102,6 +111,16 @@ class Status:
     @property
     def ok(self) -> bool:
         return "unavailable" not in (self.registry.state, self.warehouse.state)
+
+    def __post_init__(self) -> None:
+        """A run that did not log its event count: count its window's events in the warehouse."""
+        champion = self.registry.champion
+        if champion is None or champion.events is not None or not champion.window:
+            return
+        first, _, last = champion.window.partition("..")
+        counted = self.warehouse.events_between(first, last)
+        if counted is not None:
+            champion.events, champion.events_source = counted, "warehouse"
 
 
 # --------------------------------------------------------------------------------------------- MLflow
@@ -153,13 +172,16 @@ def _champion_summary(client, summary: VersionSummary) -> ChampionSummary:
         data = {key[len("data_"):]: value for key, value in sorted(run.data.metrics.items())
                 if key.startswith("data_")}
         params = run.data.params
-        if params.get("window_start") and params.get("window_end"):
+        window = run.data.tags.get(TAG_TRAINING_WINDOW)
+        if not window and params.get("window_start") and params.get("window_end"):
             window = f"{params['window_start']}..{params['window_end']}"
         trained_at = _utc(run.info.start_time) or trained_at
+    events = data.pop("events", None)
     return ChampionSummary(
         version=summary.version, ndcg_at_10=summary.ndcg_at_10,
         popularity_ndcg_at_10=summary.popularity_ndcg_at_10, trained_at=trained_at, data=data,
-        window=window, run_id=summary.run_id,
+        window=window, run_id=summary.run_id, events=None if events is None else int(events),
+        events_source=None if events is None else "run",
     )
 
 
@@ -219,6 +241,7 @@ def read_warehouse(settings: Settings, limit: int = DEFAULT_LIMIT,
         with warehouse.open_warehouse(path, read_only=True, lock_timeout_s=lock_wait_s) as con:
             totals = sql_files.run(con, "status_totals").fetchone()
             rows = sql_files.run(con, "status_ingests", {"limit": limit}).fetchall()
+            by_day = sql_files.run(con, "status_events_by_day").fetchall()
     except duckdb.CatalogException as exc:
         if not _missing_table(exc):
             raise
@@ -241,6 +264,7 @@ def read_warehouse(settings: Settings, limit: int = DEFAULT_LIMIT,
                    rejected_reasons=reasons)
         for day, ingested_at, files, duplicates, loaded, rejected_rows, reasons in rows
     ]
+    status.events_by_day = {day.isoformat(): int(n) for day, n in by_day}
     if not status.recent:
         status.state, status.message = "empty", "no day ingested yet"
     return status
@@ -274,8 +298,10 @@ def _champion_lines(reg: RegistryStatus) -> list[str]:
              f"   (popularity {_score(champion.popularity_ndcg_at_10)})"]
     data = champion.data
     trained = f"  trained {champion.trained_at or 'at an unknown time'}"
-    if "events" in data:
-        trained += f" on {int(data['events']):,} events"
+    if champion.events is not None:
+        trained += f" on {champion.events:,} events"
+        if champion.events_source == "warehouse":
+            trained += " (its window's events in the warehouse now)"
     sizes = [f"{int(data[key]):,} {key}" for key in ("users", "items", "nnz", "holdout_pairs") if key in data]
     if sizes:
         trained += f" ({', '.join(sizes)})"

@@ -22,6 +22,8 @@ from pipelines.settings import PROJECT_ROOT, Settings
 CLI_TIMEOUT_S = 120
 # (challenger NDCG@10, popularity NDCG@10) per retrain, in order: v1 beats popularity, v2 loses to v1, v3 wins
 RETRAINS = [(0.30, 0.10), (0.25, 0.10), (0.35, 0.12)]
+USER_IDS, ITEM_IDS = np.arange(100, 112), np.arange(500, 509)  # of the tiny registered model
+KNOWN_USERS = USER_IDS[:2]  # the registry smoke-tests a version on these before registering it
 DAYS = {"2026-01-05": (40, 3), "2026-01-06": (50, 0)}  # day: (good rows, bad rows)
 
 
@@ -58,10 +60,10 @@ def tiny_bundle_dir(root: Path) -> Path:
     from als_core.bundle import ModelBundle
 
     rng = np.random.default_rng(0)
-    train = sp.random(12, 9, density=0.4, format="csr", dtype=np.float32, random_state=rng) * 10
+    train = sp.random(len(USER_IDS), len(ITEM_IDS), density=0.4, format="csr", dtype=np.float32, random_state=rng) * 10
     model = ALS(factors=4, iterations=2, random_state=0)
     model.fit(train)
-    bundle = ModelBundle.build(model, np.arange(100, 112), np.arange(500, 509), train, {"test": True})
+    bundle = ModelBundle.build(model, USER_IDS, ITEM_IDS, train, {"test": True})
     return bundle.save(root / "bundle")
 
 
@@ -74,11 +76,12 @@ def register_retrains(settings: Settings, tmp: Path) -> None:
     lock = registry.lock_path_for(uri, settings.home)
     scores: dict[int, float] = {}
     for i, (ndcg, popularity) in enumerate(RETRAINS):
-        run_id = registry.start_training_run(client, experiment, f"retrain-{i}", {})
-        registry.log_training(client, run_id, {"factors": 4, "window_start": "2026-01-05", "window_end": "2026-01-06"},
-                              [3.0, 2.0, 1.5], 0.1, {"events": 1000 * (i + 1), "users": 12, "items": 9})
+        run_id = registry.start_training_run(client, experiment, f"retrain-{i}",
+                                             {status.TAG_TRAINING_WINDOW: "2026-01-05..2026-01-06"})
+        registry.log_training(client, run_id, {"factors": 4}, [3.0, 2.0, 1.5], 0.1,
+                              {"events": 1000 * (i + 1), "users": 12, "items": 9})
         registry.finish_run(client, run_id)
-        ref = registry.register_bundle(uri, run_id, name, bundle_dir, np.dtype(np.int64),
+        ref = registry.register_bundle(uri, run_id, name, bundle_dir, KNOWN_USERS,
                                        {registry.TAG_DAGSTER_RUN_ID: f"dagster-{i}"})
         champion = registry.aliases(client, name).get(registry.CHAMPION)
         registry.promote_if_better(client, name, ref.version, ndcg, popularity, (champion, scores.get(champion)),
@@ -141,7 +144,8 @@ def test_populated_pipeline_shows_champion_retrains_and_ingests(populated):
 
     champion = reg["champion"]
     assert champion["version"] == 3 and champion["ndcg_at_10"] == pytest.approx(RETRAINS[2][0])
-    assert champion["data"]["events"] == 3000 and champion["window"] == "2026-01-05..2026-01-06"
+    assert (champion["events"], champion["events_source"]) == (3000, "run")
+    assert champion["data"] == {"users": 12, "items": 9} and champion["window"] == "2026-01-05..2026-01-06"
     assert champion["trained_at"].endswith("UTC")
 
     recent = {d["day"]: d for d in wh["recent"]}
@@ -166,6 +170,16 @@ def test_populated_text_report_is_readable(populated):
     day_rows = [line for line in lines if line.strip().startswith("2026-01-0")]
     assert [row.split()[0] for row in day_rows] == ["2026-01-06", "2026-01-05"]
     assert "unknown event type: 3" in day_rows[1]
+
+
+def test_champion_without_logged_events_counts_its_window_in_the_warehouse(populated):
+    warehouse = status.read_warehouse(populated)
+    champion = status.ChampionSummary(version=1, ndcg_at_10=0.3, popularity_ndcg_at_10=0.1, trained_at=None,
+                                      data={}, window="2026-01-06..2026-01-30", run_id=None)
+    reg = status.RegistryStatus("sqlite:////x", "m", "ok", champion=champion)
+    report = status.Status(str(populated.home), reg, warehouse)
+    assert (champion.events, champion.events_source) == (DAYS["2026-01-06"][0], "warehouse")
+    assert f"on {DAYS['2026-01-06'][0]} events (its window's events in the warehouse now)" in status.render(report)
 
 
 def test_unreachable_mlflow_is_reported_and_ingest_still_shown(populated):
@@ -202,7 +216,7 @@ def test_versions_without_champion_say_none_passed_the_gate(tmp_path):
     client = registry.make_client(uri)
     experiment = registry.ensure_experiment(client, registry.DEFAULT_EXPERIMENT, settings.mlflow_artifact_root)
     run_id = registry.start_training_run(client, experiment, "loses", {})
-    ref = registry.register_bundle(uri, run_id, name, tiny_bundle_dir(tmp_path), np.dtype(np.int64), {})
+    ref = registry.register_bundle(uri, run_id, name, tiny_bundle_dir(tmp_path), KNOWN_USERS, {})
     registry.promote_if_better(client, name, ref.version, 0.05, 0.10, (None, None), score_champion=None,
                                lock_path=registry.lock_path_for(uri, settings.home))
     reg = status.read_registry(settings)
