@@ -99,7 +99,7 @@ def tuning(context: dg.AssetExecutionContext, config: TuningConfig, mlflow: MLfl
     })
 
 
-tuning_job = dg.define_asset_job("tuning", selection=dg.AssetSelection.assets(tuning),
+tuning_job = dg.define_asset_job("tune_hyperparameters", selection=dg.AssetSelection.assets(tuning),
                                  description="Hyperparameter search on the latest training data.")
 
 weekly_tuning = dg.ScheduleDefinition(
