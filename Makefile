@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench serve ui clean
+.PHONY: install run test test-fast bench ui mlflow-ui serve landing clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ install: $(STAMP)
 
 ## run the main job end to end on embedded defaults and print what it did
 run: $(STAMP)
-	$(PY) -m als_core.demo
+	$(PY) -m pipelines.demo
 
 ## the whole test suite (slow end-to-end tests included)
 test: $(STAMP)
@@ -26,9 +26,27 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+## the Dagster UI on http://127.0.0.1:3000 with the project's instance (schedules and sensor running)
+ui: $(STAMP)
+	eval "$$($(PY) -m pipelines.instance)" && $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+## the MLflow UI on http://127.0.0.1:5000 over the project's store
+mlflow-ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri "$$($(PY) -c 'from pipelines.settings import Settings; print(Settings.from_env().mlflow_tracking_uri)')" --host 127.0.0.1 --port 5000
+
+## the recommendation API on http://127.0.0.1:8000 serving the champion
+serve: $(STAMP)
+	$(PY) -m serving
+
+## write synthetic landing files (one per day) into the landing directory
+landing: $(STAMP)
+	$(PY) -m pipelines.landing
+
 bench: $(STAMP)
 	$(PY) bench/als_fit.py
 	$(PY) bench/quality_ml100k.py
+	$(PY) bench/pipeline.py
+	$(PY) bench/serve.py
 
 clean:
-	rm -rf $(VENV) .data
+	rm -rf $(VENV) .data test-artifacts
