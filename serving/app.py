@@ -1,0 +1,165 @@
+"""The recommendation API: FastAPI app factory, lifespan (model watcher, fold-in refresher) and endpoints.
+
+Endpoints are plain `def`s: FastAPI runs them in its threadpool, and the scoring kernel releases the GIL, so
+on two cores one request scores while the event loop parses the next (measured: bench/serve.py,
+docs/serving.md). BLAS is held to one thread per process so concurrent requests do not oversubscribe the cores.
+"""
+
+
+import asyncio
+import contextlib
+import logging
+from typing import Annotated
+
+from fastapi import Body, FastAPI, HTTPException, Path, Query
+from fastapi.responses import JSONResponse
+from threadpoolctl import threadpool_limits
+
+from serving.config import ServingConfig
+from serving.fold_in import WarehouseEvents
+from serving.model_source import BundleDirSource, MlflowChampionSource, ModelSource, ModelWatcher
+from serving.schemas import (
+    ID_PATTERN,
+    MAX_ID_LENGTH,
+    BatchResponse,
+    ErrorResponse,
+    HealthResponse,
+    ModelInfo,
+    ModelRef,
+    ReadyResponse,
+    RecommendationsResponse,
+    SimilarItemsResponse,
+    batch_request_model,
+)
+from serving.service import NotReady, RecommendationService, UnknownItem
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = "5"
+NOT_READY = {503: {"model": ErrorResponse, "description": "No model loaded yet; the detail says why."}}
+
+
+def default_source(config: ServingConfig) -> ModelSource:
+    if config.bundle_dir is not None:
+        return BundleDirSource(config.bundle_dir)
+    return MlflowChampionSource(config.tracking_uri, config.model_name)
+
+
+async def _refresh_events(events: WarehouseEvents, watcher: ModelWatcher, every_s: float) -> None:
+    """Re-read recent warehouse events for fold-in, for whichever model is live (its window decides the days)."""
+    while True:
+        model = watcher.current
+        if model is not None:
+            try:
+                await asyncio.to_thread(events.refresh, model.fold_in_since)
+            except Exception:
+                log.exception("fold-in refresh crashed")
+        await asyncio.sleep(every_s)
+
+
+def create_app(config: ServingConfig | None = None, source: ModelSource | None = None) -> FastAPI:
+    config = config or ServingConfig.from_env()
+    watcher = ModelWatcher(source or default_source(config), config.poll_seconds, config.max_n)
+    events = (WarehouseEvents(config.duckdb_path, config.fold_in_max_age_seconds, config.fold_in_lookback_days,
+                              config.fold_in_max_events) if config.fold_in else None)
+    service = RecommendationService(watcher, events)
+    default_n = min(10, config.max_n)
+    BatchRequest = batch_request_model(config.max_n, config.max_batch)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        blas = threadpool_limits(limits=1, user_api="blas")
+        tasks = [asyncio.create_task(watcher.run(), name="model-watcher")]
+        if events is not None:
+            tasks.append(asyncio.create_task(_refresh_events(events, watcher, config.fold_in_refresh_seconds),
+                                             name="fold-in-refresh"))
+        log.info("serving %s (poll every %gs)", watcher.source.describe(), config.poll_seconds)
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            blas.restore_original_limits()
+
+    app = FastAPI(
+        title="ALS recommendations",
+        version="1",
+        summary="Top-N recommendations and similar items from the MLflow champion.",
+        lifespan=lifespan,
+    )
+    app.state.config = config
+    app.state.watcher = watcher
+    app.state.events = events
+    app.state.service = service
+
+    @app.exception_handler(NotReady)
+    def not_ready(request, exc: NotReady) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
+
+    def model_ref(model) -> ModelRef:
+        return ModelRef(name=model.key.name, version=model.key.version)
+
+    IdPath = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
+    TopN = Annotated[int, Query(ge=1, le=config.max_n, description="How many items to return.")]
+
+    @app.get("/recommendations/{user_id}", response_model=RecommendationsResponse, responses=NOT_READY,
+             tags=["recommendations"])
+    def recommendations(user_id: IdPath, n: TopN = default_n) -> RecommendationsResponse:
+        """Top-n items for one user, items the user already interacted with excluded. Users the model does not
+        know are folded in from their recent warehouse events if they have some, else get the most popular
+        items."""
+        model = service.model()
+        result = service.recommend(model, [user_id], n)[0]
+        return RecommendationsResponse(
+            user_id=result.user_id, source=result.source, model=model_ref(model),
+            recommendations=[{"item_id": i, "score": s} for i, s in zip(result.item_ids, result.scores)])
+
+    @app.post("/recommendations/batch", response_model=BatchResponse, responses=NOT_READY, tags=["recommendations"])
+    def recommendations_batch(request: Annotated[BatchRequest, Body()]) -> BatchResponse:
+        """Top-n for up to `max_batch` users in one request (same rules as the single-user endpoint)."""
+        model = service.model()
+        results = service.recommend(model, list(request.user_ids), request.n)
+        return BatchResponse(model=model_ref(model), results=[
+            {"user_id": r.user_id, "source": r.source,
+             "recommendations": [{"item_id": i, "score": s} for i, s in zip(r.item_ids, r.scores)]}
+            for r in results])
+
+    @app.get("/similar-items/{item_id}", response_model=SimilarItemsResponse,
+             responses={**NOT_READY, 404: {"model": ErrorResponse, "description": "The model does not know the item."}},
+             tags=["recommendations"])
+    def similar_items(item_id: IdPath, n: TopN = default_n) -> SimilarItemsResponse:
+        """Items closest to `item_id` by cosine similarity of item factors."""
+        model = service.model()
+        try:
+            ids, scores = service.similar_items(model, item_id, n)
+        except UnknownItem:
+            raise HTTPException(404, detail=f"item {item_id!r} is unknown to {model.key.name} "
+                                            f"version {model.key.version}") from None
+        return SimilarItemsResponse(item_id=item_id, model=model_ref(model),
+                                    similar_items=[{"item_id": i, "score": s} for i, s in zip(ids, scores)])
+
+    @app.get("/health", response_model=HealthResponse, tags=["operations"])
+    async def health() -> HealthResponse:
+        """The process is up (says nothing about the model: see /ready)."""
+        return HealthResponse()
+
+    @app.get("/ready", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}}, tags=["operations"])
+    async def ready() -> JSONResponse:
+        """200 once a model is loaded; 503 with the reason until then."""
+        model = watcher.current
+        status = watcher.status
+        body = ReadyResponse(ready=model is not None, reason=status.reason,
+                             model=None if model is None else model_ref(model), last_poll_at=status.last_poll_at,
+                             last_error=status.last_error, fold_in=None if events is None else events.status())
+        return JSONResponse(body.model_dump(), status_code=200 if model is not None else 503,
+                            headers=None if model is not None else {"Retry-After": RETRY_AFTER_S})
+
+    @app.get("/model", response_model=ModelInfo, responses=NOT_READY, tags=["operations"])
+    async def model_info() -> ModelInfo:
+        """The served model: name, version, when it was trained, its NDCG@10 and data sizes."""
+        return ModelInfo(**service.model().info)
+
+    return app

@@ -1,0 +1,98 @@
+"""The API's request and response bodies: the OpenAPI document generated from these is the contract."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+
+# Ids are what the event logs used (the warehouse keeps them as text): 1-128 characters, no whitespace or
+# control characters. Integers in a JSON batch are accepted as ids too (within int64, as the model stores them).
+MAX_ID_LENGTH = 128
+ID_PATTERN = r"^[^\x00-\x20\x7f]+$"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+IdText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
+IdNumber = Annotated[StrictInt, Field(ge=INT64_MIN, le=INT64_MAX)]
+Source = Literal["als", "fold_in", "popularity"]
+
+
+class ScoredItem(BaseModel):
+    item_id: int | str
+    score: float = Field(description="ALS or cosine score, or the item's number of users for popularity.")
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: int | None = Field(description="Registered model version (null when serving a bundle directory).")
+
+
+class UserRecommendations(BaseModel):
+    user_id: int | str
+    source: Source = Field(description="als: a user the model knows; fold_in: a new user folded in from recent "
+                                       "warehouse events; popularity: everybody else.")
+    recommendations: list[ScoredItem] = Field(description="Best first; items the user interacted with excluded.")
+
+
+class RecommendationsResponse(UserRecommendations):
+    model: ModelRef
+
+
+class BatchResponse(BaseModel):
+    model: ModelRef
+    results: list[UserRecommendations] = Field(description="One entry per requested user id, in request order.")
+
+
+class SimilarItemsResponse(BaseModel):
+    item_id: int | str
+    similar_items: list[ScoredItem] = Field(description="By cosine similarity of item factors; the item excluded.")
+    model: ModelRef
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    reason: str = Field(description="'serving', or why there is no model to serve.")
+    model: ModelRef | None = None
+    last_poll_at: str | None = None
+    last_error: str | None = None
+    fold_in: dict[str, Any] | None = Field(default=None, description="State of the recent-events snapshot.")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: int | None
+    source: Literal["mlflow", "bundle_dir"]
+    uri: str
+    run_id: str | None = None
+    trained_at: str | None = None
+    registered_at: str | None = None
+    loaded_at: str
+    ndcg_at_10: float | None = Field(default=None, description="On the holdout the model was evaluated on.")
+    training_window_start: str | None = None
+    training_window_end: str | None = None
+    n_users: int
+    n_items: int
+    n_interactions: int = Field(description="Nonzero (user, item) pairs the model was trained on.")
+    factors: int
+    metadata: dict[str, Any] = Field(default_factory=dict, description="The bundle's own metadata.")
+    tags: dict[str, str] = Field(default_factory=dict, description="The registered version's tags.")
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+def batch_request_model(max_n: int, max_batch: int) -> type[BaseModel]:
+    """The batch body with this deployment's limits in its schema (they come from the environment)."""
+
+    class BatchRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        user_ids: list[IdNumber | IdText] = Field(min_length=1, max_length=max_batch)
+        n: StrictInt = Field(default=min(10, max_n), ge=1, le=max_n)
+
+    return BatchRequest
