@@ -1,0 +1,282 @@
+"""The API end to end: uvicorn on 127.0.0.1, models registered in a real MLflow sqlite store (and, for the
+unreachable case, a real `mlflow server`), fold-in events in a real DuckDB file."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import uvicorn
+
+from als_core import ALS
+from als_core.bundle import ModelBundle
+from mlflow_server import _mlflow_executable, free_port, stop, wait_healthy
+from pipelines import registry
+from serving.app import create_app
+from serving.config import ServingConfig
+from test_serving_fold_in import write_events
+
+MODEL = "als-serving-test"
+WINDOW = ["2026-01-01", "2026-01-10"]
+START_TIMEOUT_S = 30.0
+
+
+def trained_bundle(seed: int, factors: int) -> ModelBundle:
+    rng = np.random.default_rng(seed)
+    train = sp.random(80, 60, density=0.15, format="csr", dtype=np.float32, random_state=seed)
+    train.data[:] = rng.choice([3.0, 10.0, 40.0], train.nnz)
+    model = ALS(factors=factors, iterations=5, regularization=0.05, random_state=seed).fit(train)
+    return ModelBundle.build(model, np.arange(80) + 1000, np.arange(60) + 5000, train,
+                             metadata={"training_window": WINDOW, "seed": seed})
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One sqlite store for the module (creating its tables takes seconds) with versions 1 and 2 of MODEL."""
+    root = tmp_path_factory.mktemp("serving-mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = registry.make_client(uri)
+    experiment = registry.ensure_experiment(client, "serving-tests", root / "mlartifacts")
+    bundles = {}
+    for seed, factors, ndcg in [(1, 8, 0.21), (2, 5, 0.27)]:
+        bundle = trained_bundle(seed, factors)
+        run_id = registry.start_training_run(client, experiment, f"seed {seed}", {})
+        with tempfile.TemporaryDirectory() as tmp:
+            ref = registry.register_bundle(uri, run_id, MODEL, bundle.save(Path(tmp) / "bundle"), bundle.user_ids[:2],
+                                           {"eval.challenger_ndcg_at_10": repr(ndcg)})
+        registry.finish_run(client, run_id)
+        bundles[ref.version] = bundle
+    return {"uri": uri, "root": root, "client": client, "bundles": bundles}
+
+
+def set_champion(store, version: int | None) -> None:
+    client = store["client"]
+    if version is None:
+        with contextlib.suppress(Exception):
+            client.delete_registered_model_alias(MODEL, registry.CHAMPION)
+    else:
+        client.set_registered_model_alias(MODEL, registry.CHAMPION, str(version))
+
+
+@contextlib.contextmanager
+def serving(config: ServingConfig) -> Iterator[httpx.Client]:
+    """The app under a real uvicorn server on a free 127.0.0.1 port, in a thread; stopped on exit."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> float:
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < timeout_s, f"timed out after {timeout_s}s waiting for {what}"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def config_for(store, tmp_path, **overrides) -> ServingConfig:
+    values = dict(model_name=MODEL, tracking_uri=store["uri"], duckdb_path=tmp_path / "warehouse.duckdb",
+                  poll_seconds=0.2, fold_in_refresh_seconds=0.2, max_n=50, max_batch=20)
+    values.update(overrides)
+    return ServingConfig(**values)
+
+
+def served_version(client: httpx.Client) -> int | None:
+    response = client.get("/model")
+    return response.json()["version"] if response.status_code == 200 else None
+
+
+def items_of(payload: dict) -> list:
+    return [entry["item_id"] for entry in payload["recommendations"]]
+
+
+def test_no_champion_then_a_champion_and_every_endpoint(store, tmp_path):
+    set_champion(store, None)
+    bundle = store["bundles"][1]
+    new_user_items = [str(bundle.item_ids[3]), str(bundle.item_ids[7]), str(bundle.item_ids[7])]
+    write_events(tmp_path / "warehouse.duckdb", [
+        ("777777", new_user_items[0], "view", "2026-01-11 08:00:00"),   # after the model's window: folded in
+        ("777777", new_user_items[1], "purchase", "2026-01-11 08:05:00"),
+        ("777777", new_user_items[2], "view", "2026-01-12 08:05:00"),
+        ("888888", new_user_items[0], "purchase", "2026-01-02 08:00:00"),  # inside the window: not read
+    ])
+    with serving(config_for(store, tmp_path)) as api:
+        ready = api.get("/ready")
+        assert ready.status_code == 503 and "champion" in ready.json()["reason"]
+        assert ready.headers["retry-after"]
+        response = api.get("/recommendations/1000")
+        assert response.status_code == 503 and "champion" in response.json()["detail"]
+        assert api.get("/model").status_code == 503
+        assert api.get("/health").json() == {"status": "ok"}
+
+        set_champion(store, 1)
+        wait_for(lambda: api.get("/ready").status_code == 200, 20, "the first champion to load")
+        assert api.get("/ready").json()["model"] == {"name": MODEL, "version": 1}
+
+        # a known user: ALS, best first, nothing already seen, exactly the bundle's answer
+        body = api.get("/recommendations/1003", params={"n": 7}).json()
+        assert body["source"] == "als" and body["model"] == {"name": MODEL, "version": 1}
+        reference = bundle.recommend_many([1003], n=7)
+        ref_ids, ref_scores = reference.items_of(0)
+        assert items_of(body) == ref_ids.tolist()
+        np.testing.assert_allclose([e["score"] for e in body["recommendations"]], ref_scores, rtol=1e-5)
+        seen = set(bundle.item_ids[bundle.seen[bundle.users.lookup([1003])[0]].indices].tolist())
+        assert seen and not seen & set(items_of(body))
+
+        # unknown users: popularity, the same list for all
+        stranger = api.get("/recommendations/no-such-user", params={"n": 5}).json()
+        assert stranger["source"] == "popularity" and len(stranger["recommendations"]) == 5
+        assert items_of(stranger) == bundle.recommend_many(["no-such-user"], n=5).items_of(0)[0].tolist()
+        assert api.get("/recommendations/888888", params={"n": 5}).json()["source"] == "popularity"
+
+        # a new user with fresh warehouse events: folded in, their items excluded, equal to the bundle's fold-in
+        wait_for(lambda: api.get("/recommendations/777777").json()["source"] == "fold_in", 10, "fold-in snapshot")
+        folded = api.get("/recommendations/777777", params={"n": 10}).json()
+        weights = {new_user_items[0]: 3.0, new_user_items[1]: 40.0 + 3.0}
+        ref_ids, _, source = bundle.fold_in(list(weights), list(weights.values()), n=10)
+        assert source == "fold_in" and items_of(folded) == ref_ids.tolist()
+        assert not {int(i) for i in new_user_items} & set(items_of(folded))
+        assert api.get("/ready").json()["fold_in"]["users"] == 1
+
+        # batch: order kept, each user routed as above, ids echoed as sent
+        batch = api.post("/recommendations/batch", json={"user_ids": [1003, "1003", "no-such-user", "777777"], "n": 7})
+        assert batch.status_code == 200
+        results = batch.json()["results"]
+        assert [r["user_id"] for r in results] == [1003, "1003", "no-such-user", "777777"]
+        assert [r["source"] for r in results] == ["als", "als", "popularity", "fold_in"]
+        assert items_of(results[0]) == items_of(body) == items_of(results[1])
+        assert api.post("/recommendations/batch", json={"user_ids": list(range(21))}).status_code == 422
+        assert api.post("/recommendations/batch", json={"user_ids": []}).status_code == 422
+
+        # similar items: cosine neighbours without the item itself; unknown item: 404 with a message
+        similar = api.get(f"/similar-items/{bundle.item_ids[4]}", params={"n": 6}).json()
+        ref_ids, _ = bundle.similar_items(bundle.item_ids[4], 6)
+        assert [e["item_id"] for e in similar["similar_items"]] == ref_ids.tolist()
+        missing = api.get("/similar-items/424242")
+        assert missing.status_code == 404 and "424242" in missing.json()["detail"]
+
+        info = api.get("/model").json()
+        assert (info["name"], info["version"], info["source"]) == (MODEL, 1, "mlflow")
+        assert info["ndcg_at_10"] == pytest.approx(0.21)
+        assert (info["n_users"], info["n_items"], info["n_interactions"]) == (80, 60, int(bundle.seen.nnz))
+        assert info["training_window_end"] == WINDOW[1] and info["trained_at"] and info["run_id"]
+
+        # bad input is a 422, never a 5xx
+        for path in ("/recommendations/1003?n=0", "/recommendations/1003?n=51", "/recommendations/1003?n=x",
+                     "/recommendations/" + "u" * 129, "/recommendations/bad%20id", "/similar-items/5004?n=-1"):
+            assert api.get(path).status_code == 422, path
+
+
+def test_moving_the_alias_switches_within_a_poll_and_rollback_switches_back(store, tmp_path):
+    set_champion(store, 1)
+    config = config_for(store, tmp_path, fold_in=False)
+    v1, v2 = store["bundles"][1], store["bundles"][2]
+    expected = {version: b.recommend_many([1010], n=5).items_of(0)[0].tolist() for version, b in ((1, v1), (2, v2))}
+    assert expected[1] != expected[2]
+    with serving(config) as api:
+        wait_for(lambda: served_version(api) == 1, 20, "v1")
+        assert items_of(api.get("/recommendations/1010", params={"n": 5}).json()) == expected[1]
+
+        set_champion(store, 2)
+        switch_s = wait_for(lambda: served_version(api) == 2, 10, "the switch to v2")
+        body = api.get("/recommendations/1010", params={"n": 5}).json()
+        assert body["model"]["version"] == 2 and items_of(body) == expected[2]
+
+        set_champion(store, 1)  # rollback
+        back_s = wait_for(lambda: served_version(api) == 1, 10, "the rollback to v1")
+        assert items_of(api.get("/recommendations/1010", params={"n": 5}).json()) == expected[1]
+        print(f"switch {switch_s:.2f}s, rollback {back_s:.2f}s with a {config.poll_seconds}s poll")
+
+        # a version that cannot be loaded: logged, /ready says so, the old model keeps serving
+        client = store["client"]
+        broken = client.create_model_version(MODEL, source=(store["root"] / "no-such-model").as_uri())
+        set_champion(store, int(broken.version))
+        wait_for(lambda: "failed" in api.get("/ready").json()["reason"], 10, "the failed load to show")
+        ready = api.get("/ready")
+        assert ready.status_code == 200 and ready.json()["model"]["version"] == 1
+        assert f"v{broken.version}" in ready.json()["reason"]
+        assert api.get("/recommendations/1010").json()["model"]["version"] == 1
+    set_champion(store, 1)
+
+
+@pytest.mark.slow
+def test_unreachable_mlflow_at_start_then_the_server_comes_up(store, tmp_path):
+    """Start against a tracking server that is down: /ready explains; once it is up, the champion loads."""
+    set_champion(store, 2)
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    config = config_for(store, tmp_path, tracking_uri=uri, fold_in=False, poll_seconds=0.5)
+    with serving(config) as api:
+        wait_for(lambda: api.get("/ready").json()["last_error"] is not None, 10, "the first failed poll")
+        ready = api.get("/ready")
+        assert ready.status_code == 503
+        assert "cannot reach" in ready.json()["reason"] and uri in ready.json()["reason"]
+        assert api.get("/recommendations/1000").status_code == 503
+
+        log_path = tmp_path / "mlflow-server.log"
+        with open(log_path, "wb") as log:
+            server = subprocess.Popen(
+                [*_mlflow_executable(), "server", "--backend-store-uri", store["uri"], "--host", "127.0.0.1",
+                 "--port", str(port), "--workers", "1"],
+                cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_healthy(uri, server)
+            wait_for(lambda: api.get("/ready").status_code == 200, 30, "recovery after the server came up")
+            assert served_version(api) == 2
+            assert api.get("/recommendations/1000").json()["source"] == "als"
+        finally:
+            stop(server)
+
+
+@pytest.mark.slow
+def test_python_m_serving_serves_a_bundle_directory(tmp_path):
+    bundle_dir = trained_bundle(3, 4).save(tmp_path / "bundle")
+    port = free_port()
+    env = {**os.environ, "ALS_PIPELINE_HOME": str(tmp_path / "home"), "ALS_SERVING_BUNDLE_DIR": str(bundle_dir),
+           "ALS_SERVING_PORT": str(port), "ALS_SERVING_MAX_N": "20"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    process = subprocess.Popen([sys.executable, "-m", "serving"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0) as api:
+            def up() -> bool:
+                assert process.poll() is None, process.stdout.read().decode(errors="replace")
+                try:
+                    return api.get("/ready").status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            wait_for(up, 60, "python -m serving")
+            info = api.get("/model").json()
+            assert (info["source"], info["name"], info["version"], info["n_items"]) == ("bundle_dir", "bundle", None, 60)
+            assert api.get("/recommendations/1001").json()["source"] == "als"
+            assert api.get("/recommendations/1001", params={"n": 21}).status_code == 422
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+    shutil.rmtree(bundle_dir)
