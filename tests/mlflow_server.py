@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 START_TIMEOUT_S = 90.0
-STOP_TIMEOUT_S = 5.0  # graceful shutdown of a test server is not worth waiting for
+STOP_TIMEOUT_S = 2.0  # a test server's graceful shutdown is not worth waiting for
 
 
 def free_port() -> int:

@@ -50,16 +50,12 @@ def mlflow_resource(settings: Settings, tracking_uri: str | None = None, model_n
     )
 
 
-def materialize(assets, mlflow: MLflowResource, settings: Settings, challenger: dict | None = None,
-                champion: dict | None = None, recommendations: dict | None = None, raise_on_error: bool = True):
-    ops = {}
-    for name, config in (("challenger", challenger), ("champion", champion), ("recommendations", recommendations)):
-        if config is not None:
-            ops[name] = {"config": config}
+def materialize(assets, mlflow: MLflowResource, settings: Settings, raise_on_error: bool = True, **configs):
+    """``configs``: run config per asset name, e.g. ``challenger=GOOD, champion={"margin": 0.1}``."""
     return dg.materialize(
         assets,
         resources={"mlflow": mlflow, "duckdb": DuckDBResource(database=str(settings.duckdb_path))},
-        run_config={"ops": ops} if ops else None,
+        run_config={"ops": {name: {"config": config} for name, config in configs.items()}} if configs else None,
         raise_on_error=raise_on_error,
     )
 

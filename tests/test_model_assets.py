@@ -15,6 +15,7 @@ from model_half import ALL_ASSETS, BETTER, GATE_ASSETS, GOOD, materialize, metad
 from mlflow_server import closed_port_uri
 from pipelines import registry
 from pipelines.defs import model_assets
+from pipelines.settings import Settings
 from pipelines.tuned_params import write_best_params
 
 
@@ -23,17 +24,23 @@ def read_table(settings, sql: str, params=None) -> list[tuple]:
         return con.execute(sql, params).fetchall()
 
 
-@pytest.fixture
-def trained(settings):
-    """One full materialisation of the model half with the GOOD hyperparameters."""
-    data = publish_training_data(settings)
-    resource = mlflow_resource(settings)
-    result = materialize(ALL_ASSETS, resource, settings, challenger=GOOD, recommendations={"n": 20})
-    return data, resource, result
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One full materialisation of the model half (GOOD hyperparameters) in a home shared by the read-only
+    tests of this module; returns (settings, training data, MLflow resource, Dagster result)."""
+    with pytest.MonkeyPatch.context() as env:
+        for name in ("MLFLOW_TRACKING_URI", "ALS_MODEL_NAME"):
+            env.delenv(name, raising=False)
+        env.setenv("ALS_PIPELINE_HOME", str(tmp_path_factory.mktemp("trained") / "home"))
+        settings = Settings.from_env()
+        data = publish_training_data(settings)
+        resource = mlflow_resource(settings)
+        result = materialize(ALL_ASSETS, resource, settings, challenger=GOOD, recommendations={"n": 20})
+        yield settings, data, resource, result
 
 
-def test_challenger_run_logs_params_loss_history_and_registers_a_version(settings, trained):
-    data, resource, result = trained
+def test_challenger_run_logs_params_loss_history_and_registers_a_version(trained):
+    settings, data, resource, result = trained
     client = registry.make_client(resource.tracking_uri)
     meta = metadata_of(result, "challenger")
     ref = registry.get_version(client, resource.model_name, meta["model_version"])
@@ -56,7 +63,7 @@ def test_challenger_run_logs_params_loss_history_and_registers_a_version(setting
 
 
 def test_evaluation_and_first_promotion(trained):
-    data, resource, result = trained
+    _, data, resource, result = trained
     client = registry.make_client(resource.tracking_uri)
     evaluation = metadata_of(result, "evaluation")
     version = metadata_of(result, "challenger")["model_version"]
@@ -78,8 +85,8 @@ def test_evaluation_and_first_promotion(trained):
     assert tags["gate.holdout_fingerprint"] == data.holdout_fingerprint
 
 
-def test_recommendations_table_matches_the_champion(settings, trained):
-    data, resource, result = trained
+def test_recommendations_table_matches_the_champion(trained):
+    settings, data, resource, result = trained
     version = metadata_of(result, "challenger")["model_version"]
     rows = read_table(settings, "SELECT user_id, rank, item_id, score, model_version FROM recommendations "
                                 "ORDER BY user_id, rank")
@@ -95,8 +102,8 @@ def test_recommendations_table_matches_the_champion(settings, trained):
     assert metadata_of(result, "recommendations")["rows"] == len(frame)
 
 
-def test_pyfunc_loads_from_the_champion_alias_and_honours_n(settings, trained):
-    data, resource, result = trained
+def test_pyfunc_loads_from_the_champion_alias_and_honours_n(trained):
+    settings, data, resource, result = trained
     users = [int(u) for u in data.user_ids[:3]] + [987654321]  # the last one is unknown to the model
     with registry.using_tracking_uri(resource.tracking_uri):
         model = mlflow.pyfunc.load_model(f"models:/{resource.model_name}@champion")
@@ -112,18 +119,21 @@ def test_pyfunc_loads_from_the_champion_alias_and_honours_n(settings, trained):
     assert [str(i) for i in out[out["user_id"] == users[0]].sort_values("rank")["item_id"]] == table
 
 
-def test_a_new_champion_replaces_the_recommendations(settings, trained):
-    data, resource, first = trained
-    before = read_table(settings, "SELECT count(*) FROM recommendations")[0][0]
+def test_a_new_champion_replaces_the_recommendations(settings):
+    publish_training_data(settings)
+    resource = mlflow_resource(settings)
+    first = materialize(ALL_ASSETS, resource, settings, challenger=GOOD, recommendations={"n": 20})
+    before = read_table(settings, "SELECT count(*), min(model_version) FROM recommendations")[0]
+    assert before[1] == metadata_of(first, "challenger")["model_version"]
     result = materialize(ALL_ASSETS, resource, settings, challenger=BETTER, recommendations={"n": 20})
     assert metadata_of(result, "champion")["decision"] == "promoted"
     new_version = metadata_of(result, "challenger")["model_version"]
     assert read_table(settings, "SELECT DISTINCT model_version FROM recommendations") == [(new_version,)]
-    assert read_table(settings, "SELECT count(*) FROM recommendations")[0][0] == before
+    assert read_table(settings, "SELECT count(*) FROM recommendations")[0][0] == before[0]
 
 
-def test_mlflow_unreachable_fails_the_challenger_and_leaves_the_champion(settings, trained):
-    data, resource, _ = trained
+def test_mlflow_unreachable_fails_the_challenger_and_leaves_the_champion(trained):
+    settings, data, resource, _ = trained
     client = registry.make_client(resource.tracking_uri)
     champion_before = registry.aliases(client, resource.model_name)
     dead = mlflow_resource(settings, tracking_uri=closed_port_uri(), model_name=resource.model_name)

@@ -46,6 +46,14 @@ def mlflow_failure_is_a_run_failure() -> Iterator[None]:
         raise dg.Failure(description=f"{exc}. The champion alias was not changed.") from exc
 
 
+def target_version(client, mlflow: MLflowResource, context: dg.AssetExecutionContext, version: int | None):
+    """The version this step works on: the one given in its config, else this run's challenger (the newest
+    version when the asset runs on its own)."""
+    if version is not None:
+        return registry.get_version(client, mlflow.model_name, version)
+    return registry.find_version(client, mlflow.model_name, context.run.run_id)
+
+
 def metric_key(key: str) -> str:
     return key.replace("@", "_at_")  # MLflow metric and tag names allow no '@'
 
@@ -188,6 +196,11 @@ def _metrics_table(scores: dict[str, dict[str, float] | None]) -> str:
     return markdown_table(["model", *keys], rows)
 
 
+class EvaluationConfig(dg.Config):
+    version: int | None = Field(default=None, description="Model version to evaluate; empty = this run's challenger "
+                                                         "(the newest version when evaluation runs on its own).")
+
+
 @dg.asset(
     group_name=GROUP,
     deps=[challenger],
@@ -198,10 +211,10 @@ def _metrics_table(scores: dict[str, dict[str, float] | None]) -> str:
     description="Challenger, current champion and popularity scored on the challenger's holdout (unknown users "
                 "get the popularity fallback, as in serving).",
 )
-def evaluation(context: dg.AssetExecutionContext, mlflow: MLflowResource) -> dg.MaterializeResult:
+def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, mlflow: MLflowResource) -> dg.MaterializeResult:
     with mlflow_failure_is_a_run_failure():
         client = mlflow.client()
-        ref = registry.find_version(client, mlflow.model_name, context.run.run_id)
+        ref = target_version(client, mlflow, context, config.version)
         holdout = registry.load_holdout(client, ref.run_id)
         context.log.info(f"evaluating {ref.name} v{ref.version} on {len(holdout[0])} holdout pairs")
         bundle = registry.load_bundle(mlflow.tracking_uri, ref.name, ref.version)
@@ -253,6 +266,8 @@ def evaluation(context: dg.AssetExecutionContext, mlflow: MLflowResource) -> dg.
 
 class ChampionConfig(dg.Config):
     margin: float = Field(default=0.0, ge=0, description="Promote only if challenger NDCG@10 > champion NDCG@10 + margin.")
+    version: int | None = Field(default=None, description="Evaluated model version to gate; empty = this run's "
+                                                         "challenger (the newest version when champion runs on its own).")
 
 
 def _tag_float(tags: dict, key: str) -> float | None:
@@ -271,7 +286,7 @@ def _tag_float(tags: dict, key: str) -> float | None:
 def champion(context: dg.AssetExecutionContext, config: ChampionConfig, mlflow: MLflowResource) -> dg.MaterializeResult:
     with mlflow_failure_is_a_run_failure():
         client = mlflow.client()
-        ref = registry.find_version(client, mlflow.model_name, context.run.run_id)
+        ref = target_version(client, mlflow, context, config.version)
         challenger_ndcg = _tag_float(ref.tags, "eval.challenger_ndcg_at_10")
         popularity_ndcg = _tag_float(ref.tags, "eval.popularity_ndcg_at_10")
         if challenger_ndcg is None or popularity_ndcg is None:
