@@ -109,6 +109,10 @@ class MlflowChampionSource:
         return self._client
 
     def resolve(self) -> ModelKey | None:
+        db_path = registry.sqlite_path(self.tracking_uri)
+        if db_path is not None and not db_path.is_file():
+            # opening it would create an empty store (and its tables) here: leave that to the pipeline
+            raise FileNotFoundError(f"MLflow store {db_path} does not exist yet (has the pipeline run?)")
         registry.check_reachable(self.tracking_uri)  # a dead server fails in seconds, not after MLflow's retries
         ref = registry.champion_ref(self._get_client(), self.model_name, self.alias)
         if ref is None:

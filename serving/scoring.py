@@ -106,9 +106,12 @@ class Scorer:
         self._warm_up()
 
     def _warm_up(self) -> None:
-        """Compile (or load from numba's cache) before the first request, not during it."""
+        """Compile (or load from numba's cache) this kernel and als_core's fold-in solve before the first
+        request, not during it: a cold numba compile takes seconds."""
         self._top_n(self.item_factors[:1], self.item_offsets[:1], self.user_factors[:1],
                     np.zeros(2, np.int64), np.empty(0, np.int64), 1)
+        if self.n_items:
+            self.fold_in([(self.bundle.item_ids[:1], np.ones(1, np.float32))], 1)
 
     def _top_n(self, item_factors, item_offsets, vectors, indptr, indices, n) -> tuple[np.ndarray, np.ndarray]:
         n_out = min(int(n), item_factors.shape[0])

@@ -224,6 +224,21 @@ def test_moving_the_alias_switches_within_a_poll_and_rollback_switches_back(stor
     set_champion(store, 1)
 
 
+def test_a_store_that_does_not_exist_yet_is_waited_for_not_created(store, tmp_path):
+    set_champion(store, 2)
+    db_path = tmp_path / "later" / "mlflow.db"
+    with serving(config_for(store, tmp_path, tracking_uri=f"sqlite:///{db_path}", fold_in=False)) as api:
+        wait_for(lambda: api.get("/ready").json()["last_error"] is not None, 10, "the first failed poll")
+        ready = api.get("/ready")
+        assert ready.status_code == 503 and "does not exist yet" in ready.json()["reason"]
+        time.sleep(0.5)
+        assert not db_path.parent.exists(), "serving must not create an MLflow store"
+        db_path.parent.mkdir()
+        shutil.copy(Path(store["uri"].removeprefix("sqlite:///")), db_path)  # the pipeline's first run, in effect
+        wait_for(lambda: api.get("/ready").status_code == 200, 20, "the store to be picked up")
+        assert served_version(api) == 2
+
+
 @pytest.mark.slow
 def test_unreachable_mlflow_at_start_then_the_server_comes_up(store, tmp_path):
     """Start against a tracking server that is down: /ready explains; once it is up, the champion loads."""

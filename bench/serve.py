@@ -1,0 +1,315 @@
+"""Load test of the recommendation API on 127.0.0.1, against a constant FastAPI endpoint in the same run.
+
+    .venv/bin/python bench/serve.py [--users 200000 --items 100000 --factors 64 --connections 8 --seconds 10]
+
+Builds a ModelBundle with random factors (no training: speed does not depend on the values), saves it, and
+serves it with `python -m serving` (ALS_SERVING_BUNDLE_DIR: no MLflow), next to a warehouse holding recent
+events for a few thousand new users (fold-in). A separate client process (asyncio + httpx, N keep-alive
+connections, closed loop) drives each scenario for a bounded number of requests and seconds. The anchor is a
+minimal FastAPI app returning a constant under the same uvicorn settings: the framework's ceiling on this
+machine with this client. In-process, it also times the scorer per user against `ModelBundle.recommend_many`
+(the numpy reference path) on the same model.
+
+Targets (issue 4): >= 1000 requests/s with p99 < 20 ms for single-user GETs; scoring < 1 ms per user at
+100k items.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+EVENT_WEIGHTS = {"view": 3.0, "cart": 10.0, "purchase": 40.0}
+
+
+# ------------------------------------------------------------------------------------------ the model
+
+
+def build_bundle(n_users: int, n_items: int, factors: int, per_user: int, seed: int = 0):
+    import scipy.sparse as sp
+
+    from als_core import ALS
+    from als_core.bundle import ModelBundle
+
+    rng = np.random.default_rng(seed)
+    model = ALS(factors=factors)
+    model.user_factors = (rng.standard_normal((n_users, factors), dtype=np.float32) * 0.1)
+    model.item_factors = (rng.standard_normal((n_items, factors), dtype=np.float32) * 0.1)
+    # power-law item popularity, ~per_user items per user, like real logs
+    nnz = n_users * per_user
+    items = np.minimum((rng.pareto(1.2, nnz) * n_items / 50).astype(np.int64), n_items - 1)
+    users = np.repeat(np.arange(n_users), per_user)
+    seen = sp.csr_matrix((np.ones(nnz, np.float32), (users, items)), shape=(n_users, n_items))
+    seen.sum_duplicates()
+    return ModelBundle.build(model, np.arange(n_users, dtype=np.int64), np.arange(n_items, dtype=np.int64), seen,
+                             metadata={"training_window": ["2026-01-01", "2026-01-30"], "note": "bench/serve.py"})
+
+
+def write_warehouse(path: Path, n_new_users: int, n_items: int, first_user: int, seed: int = 0) -> list[str]:
+    """A DuckDB `events` table (the pipeline's schema) with events after the model's window for new users."""
+    import duckdb
+    import pandas as pd
+
+    from pipelines import sql_files
+
+    rng = np.random.default_rng(seed)
+    per_user = 8
+    users = np.repeat(np.arange(first_user, first_user + n_new_users), per_user).astype(str)
+    ts = pd.Timestamp("2026-01-31") + pd.to_timedelta(rng.integers(0, 86_400 * 2, len(users)), unit="s")
+    frame = pd.DataFrame({"user_id": users, "item_id": rng.integers(0, n_items, len(users)).astype(str),
+                          "event_type": rng.choice(list(EVENT_WEIGHTS), len(users), p=[0.8, 0.15, 0.05]),
+                          "ts": ts, "partition_day": ts.date, "source_file": "bench", "source_line": 1})
+    with duckdb.connect(str(path)) as con:
+        sql_files.run(con, "events_schema")
+        con.execute("INSERT INTO events SELECT * FROM frame")
+    return sorted(set(users.tolist()))
+
+
+def time_scoring(bundle, repeats: int = 300) -> list[tuple[str, float, float]]:
+    """(what, median ms per user, p99 ms per user) in this process, one BLAS thread like the server."""
+    from threadpoolctl import threadpool_limits
+
+    from serving.scoring import Scorer
+
+    scorer = Scorer(bundle, max_n=100)
+    rng = np.random.default_rng(1)
+    rows = []
+
+    def measure(label: str, fn, per: int, count: int):
+        fn(0)
+        samples = []
+        for i in range(count):
+            started = time.perf_counter()
+            fn(i)
+            samples.append((time.perf_counter() - started) / per * 1e3)
+        rows.append((label, statistics.median(samples), float(np.percentile(samples, 99))))
+
+    users = rng.integers(0, len(bundle.users), 100_000)
+    with threadpool_limits(limits=1, user_api="blas"):
+        measure("scorer: 1 known user, top 10", lambda i: scorer.recommend_rows(users[i:i + 1], 10), 1, repeats)
+        measure("bundle.recommend_many: 1 known user (reference)",
+                lambda i: bundle.recommend_many(bundle.user_ids[users[i:i + 1]], n=10), 1, max(repeats // 5, 20))
+        measure("scorer: batch of 100 known users, per user",
+                lambda i: scorer.recommend_rows(users[i * 100:(i + 1) * 100], 10), 100, max(repeats // 20, 10))
+        measure("bundle.recommend_many: batch of 100, per user (reference)",
+                lambda i: bundle.recommend_many(bundle.user_ids[users[i * 100:(i + 1) * 100]], n=10), 100, 5)
+        measure("scorer: similar items, top 10", lambda i: scorer.similar_items(int(users[i]) % scorer.n_items, 10),
+                1, repeats)
+        history = [(bundle.item_ids[users[:8] % scorer.n_items].astype(str), np.full(8, 3.0))]
+        measure("scorer: fold-in of 1 new user (8 events)", lambda i: scorer.fold_in(history, 10), 1, 30)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ servers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def constant_app():
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/constant")
+    async def constant() -> dict:
+        return {"user_id": "1", "recommendations": [], "source": "popularity"}
+
+    return app
+
+
+def start(command: list[str], env: dict, port: int, ready_path: str, timeout_s: float = 180.0) -> subprocess.Popen:
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{command} exited: {process.stderr.read().decode(errors='replace')[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=2).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    stop(process)
+    raise TimeoutError(f"{command} not ready after {timeout_s}s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+# ------------------------------------------------------------------------------------------ the client
+
+
+async def closed_loop(base: str, requests: list[tuple[str, str, dict | None]], connections: int,
+                      max_requests: int, max_seconds: float) -> dict:
+    """``connections`` workers, each sending its next request when the previous answer arrived."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30.0) as client:
+        for method, url, body in requests[:connections * 5]:  # warm-up: connections open, caches hot
+            await client.request(method, url, json=body)
+        counter = iter(range(max_requests))
+        deadline = time.perf_counter() + max_seconds
+
+        async def worker() -> None:
+            nonlocal errors
+            for i in counter:
+                if time.perf_counter() > deadline:
+                    return
+                method, url, body = requests[i % len(requests)]
+                started = time.perf_counter()
+                response = await client.request(method, url, json=body)
+                latencies.append(time.perf_counter() - started)
+                if response.status_code != 200:
+                    errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1e3
+    return {"requests": len(latencies), "errors": errors, "rps": len(latencies) / elapsed,
+            "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
+            "p99": float(np.percentile(ms, 99))}
+
+
+def client_main(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    result = asyncio.run(closed_loop(spec["base"], [tuple(r) for r in spec["requests"]], spec["connections"],
+                                     spec["max_requests"], spec["max_seconds"]))
+    print(json.dumps(result))
+
+
+def drive(base: str, requests: list, connections: int, max_requests: int, max_seconds: float, tmp: Path) -> dict:
+    """Run the client in its own process (the server must not share a core's Python with it)."""
+    spec = tmp / "client.json"
+    spec.write_text(json.dumps({"base": base, "requests": requests, "connections": connections,
+                                "max_requests": max_requests, "max_seconds": max_seconds}))
+    out = subprocess.run([sys.executable, __file__, "--client", str(spec)], capture_output=True, text=True,
+                         timeout=max_seconds + 120, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=200_000)
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--factors", type=int, default=64)
+    parser.add_argument("--seen-per-user", type=int, default=20)
+    parser.add_argument("--new-users", type=int, default=2_000, help="users with warehouse events only")
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=20_000, help="at most this many per scenario")
+    parser.add_argument("--seconds", type=float, default=10.0, help="at most this long per scenario")
+    parser.add_argument("--client", help=argparse.SUPPRESS)
+    parser.add_argument("--constant-server", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        return client_main(args.client)
+    if args.constant_server:
+        import uvicorn
+
+        return uvicorn.run(constant_app(), host="127.0.0.1", port=args.constant_server, log_level="warning",
+                           access_log=False)
+
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp_name:
+        tmp = Path(tmp_name)
+        started = time.perf_counter()
+        bundle = build_bundle(args.users, args.items, args.factors, args.seen_per_user)
+        bundle_dir = bundle.save(tmp / "bundle")
+        home = tmp / "home"
+        home.mkdir()
+        new_users = write_warehouse(home / "warehouse.duckdb", args.new_users, args.items, first_user=args.users * 10)
+        print(f"model: {args.users:,} users x {args.items:,} items x {args.factors} factors, "
+              f"{bundle.seen.nnz:,} seen pairs; {len(new_users):,} new users with events "
+              f"(built in {time.perf_counter() - started:.1f}s)")
+        print(f"machine: {os.cpu_count()} cores; client: asyncio+httpx, {args.connections} connections, closed loop, "
+              f"<= {args.requests:,} requests or {args.seconds:g}s per scenario\n")
+
+        scoring = time_scoring(bundle)
+        print("| in-process scoring (one thread) | median ms/user | p99 ms/user |\n|---|---|---|")
+        for label, median, p99 in scoring:
+            print(f"| {label} | {median:.3f} | {p99:.3f} |")
+        del bundle
+
+        port, constant_port = free_port(), free_port()
+        env = {**os.environ, "ALS_PIPELINE_HOME": str(home), "ALS_SERVING_BUNDLE_DIR": str(bundle_dir),
+               "ALS_SERVING_PORT": str(port), "ALS_SERVING_FOLD_IN_REFRESH_SECONDS": "5", "PYTHONPATH": str(ROOT)}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        server = start([sys.executable, "-m", "serving", "--log-level", "warning"], env, port, "/ready")
+        constant = start([sys.executable, __file__, "--constant-server", str(constant_port)], env, constant_port,
+                         "/constant")
+        try:
+            rng = random.Random(0)
+            known = [f"/recommendations/{rng.randrange(args.users)}?n=10" for _ in range(5000)]
+            unknown = [f"/recommendations/new-{rng.randrange(10**9)}?n=10" for _ in range(5000)]
+            folded = [f"/recommendations/{rng.choice(new_users)}?n=10" for _ in range(2000)]
+            similar = [f"/similar-items/{rng.randrange(args.items)}?n=10" for _ in range(5000)]
+            batches = [("POST", "/recommendations/batch",
+                        {"user_ids": [rng.randrange(args.users) for _ in range(100)], "n": 10}) for _ in range(200)]
+            import httpx
+
+            wait = time.monotonic() + 60  # the fold-in snapshot is read in the background after the model loads
+            while httpx.get(f"http://127.0.0.1:{port}{folded[0]}", timeout=30).json()["source"] != "fold_in":
+                assert time.monotonic() < wait, "fold-in snapshot never arrived"
+                time.sleep(0.2)
+            scenarios = [
+                ("constant FastAPI endpoint (ceiling)", f"http://127.0.0.1:{constant_port}",
+                 [("GET", "/constant", None)], 1),
+                ("GET /recommendations, known users", f"http://127.0.0.1:{port}", [("GET", u, None) for u in known], 1),
+                ("GET /recommendations, unknown users", f"http://127.0.0.1:{port}",
+                 [("GET", u, None) for u in unknown], 1),
+                ("GET /recommendations, fold-in users", f"http://127.0.0.1:{port}",
+                 [("GET", u, None) for u in folded], 1),
+                ("GET /similar-items", f"http://127.0.0.1:{port}", [("GET", u, None) for u in similar], 1),
+                ("POST /recommendations/batch, 100 users", f"http://127.0.0.1:{port}", batches, 100),
+            ]
+            print(f"\n| scenario | requests | errors | requests/s | users/s | p50 ms | p95 ms | p99 ms |\n"
+                  f"|---|---|---|---|---|---|---|---|")
+            ceiling = None
+            for label, base, requests, users_per_request in scenarios:
+                result = drive(base, requests, args.connections, args.requests, args.seconds, tmp)
+                ceiling = ceiling or result["rps"]
+                print(f"| {label} | {result['requests']:,} | {result['errors']} | {result['rps']:,.0f} "
+                      f"({result['rps'] / ceiling:.0%} of ceiling) | {result['rps'] * users_per_request:,.0f} | "
+                      f"{result['p50']:.2f} | {result['p95']:.2f} | {result['p99']:.2f} |", flush=True)
+        finally:
+            stop(server)
+            stop(constant)
+    print(f"\nrun at {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC")
+
+
+if __name__ == "__main__":
+    main()
