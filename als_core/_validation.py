@@ -6,6 +6,19 @@ import numpy as np
 import scipy.sparse as sp
 
 
+def as_csr(matrix, name: str = "user_items") -> sp.csr_matrix:
+    """``matrix`` as CSR without looking at its values (enough where only which items a user has matters):
+    any scipy sparse matrix/array, or a dense 2-D numpy array (zeros = missing); other types are refused."""
+    if sp.issparse(matrix):
+        return matrix if isinstance(matrix, sp.csr_matrix) else sp.csr_matrix(matrix)
+    if isinstance(matrix, np.ndarray) and matrix.ndim == 2:
+        return sp.csr_matrix(matrix)
+    raise TypeError(
+        f"{name} must be a scipy.sparse matrix (CSR preferred) or a 2-D numpy array, got {type(matrix).__name__}"
+        + (f" of shape {matrix.shape}" if isinstance(matrix, np.ndarray) else "")
+    )
+
+
 def as_user_items(matrix, *, allow_negative: bool = False, name: str = "user_items") -> sp.csr_matrix:
     """Return a canonical float CSR copy-or-view of ``matrix`` (users x items).
 

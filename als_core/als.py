@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from . import _kernels
-from ._validation import as_user_items, check_ids, check_n
+from ._validation import as_csr, as_user_items, check_ids, check_n
 from .topk import mask_items, top_n
 
 log = logging.getLogger(__name__)
@@ -319,7 +319,7 @@ class ALS:
     def _rows_for(self, user_items, n_requested: int, user_ids: np.ndarray | None) -> sp.csr_matrix:
         """The seen-items rows of the requested users: ``user_items`` is either one row per requested user
         or the full training matrix (then indexed by ``user_ids``)."""
-        rows = as_user_items(user_items, allow_negative=True)
+        rows = as_csr(user_items)  # only the pattern matters here: no pass over the values
         if rows.shape[1] != self.n_items:
             raise ValueError(f"user_items has {rows.shape[1]} columns but the model has {self.n_items} items")
         if rows.shape[0] == n_requested:
