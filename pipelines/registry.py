@@ -628,8 +628,9 @@ def _describe(client: MlflowClient, name: str) -> dict[str, Any]:
     out: dict[str, Any] = {"model": name, "tracking_uri": client.tracking_uri}
     for alias, version in sorted(aliases(client, name).items()):
         ref = get_version(client, name, version)
-        out[alias] = {"version": version, "run_id": ref.run_id,
-                      "ndcg_at_10": ref.tags.get(f"{TAG_GATE_PREFIX}challenger_ndcg_at_10")}
+        ndcg = ref.tags.get(f"{TAG_GATE_PREFIX}challenger_ndcg_at_10")
+        out[alias] = {"version": version, "run_id": ref.run_id, "ndcg_at_10": float(ndcg) if ndcg else None,
+                      "decided_at": ref.tags.get(f"{TAG_GATE_PREFIX}decided_at")}
     return out
 
 

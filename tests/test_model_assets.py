@@ -143,6 +143,11 @@ def test_mlflow_unreachable_fails_the_challenger_and_leaves_the_champion(trained
     assert failure.step_key == "challenger"
     message = str(failure.event_specific_data.error)
     assert "unreachable" in message and "champion alias was not changed" in message
+    # the same for a gate or a refresh started on its own while MLflow is down
+    for asset in (model_assets.champion, model_assets.recommendations):
+        alone = materialize([asset], dead, settings, raise_on_error=False)
+        [failure] = [e for e in alone.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert "unreachable" in str(failure.event_specific_data.error)
     assert registry.aliases(client, resource.model_name) == champion_before
 
 

@@ -368,6 +368,7 @@ def stage_recommendations(bundle, version: int, n: int, batch_size: int, path: P
 def recommendations(context: dg.AssetExecutionContext, config: RecommendationsConfig, mlflow: MLflowResource,
                     duckdb: DuckDBResource) -> dg.MaterializeResult:
     with mlflow_failure_is_a_run_failure():
+        mlflow.client()  # fails fast, with the reason, when MLflow is down
         loaded = registry.load_champion_bundle(mlflow.tracking_uri, mlflow.model_name)
     if loaded is None:
         context.log.warning(f"{mlflow.model_name} has no champion yet: `recommendations` left unchanged")
