@@ -190,6 +190,17 @@ def as_id_array(ids) -> np.ndarray:
     return text
 
 
+def encode_ids(values) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, ids): each value's row in ``ids``, the distinct values as `as_id_array` types them.
+
+    Hashing (pandas.factorize) instead of sorting millions of strings; only the distinct values are
+    sorted and typed, so the order of the input does not change the result."""
+    import pandas as pd
+
+    codes, uniques = pd.factorize(np.asarray(values), sort=True)
+    return codes.astype(np.int64), as_id_array(np.asarray(uniques))
+
+
 def _prune(train: sp.csr_matrix, user_ids: np.ndarray, item_ids: np.ndarray):
     """Drop users and items without a training interaction: the model cannot learn them, and
     serving/evaluation treat them as unknown (popularity fallback)."""
@@ -213,8 +224,8 @@ def temporal_split(users, items, days, weights, window_start: dt.date, window_en
     """
     from als_core.splits import temporal_holdout
 
-    user_ids, u = np.unique(as_id_array(users), return_inverse=True)
-    item_ids, i = np.unique(as_id_array(items), return_inverse=True)
+    u, user_ids = encode_ids(users)
+    i, item_ids = encode_ids(items)
     train, test = temporal_holdout(
         u, i, np.asarray(weights, dtype=np.float64), np.asarray(days, dtype="datetime64[D]"),
         np.datetime64(window_end, "D"), (len(user_ids), len(item_ids)),
@@ -231,8 +242,8 @@ def random_split(users, items, weights, window_start: dt.date, window_end: dt.da
     """Per user, a random `fraction` of the user's items is held out (`als_core.splits.random_holdout`)."""
     from als_core.splits import random_holdout
 
-    user_ids, u = np.unique(as_id_array(users), return_inverse=True)
-    item_ids, i = np.unique(as_id_array(items), return_inverse=True)
+    u, user_ids = encode_ids(users)
+    i, item_ids = encode_ids(items)
     matrix = sp.csr_matrix(
         (np.asarray(weights, dtype=np.float64), (u, i)), shape=(len(user_ids), len(item_ids))
     )
