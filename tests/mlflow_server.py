@@ -84,7 +84,9 @@ def mlflow_server(tmp_path_factory) -> str:
     ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            command, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            # the async job runner (GenAI jobs) adds worker processes this registry never uses
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
     try:
         wait_healthy(uri, process)
