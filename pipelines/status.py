@@ -296,20 +296,17 @@ def _champion_lines(reg: RegistryStatus) -> list[str]:
         return [f"Champion: none. {reg.message or ''}".rstrip()]
     lines = [f"Champion: {reg.model_name} v{champion.version}   NDCG@10 {_score(champion.ndcg_at_10)}"
              f"   (popularity {_score(champion.popularity_ndcg_at_10)})"]
-    data = champion.data
-    trained = f"  trained {champion.trained_at or 'at an unknown time'}"
+    lines.append(f"  trained   {champion.trained_at or 'at an unknown time'}")
+    data = [f"window {champion.window}"] if champion.window else []
     if champion.events is not None:
-        trained += f" on {champion.events:,} events"
-        if champion.events_source == "warehouse":
-            trained += " (its window's events in the warehouse now)"
-    sizes = [f"{int(data[key]):,} {key}" for key in ("users", "items", "nnz", "holdout_pairs") if key in data]
-    if sizes:
-        trained += f" ({', '.join(sizes)})"
-    if champion.window:
-        trained += f", window {champion.window}"
-    lines.append(trained)
+        counted = " (counted in the warehouse now)" if champion.events_source == "warehouse" else ""
+        data.append(f"{champion.events:,} events{counted}")
+    data += [f"{int(champion.data[key]):,} {key.replace('_', ' ')}"
+             for key in ("users", "items", "nnz", "holdout_pairs") if key in champion.data]
+    if data:
+        lines.append(f"  data      {', '.join(data)}")
     if champion.run_id:
-        lines.append(f"  MLflow run {champion.run_id}")
+        lines.append(f"  run       MLflow {champion.run_id}")
     return lines
 
 

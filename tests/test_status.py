@@ -161,7 +161,7 @@ def test_populated_text_report_is_readable(populated):
     assert result.returncode == 0, result.stderr
     text = result.stdout
     assert f"Champion: {populated.model_name} v3   NDCG@10 0.3500" in text
-    assert "on 3,000 events" in text and "window 2026-01-05..2026-01-06" in text
+    assert "  data      window 2026-01-05..2026-01-06, 3,000 events, 12 users, 9 items" in text
     lines = text.splitlines()
     retrains = lines.index("Last retrains (newest first):")
     rows = lines[retrains + 2:retrains + 5]
@@ -179,7 +179,7 @@ def test_champion_without_logged_events_counts_its_window_in_the_warehouse(popul
     reg = status.RegistryStatus("sqlite:////x", "m", "ok", champion=champion)
     report = status.Status(str(populated.home), reg, warehouse)
     assert (champion.events, champion.events_source) == (DAYS["2026-01-06"][0], "warehouse")
-    assert f"on {DAYS['2026-01-06'][0]} events (its window's events in the warehouse now)" in status.render(report)
+    assert f"{DAYS['2026-01-06'][0]} events (counted in the warehouse now)" in status.render(report)
 
 
 def test_unreachable_mlflow_is_reported_and_ingest_still_shown(populated):

@@ -190,35 +190,34 @@ class Browser:
         self.width, self.height = width, height
         self.start_timeout_s = start_timeout_s
         self._ids = itertools.count(1)
-        self._profile = tempfile.TemporaryDirectory(prefix="chromium-profile-")
-        self._process: ServerProcess | None = None
+        self._stack = contextlib.ExitStack()
         self._ws = None
 
     def __enter__(self) -> Browser:
         from websockets.sync.client import connect
 
-        profile = Path(self._profile.name)
-        command = [self.executable, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
-                   f"--window-size={self.width},{self.height}", "about:blank"]
-        self._process = ServerProcess("chromium", command, os.environ, profile / "logs").__enter__()
-        port_file = profile / "DevToolsActivePort"
-        port = wait_for("chromium DevTools port", lambda: port_file.read_text().split()[0], self.start_timeout_s,
-                        interval_s=0.2, alive=self._process.check_alive)
-        targets = wait_for("chromium page target", lambda: [
-            t for t in httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=5).json() if t["type"] == "page"
-        ], self.start_timeout_s, alive=self._process.check_alive)
-        self._ws = connect(targets[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=30)
-        self.call("Emulation.setDeviceMetricsOverride",
-                  {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False})
+        try:
+            profile = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="chromium-profile-")))
+            command = [self.executable, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
+                       f"--window-size={self.width},{self.height}", "about:blank"]
+            process = self._stack.enter_context(ServerProcess("chromium", command, os.environ, profile / "logs"))
+            port_file = profile / "DevToolsActivePort"  # chromium writes the port it picked here
+            port = wait_for("chromium DevTools port", lambda: port_file.read_text().split()[0],
+                            self.start_timeout_s, interval_s=0.2, alive=process.check_alive)
+            targets = wait_for("chromium page target", lambda: [
+                t for t in httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=5).json() if t["type"] == "page"
+            ], self.start_timeout_s, alive=process.check_alive)
+            self._ws = self._stack.enter_context(
+                connect(targets[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=30))
+            self.call("Emulation.setDeviceMetricsOverride",
+                      {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False})
+        except BaseException:
+            self._stack.close()
+            raise
         return self
 
     def __exit__(self, *exc_info) -> None:
-        if self._ws is not None:
-            with contextlib.suppress(Exception):
-                self._ws.close()
-        if self._process is not None:
-            self._process.stop()
-        self._profile.cleanup()
+        self._stack.close()  # websocket, then chromium's process group, then its profile
 
     def call(self, method: str, params: Mapping | None = None, timeout_s: float = 60.0) -> dict:
         """Send one DevTools command and wait for its answer (events in between are dropped)."""
@@ -235,10 +234,31 @@ class Browser:
                     raise RuntimeError(f"DevTools {method} failed: {message['error']}")
                 return message.get("result", {})
 
+    def evaluate(self, expression: str):
+        """The value of a JavaScript expression in the page."""
+        result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True})
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"JavaScript failed: {result['exceptionDetails'].get('text')} in {expression[:200]}")
+        return result.get("result", {}).get("value")
+
+    def wait_js(self, what: str, expression: str, timeout_s: float = 30.0):
+        """Wait until a JavaScript expression is truthy; returns its value."""
+        return wait_for(what, lambda: self.evaluate(expression), timeout_s, interval_s=0.3)
+
+    def click(self, selector: str) -> bool:
+        """Click the first element matching a CSS selector; False when there is none."""
+        return bool(self.evaluate(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (e) e.click(); return !!e; }})()"))
+
+    def type_into(self, selector: str, text: str) -> None:
+        """Focus an input and type into it as a keyboard would (React sees real input events)."""
+        if not self.evaluate(f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
+                             " if (e) e.focus(); return !!e; })()"):
+            raise AssertionError(f"no element matches {selector!r}")
+        self.call("Input.insertText", {"text": text})
+
     def text(self) -> str:
-        result = self.call("Runtime.evaluate", {"expression": "document.body ? document.body.innerText : ''",
-                                                "returnByValue": True})
-        return result.get("result", {}).get("value") or ""
+        return self.evaluate("document.body ? document.body.innerText : ''") or ""
 
     def open(self, url: str, expect: Sequence[str], timeout_s: float = 60.0, settle_s: float = 1.0) -> str:
         """Navigate to `url` and wait until the rendered text contains every string of `expect`;
@@ -258,29 +278,15 @@ class Browser:
         time.sleep(settle_s)  # late requests (charts, images) finish drawing
         return self.text()
 
-    def scroll_to_text(self, needle: str) -> bool:
-        """Scroll the first element whose own text contains `needle` into view (for a screenshot of it)."""
-        expression = (
-            "(() => { const w = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);"
-            f" const needle = {json.dumps(needle)};"
-            " while (w.nextNode()) { if (w.currentNode.textContent.includes(needle)) {"
-            " w.currentNode.parentElement.scrollIntoView({block: 'center'}); return true; } }"
-            " return false; })()"
-        )
-        result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True})
-        return bool(result.get("result", {}).get("value"))
-
-    def wait_images(self, timeout_s: float = 30.0) -> int:
-        """Wait until every <img> on the page has loaded with a non-zero size; returns how many there are."""
-        expression = ("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
-                      " ? document.images.length : -1")
-
-        def loaded():
-            value = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True})
-            count = value.get("result", {}).get("value", -1)
-            return count + 1  # 0 images -> 1 (truthy), not loaded -> 0
-
-        return wait_for("images to load", loaded, timeout_s) - 1
+    def wait_images(self, minimum: int = 1, timeout_s: float = 30.0) -> list[int]:
+        """Wait until at least `minimum` <img> are on the page and every one has decoded with a non-zero
+        size (a broken artifact link has naturalWidth 0); returns their natural widths."""
+        return self.wait_js(
+            f"{minimum}+ images loaded",
+            "(() => { const imgs = Array.from(document.images);"
+            f" return imgs.length >= {minimum} && imgs.every(i => i.complete && i.naturalWidth > 0)"
+            " ? imgs.map(i => i.naturalWidth) : null; })()",
+            timeout_s)
 
     def screenshot(self, path: Path) -> Path:
         data = self.call("Page.captureScreenshot", {"format": "png"})["data"]
