@@ -15,7 +15,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from .als import ALS
-from .metrics import coverage_at_k, evaluate_ranking
+from .diversity import beyond_accuracy
+from .metrics import evaluate_ranking
 from .popularity import PopularityRecommender
 
 FORMAT_VERSION = 1
@@ -202,7 +203,9 @@ class ModelBundle:
 
 def evaluate_on_holdout(bundle: ModelBundle, holdout_user_ids, holdout_item_ids, k: int = 10,
                         strategy: str = "model") -> dict[str, float]:
-    """Ranking metrics of ``bundle`` on held-out (user, item) pairs given in external ids.
+    """Ranking metrics of ``bundle`` on held-out (user, item) pairs given in external ids, and the
+    beyond-accuracy measures of the same top-k lists (`als_core.diversity.beyond_accuracy`: coverage,
+    entropy, novelty, share of the 1% most popular items, against the bundle's training popularity).
 
     Every holdout user is scored exactly as serving would (unknown users get the popularity fallback).
     Held-out items the bundle does not know still count in the ideal DCG and recall denominators: a model
@@ -229,6 +232,6 @@ def evaluate_on_holdout(bundle: ModelBundle, holdout_user_ids, holdout_item_ids,
     ranked = np.full((len(unique_users), k), -1, dtype=np.int64)  # a catalogue smaller than k leaves -1s
     ranked[:, : recs.item_index.shape[1]] = recs.item_index
     result = evaluate_ranking(ranked, test, n_items=n_columns, k=k)
-    result[f"coverage@{k}"] = coverage_at_k(ranked, len(bundle.items), k)
+    result.update(beyond_accuracy(ranked, bundle.seen, k=k))  # coverage over the bundle's own catalogue
     result["users_fallback"] = int((recs.sources == SOURCE_POPULARITY).sum())
     return result

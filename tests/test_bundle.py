@@ -112,3 +112,16 @@ def test_bundle_rejects_mismatched_id_maps(bundle):
         ModelBundle.build(b.model, b.user_ids[:-1], b.item_ids, train[:-1])
     with pytest.raises(ValueError, match="unique"):
         ModelBundle.build(b.model, np.zeros(len(b.user_ids), dtype=np.int64), b.item_ids, train)
+
+
+def test_evaluate_on_holdout_reports_beyond_accuracy(bundle):
+    b, _ = bundle
+    users = np.array(["u1", "u2", "u3", "stranger"])
+    items = np.array([1001, 1002, 1003, 1004])
+    model = evaluate_on_holdout(b, users, items, k=5)
+    popularity = evaluate_on_holdout(b, users, items, k=5, strategy="popularity")
+    for key in ("coverage@5", "entropy@5", "novelty@5", "popular_share@5"):
+        assert key in model and 0 <= model[key]
+    # popularity sends every recommendation to the head of the catalogue; ALS spreads them
+    assert popularity["popular_share@5"] > model["popular_share@5"]
+    assert popularity["novelty@5"] < model["novelty@5"]

@@ -31,6 +31,8 @@ from pipelines.settings import Settings
 from pipelines.training_data import TrainingData, latest_dir
 from pipelines.tuned_params import read_best_params
 
+HISTORY_VERSIONS = 10  # retrains shown in the NDCG history picture
+
 GROUP = "training"
 K = 10  # the gate decides on NDCG@10; every metric is @10
 DECIDING = f"ndcg@{K}"
@@ -238,6 +240,11 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, mlfl
             "eval.dagster_run_id": context.run.run_id,
         })
         experiment_id = client.get_run(ref.run_id).info.experiment_id
+        with tempfile.TemporaryDirectory(prefix="evaluation-") as tmp:
+            history = ndcg_history_picture(client, ref.name, Path(tmp) / "ndcg_history.png")
+            if history is not None:
+                client.log_artifact(ref.run_id, str(history), artifact_path="plots")
+                history_md = plots.markdown_image(history, "NDCG@10 over the last retrains")
     for role, values in scores.items():
         if values:
             context.log.info(f"{role}: NDCG@10 {values[DECIDING]:.4f}, HitRate@10 {values['hit_rate@10']:.4f}")
@@ -254,11 +261,27 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, mlfl
         "metrics": dg.MetadataValue.md(_metrics_table(scores)),
         "mlflow_run": dg.MetadataValue.url(mlflow.run_url(experiment_id, ref.run_id)),
     })
+    if history is not None:
+        metadata["ndcg_history"] = dg.MetadataValue.md(history_md)
     check = dg.AssetCheckResult(
         check_name="challenger_beats_popularity", passed=bool(beats), severity=dg.AssetCheckSeverity.WARN,
         metadata={"challenger_ndcg_at_10": dg.MetadataValue.float(float(scores["challenger"][DECIDING])),
                   "popularity_ndcg_at_10": dg.MetadataValue.float(float(scores["popularity"][DECIDING]))})
     return dg.MaterializeResult(metadata=metadata, check_results=[check])
+
+
+def ndcg_history_picture(client, name: str, path: Path, last: int = HISTORY_VERSIONS) -> Path | None:
+    """NDCG@10 of challenger, champion (re-scored on each retrain's holdout) and popularity over the last
+    ``last`` evaluated versions, from the `eval.*` version tags the evaluation writes."""
+    with registry.mlflow_errors("reading the evaluation history"):
+        versions = client.search_model_versions(f"name = '{registry._quoted(name)}'")
+    evaluated = sorted((v for v in versions if "eval.challenger_ndcg_at_10" in v.tags), key=lambda v: int(v.version))
+    if not evaluated:
+        return None
+    evaluated = evaluated[-last:]
+    series = {role: [_tag_float(v.tags, f"eval.{role}_ndcg_at_10") or math.nan for v in evaluated]
+              for role in ("challenger", "champion", "popularity")}
+    return plots.ndcg_history([f"v{v.version}" for v in evaluated], series, path)
 
 
 # ------------------------------------------------------------------------------------------ champion
