@@ -1,12 +1,21 @@
 """Per-request top-N over a loaded bundle's factors, fast enough for one user in well under a millisecond.
 
-`ModelBundle.recommend_many` is the reference (and what offline evaluation uses); this module answers the same
-question for the API without its per-call overheads: validating the whole seen-items matrix, a dense score
-row, a copy for negation and `argpartition` over every item. One numba pass per block of users computes each
-item's score once and keeps a sorted top-N (almost every item fails the first comparison), skipping the
-user's seen items by binary search only for the few that pass. It releases the GIL, so FastAPI's threadpool
-scores requests on both cores while the event loop parses HTTP. tests/test_serving_scoring.py checks that it
-returns what the bundle returns.
+`ModelBundle.recommend_many` is the reference (and what offline evaluation uses); this module returns the same
+items for the API without its per-call overheads (validating the whole seen-items matrix, a dense score row,
+`argpartition` over every item) and with a quarter of its memory traffic. At 100k items x 64 factors the
+float32 item factors are 25.6 MB: streaming them is the cost of a request, more so with other processes
+competing for the memory bus. So each user is scored in two steps, both in one numba function that releases
+the GIL (FastAPI's threadpool scores on both cores while the event loop parses HTTP):
+
+1. Bounds from int8 factors (6.4 MB, one scale per item): ``s_i = y_i . u`` lies within
+   ``scale_i * (q_i . u) +- e_i`` with ``e_i = 0.51 * scale_i * |u|_1`` (rounding to int8 moves each component
+   by at most scale/2; the extra 0.01 covers float rounding in both sums). A running top-n of the lower
+   bounds gives a threshold; items whose upper bound reaches it are candidates (about a hundred for top 10).
+2. Exact float32 scores for the candidates only, top-n of those.
+
+Every true top-n item is a candidate (its upper bound >= its score >= the n-th best score >= every threshold
+on the way), so the result is exact, not approximate. Ties keep the lower item index first.
+tests/test_serving_scoring.py checks the results against the bundle, adversarial factors included.
 """
 
 from __future__ import annotations
@@ -19,51 +28,149 @@ import scipy.sparse as sp
 
 from als_core.bundle import SOURCE_ALS, SOURCE_FOLD_IN, SOURCE_POPULARITY, ModelBundle
 
-# Reassociation lets LLVM vectorise the 64-wide dot; NaN/inf semantics stay (a NaN score is never selected).
+# Reassociation lets LLVM vectorise the dot products; NaN/inf semantics stay.
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
-# Users scored together share one pass over the item factors (memory traffic), but each adds a dot per item.
-_USER_BLOCK = 16
+_BOUND_SLACK = 0.51
+_BLOCK = 256  # items whose bounds are computed together (a small buffer that stays in L1)
+
+
+@nb.njit(nogil=True, fastmath=_FASTMATH, inline="always")
+def _upper_bounds(q, scale, u32, h, start, stop, out):
+    """out[t] = scale_i * (q_i . u + h) for items start..stop: float32 throughout (int8 * float64 would
+    promote the whole loop to float64 and halve its width)."""
+    for i in range(start, stop):
+        acc = np.float32(0)
+        for j in range(q.shape[1]):
+            acc += np.float32(q[i, j]) * u32[j]
+        out[i - start] = (acc + h) * scale[i]
+
+
+@nb.njit(nogil=True, inline="always")
+def _insert(ids, values, count, n, item, value):
+    """Insert into a descending top-n held in ids/values[:count]; returns the new count."""
+    pos = count if count < n else n - 1
+    while pos > 0 and values[pos - 1] < value:
+        values[pos] = values[pos - 1]
+        ids[pos] = ids[pos - 1]
+        pos -= 1
+    values[pos] = value
+    ids[pos] = item
+    return count + 1 if count < n else count
+
+
+@nb.njit(nogil=True, inline="always")
+def _contains(sorted_items, lo, hi, item):
+    end = hi
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if sorted_items[mid] < item:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo < end and sorted_items[lo] == item
 
 
 @nb.njit(nogil=True, fastmath=_FASTMATH, cache=True)
-def _top_n_block(item_factors, item_offsets, vectors, n, excl_indptr, excl_indices, out_ids, out_scores):
-    """Top-``n`` items of ``vectors @ item_factors.T + item_offsets`` per row, best first, skipping each row's
-    excluded items (CSR rows with sorted indices). Unfilled slots keep id -1 and score -inf."""
-    n_items, k = item_factors.shape
-    n_users = vectors.shape[0]
-    counts = np.zeros(n_users, np.int64)
+def _top_n(q, scale, offsets, offset_err, factors, vectors, n, excl_indptr, excl_indices, out_ids, out_scores):
+    """Per row of ``vectors``: the top-``n`` items of ``factors @ u + offsets``, best first, without the row's
+    excluded items (CSR rows, sorted indices). Unfilled slots get id -1 and score -inf. ``offsets`` and
+    ``offset_err`` (their float32 rounding bound) are empty when the model ranks by the dot product alone."""
+    n_items, k = factors.shape
+    has_offsets = len(offsets) > 0
     out_ids[:, :] = -1
     out_scores[:, :] = -np.inf
-    for i in range(n_items):
-        for b in range(n_users):
-            s = item_offsets[i]
+    bounds = np.empty(_BLOCK, np.float32)
+    u32 = np.empty(k, np.float32)
+    low_ids = np.empty(n, np.int64)
+    low = np.empty(n, np.float32)
+    cand = np.empty(1024, np.int64)
+    cand_up = np.empty(1024, np.float32)
+    for b in range(vectors.shape[0]):
+        u = vectors[b]
+        ex_lo, ex_hi = excl_indptr[b], excl_indptr[b + 1]
+        h = np.float32(0)
+        for j in range(k):
+            u32[j] = u[j]
+            h += abs(u32[j])
+        h *= np.float32(_BOUND_SLACK)
+        threshold = np.float32(-np.inf)
+        n_low = 0
+        n_cand = 0
+        for start in range(0, n_items, _BLOCK):
+            stop = min(start + _BLOCK, n_items)
+            _upper_bounds(q, scale, u32, h, start, stop, bounds)
+            for t in range(stop - start):
+                i = start + t
+                up = bounds[t]
+                if has_offsets:
+                    up += offsets[i] + offset_err[i]
+                if not up >= threshold:
+                    continue
+                if ex_hi > ex_lo and _contains(excl_indices, ex_lo, ex_hi, i):
+                    continue
+                if n_cand == len(cand):
+                    cand = np.concatenate((cand, np.empty(len(cand), np.int64)))
+                    cand_up = np.concatenate((cand_up, np.empty(len(cand_up), np.float32)))
+                cand[n_cand] = i
+                cand_up[n_cand] = up
+                n_cand += 1
+                lower = up - 2 * scale[i] * h
+                if has_offsets:
+                    lower -= 2 * offset_err[i]
+                if n_low < n or lower > threshold:
+                    n_low = _insert(low_ids, low, n_low, n, i, lower)
+                    if n_low == n:
+                        threshold = low[n - 1]
+        count = 0
+        for c in range(n_cand):
+            if not cand_up[c] >= threshold:
+                continue
+            i = cand[c]
+            s = factors[i, 0] * 0
+            if has_offsets:
+                s += offsets[i]
             for j in range(k):
-                s += item_factors[i, j] * vectors[b, j]
-            # beat the row's last entry (-inf while the row is not full: any real score enters, NaN never)
-            if not s > out_scores[b, n - 1]:
-                continue
-            lo = excl_indptr[b]
-            hi = excl_indptr[b + 1]
-            end = hi
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if excl_indices[mid] < i:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            if lo < end and excl_indices[lo] == i:
-                continue
-            c = counts[b]
-            pos = c if c < n else n - 1
-            while pos > 0 and out_scores[b, pos - 1] < s:
-                out_scores[b, pos] = out_scores[b, pos - 1]
-                out_ids[b, pos] = out_ids[b, pos - 1]
-                pos -= 1
-            out_scores[b, pos] = s
-            out_ids[b, pos] = i
-            if c < n:
-                counts[b] = c + 1
-    return counts
+                s += factors[i, j] * u[j]
+            if s > out_scores[b, n - 1]:
+                count = _insert(out_ids[b], out_scores[b], count, n, i, s)
+
+
+@dataclass(frozen=True)
+class ItemMatrix:
+    """Item vectors in both forms the kernel reads: exact (``factors``, the model's dtype) and int8 with one
+    float32 scale per item; optional per-item offsets (explicit-mode item biases)."""
+
+    factors: np.ndarray
+    q: np.ndarray
+    scale: np.ndarray
+    offsets: np.ndarray
+    offset_err: np.ndarray
+
+    @classmethod
+    def of(cls, factors: np.ndarray, offsets: np.ndarray | None = None) -> ItemMatrix:
+        factors = np.ascontiguousarray(factors)
+        peak = np.abs(factors).max(axis=1) if factors.shape[1] else np.zeros(len(factors), factors.dtype)
+        scale = np.where(peak > 0, peak / 127, 1)
+        q = np.clip(np.rint(factors / scale[:, None]), -127, 127).astype(np.int8)
+        # float32 scales/offsets round by ~6e-8 relative: a 1e-5 relative allowance covers them
+        scale32 = (scale * (1 + 1e-5)).astype(np.float32)
+        if offsets is None:
+            offsets32 = offset_err = np.empty(0, np.float32)
+        else:
+            offsets32 = np.asarray(offsets, np.float32)
+            offset_err = (np.abs(offsets32) * 1e-5 + 1e-30).astype(np.float32)
+        return cls(factors, q, scale32, offsets32, offset_err)
+
+    def top_n(self, vectors: np.ndarray, n: int, excl_indptr, excl_indices) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores), one row per vector, -1 / -inf padded to min(n, items) columns."""
+        n_out = min(int(n), len(self.factors))
+        vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=self.factors.dtype)
+        out_ids = np.empty((len(vectors), n_out), np.int64)
+        out_scores = np.empty((len(vectors), n_out), self.factors.dtype)
+        if n_out and len(vectors):
+            _top_n(self.q, self.scale, self.offsets, self.offset_err, self.factors, vectors, n_out,
+                   np.asarray(excl_indptr, np.int64), np.asarray(excl_indices, np.int64), out_ids, out_scores)
+        return out_ids, out_scores
 
 
 @dataclass(frozen=True)
@@ -83,22 +190,19 @@ class Scorer:
         self.bundle = bundle
         self.max_n = int(max_n)
         self.n_items = len(bundle.items)
-        self.item_factors = np.ascontiguousarray(model.item_factors)
         self.user_factors = np.ascontiguousarray(model.user_factors)
-        dtype = self.item_factors.dtype
-        if not (np.isfinite(self.item_factors).all() and np.isfinite(self.user_factors).all()):
+        item_factors = np.ascontiguousarray(model.item_factors)
+        if not (np.isfinite(item_factors).all() and np.isfinite(self.user_factors).all()):
             raise ValueError("the model has non-finite factors: refusing to serve it")
-        offsets = getattr(model, "item_bias", None) if getattr(model, "use_biases", False) else None
-        self.item_offsets = (np.zeros(self.n_items, dtype) if offsets is None
-                             else np.ascontiguousarray(offsets, dtype=dtype))
+        biases = model.item_bias if getattr(model, "use_biases", False) else None  # explicit mode ranks by them
+        self.items = ItemMatrix.of(item_factors, biases)
+        norms = np.linalg.norm(item_factors, axis=1)
+        self.normalised_items = ItemMatrix.of(item_factors / np.where(norms > 0, norms, 1)[:, None])
         seen = sp.csr_matrix(bundle.seen)
         seen.sort_indices()
         self.seen_indptr = seen.indptr.astype(np.int64)
         self.seen_indices = seen.indices.astype(np.int64)
         self.has_history = np.diff(self.seen_indptr) > 0
-        norms = np.linalg.norm(self.item_factors, axis=1)
-        self.normalised_items = (self.item_factors / np.where(norms > 0, norms, 1)[:, None]).astype(dtype)
-        self._zero_offsets = np.zeros(self.n_items, dtype)
         # unknown users and users without history all get the same list: compute it once
         ids, scores = bundle.popularity.recommend(0, None, N=self.max_n, filter_already_liked_items=False)
         keep = ids >= 0
@@ -106,25 +210,11 @@ class Scorer:
         self._warm_up()
 
     def _warm_up(self) -> None:
-        """Compile (or load from numba's cache) this kernel and als_core's fold-in solve before the first
+        """Compile (or load from numba's cache) the kernel and als_core's fold-in solve before the first
         request, not during it: a cold numba compile takes seconds."""
-        self._top_n(self.item_factors[:1], self.item_offsets[:1], self.user_factors[:1],
-                    np.zeros(2, np.int64), np.empty(0, np.int64), 1)
         if self.n_items:
+            self.items.top_n(self.user_factors[:1], 1, np.zeros(2, np.int64), np.empty(0, np.int64))
             self.fold_in([(self.bundle.item_ids[:1], np.ones(1, np.float32))], 1)
-
-    def _top_n(self, item_factors, item_offsets, vectors, indptr, indices, n) -> tuple[np.ndarray, np.ndarray]:
-        n_out = min(int(n), item_factors.shape[0])
-        out_ids = np.empty((len(vectors), n_out), np.int64)
-        out_scores = np.empty((len(vectors), n_out), item_factors.dtype)
-        if n_out == 0:
-            return out_ids, out_scores
-        vectors = np.ascontiguousarray(vectors, dtype=item_factors.dtype)
-        for lo in range(0, len(vectors), _USER_BLOCK):
-            hi = min(lo + _USER_BLOCK, len(vectors))
-            _top_n_block(item_factors, item_offsets, vectors[lo:hi], n_out, indptr[lo:hi + 1] - indptr[lo],
-                         indices[indptr[lo]:indptr[hi]], out_ids[lo:hi], out_scores[lo:hi])
-        return out_ids, out_scores
 
     def _empty(self, n_users: int, n: int) -> Scored:
         n_out = min(int(n), self.n_items)
@@ -148,11 +238,9 @@ class Scorer:
             rows = user_rows[scored]
             starts, stops = self.seen_indptr[rows], self.seen_indptr[rows + 1]
             indptr = np.concatenate([[0], np.cumsum(stops - starts)])
-            indices = (np.concatenate([self.seen_indices[a:b] for a, b in zip(starts, stops)])
-                       if len(rows) else np.empty(0, np.int64))
-            ids, scores = self._top_n(self.item_factors, self.item_offsets, self.user_factors[rows], indptr,
-                                      indices, n)
-            out.item_index[scored], out.scores[scored] = ids, scores
+            indices = np.concatenate([self.seen_indices[a:b] for a, b in zip(starts, stops)])
+            out.item_index[scored], out.scores[scored] = self.items.top_n(self.user_factors[rows], n, indptr,
+                                                                          indices)
             out.sources[scored] = SOURCE_ALS
         if (~scored).any():
             self._fill_popular(out, np.flatnonzero(~scored), n)
@@ -180,9 +268,8 @@ class Scorer:
             interactions.sum_duplicates()
             interactions.sort_indices()
             vectors = np.atleast_2d(self.bundle.model.recalculate_user(interactions))
-            ids, scores = self._top_n(self.item_factors, self.item_offsets, vectors,
-                                      interactions.indptr.astype(np.int64), interactions.indices.astype(np.int64), n)
-            out.item_index[folded], out.scores[folded] = ids, scores
+            out.item_index[folded], out.scores[folded] = self.items.top_n(vectors, n, interactions.indptr,
+                                                                          interactions.indices)
             out.sources[folded] = SOURCE_FOLD_IN
         rest = np.setdiff1d(np.arange(len(histories)), folded)
         if len(rest):
@@ -192,8 +279,7 @@ class Scorer:
     def similar_items(self, item_index: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Items closest to one item by cosine similarity of item factors, the item itself excluded (as
         `ALS.similar_items`, with the normalised factors computed once per model instead of per call)."""
-        ids, scores = self._top_n(self.normalised_items, self._zero_offsets,
-                                  self.normalised_items[item_index:item_index + 1],
-                                  np.array([0, 1], np.int64), np.array([item_index], np.int64), n)
+        ids, scores = self.normalised_items.top_n(self.normalised_items.factors[item_index], n,
+                                                  np.array([0, 1]), np.array([item_index]))
         keep = ids[0] >= 0
         return ids[0][keep], scores[0][keep]
