@@ -1,8 +1,10 @@
 """The recommendation API: FastAPI app factory, lifespan (model watcher, fold-in refresher) and endpoints.
 
-Endpoints are plain `def`s: FastAPI runs them in its threadpool, and the scoring kernel releases the GIL, so
-on two cores one request scores while the event loop parses the next (measured: bench/serve.py,
-docs/serving.md). BLAS is held to one thread per process so concurrent requests do not oversubscribe the cores.
+Single-user requests score on the event loop: their CPU work is well under a millisecond, and handing it to
+FastAPI's threadpool cost more than it saved (about 0.3 ms per request on the 2-core machine, docs/serving.md).
+Work that takes longer goes to the threadpool, where the numba kernel runs without the GIL: batches (up to
+`max_batch` users) and fold-in (a least-squares solve against every item). More cores: more uvicorn workers
+(`python -m serving --workers N`). BLAS is held to one thread per process so that nothing oversubscribes.
 """
 
 
@@ -12,6 +14,7 @@ import logging
 from typing import Annotated
 
 from fastapi import Body, FastAPI, HTTPException, Path, Query
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from threadpoolctl import threadpool_limits
 
@@ -96,7 +99,7 @@ def create_app(config: ServingConfig | None = None, source: ModelSource | None =
     app.state.service = service
 
     @app.exception_handler(NotReady)
-    def not_ready(request, exc: NotReady) -> JSONResponse:
+    async def not_ready(request, exc: NotReady) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
 
     def model_ref(model) -> ModelRef:
@@ -107,12 +110,15 @@ def create_app(config: ServingConfig | None = None, source: ModelSource | None =
 
     @app.get("/recommendations/{user_id}", response_model=RecommendationsResponse, responses=NOT_READY,
              tags=["recommendations"])
-    def recommendations(user_id: IdPath, n: TopN = default_n) -> RecommendationsResponse:
+    async def recommendations(user_id: IdPath, n: TopN = default_n) -> RecommendationsResponse:
         """Top-n items for one user, items the user already interacted with excluded. Users the model does not
         know are folded in from their recent warehouse events if they have some, else get the most popular
         items."""
         model = service.model()
-        result = service.recommend(model, [user_id], n)[0]
+        if service.needs_fold_in(model, [user_id]):
+            result = (await run_in_threadpool(service.recommend, model, [user_id], n))[0]
+        else:
+            result = service.recommend(model, [user_id], n)[0]
         return RecommendationsResponse(
             user_id=result.user_id, source=result.source, model=model_ref(model),
             recommendations=[{"item_id": i, "score": s} for i, s in zip(result.item_ids, result.scores)])
@@ -130,7 +136,7 @@ def create_app(config: ServingConfig | None = None, source: ModelSource | None =
     @app.get("/similar-items/{item_id}", response_model=SimilarItemsResponse,
              responses={**NOT_READY, 404: {"model": ErrorResponse, "description": "The model does not know the item."}},
              tags=["recommendations"])
-    def similar_items(item_id: IdPath, n: TopN = default_n) -> SimilarItemsResponse:
+    async def similar_items(item_id: IdPath, n: TopN = default_n) -> SimilarItemsResponse:
         """Items closest to `item_id` by cosine similarity of item factors."""
         model = service.model()
         try:

@@ -40,6 +40,14 @@ class RecommendationService:
             raise NotReady(self.watcher.status.reason)
         return model
 
+    def needs_fold_in(self, model: LoadedModel, user_ids: list) -> bool:
+        """Whether any of these users would be folded in (unknown to the model, with recent events): that
+        costs a least-squares solve against every item factor, too long to run on the event loop."""
+        if self.events is None:
+            return False
+        unknown = [u for u, row in zip(user_ids, model.bundle.users.lookup(user_ids).tolist()) if row < 0]
+        return bool(unknown) and any(h is not None for h in self.events.histories(unknown))
+
     def recommend(self, model: LoadedModel, user_ids: list, n: int) -> list[UserResult]:
         rows = model.bundle.users.lookup(user_ids)
         scored = model.scorer.recommend_rows(rows, n)
