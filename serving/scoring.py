@@ -32,6 +32,8 @@ from als_core.bundle import SOURCE_ALS, SOURCE_FOLD_IN, SOURCE_POPULARITY, Model
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
 _BOUND_SLACK = 0.51
 _BLOCK = 256  # items whose bounds are computed together (a small buffer that stays in L1)
+_GEMM_MIN_USERS = 16  # from this many users per call, one matrix product per block of users is faster
+_GEMM_BLOCK = 32  # users per matrix product: a 32 x 100k float32 score block is 12.8 MB
 
 
 @nb.njit(nogil=True, fastmath=_FASTMATH, inline="always")
@@ -135,19 +137,38 @@ def _top_n(q, scale, offsets, offset_err, factors, vectors, n, excl_indptr, excl
                 count = _insert(out_ids[b], out_scores[b], count, n, i, s)
 
 
+@nb.njit(nogil=True, cache=True)
+def _select_top_n(scores, row_offset, n, excl_indptr, excl_indices, out_ids, out_scores):
+    """Top-``n`` columns of each row of a dense score block (rows ``row_offset...`` of the outputs), skipping
+    each row's excluded items: one comparison per item against the row's current n-th best."""
+    for r in range(scores.shape[0]):
+        b = row_offset + r
+        ex_lo, ex_hi = excl_indptr[b], excl_indptr[b + 1]
+        count = 0
+        for i in range(scores.shape[1]):
+            s = scores[r, i]
+            if not s > out_scores[b, n - 1]:
+                continue
+            if ex_hi > ex_lo and _contains(excl_indices, ex_lo, ex_hi, i):
+                continue
+            count = _insert(out_ids[b], out_scores[b], count, n, i, s)
+
+
 @dataclass(frozen=True)
 class ItemMatrix:
-    """Item vectors in both forms the kernel reads: exact (``factors``, the model's dtype) and int8 with one
-    float32 scale per item; optional per-item offsets (explicit-mode item biases)."""
+    """Item vectors in the forms the kernels read: exact (``factors``, the model's dtype), int8 with one float32
+    scale per item, optionally a transposed copy for batches (BLAS multiplies a contiguous factors x items
+    matrix ~1.5x faster), and optional per-item offsets (explicit-mode item biases)."""
 
     factors: np.ndarray
     q: np.ndarray
     scale: np.ndarray
     offsets: np.ndarray
     offset_err: np.ndarray
+    factors_t: np.ndarray | None
 
     @classmethod
-    def of(cls, factors: np.ndarray, offsets: np.ndarray | None = None) -> ItemMatrix:
+    def of(cls, factors: np.ndarray, offsets: np.ndarray | None = None, batches: bool = True) -> ItemMatrix:
         factors = np.ascontiguousarray(factors)
         peak = np.abs(factors).max(axis=1) if factors.shape[1] else np.zeros(len(factors), factors.dtype)
         scale = np.where(peak > 0, peak / 127, 1)
@@ -159,17 +180,29 @@ class ItemMatrix:
         else:
             offsets32 = np.asarray(offsets, np.float32)
             offset_err = (np.abs(offsets32) * 1e-5 + 1e-30).astype(np.float32)
-        return cls(factors, q, scale32, offsets32, offset_err)
+        factors_t = np.ascontiguousarray(factors.T) if batches else None
+        return cls(factors, q, scale32, offsets32, offset_err, factors_t)
 
     def top_n(self, vectors: np.ndarray, n: int, excl_indptr, excl_indices) -> tuple[np.ndarray, np.ndarray]:
         """(ids, scores), one row per vector, -1 / -inf padded to min(n, items) columns."""
         n_out = min(int(n), len(self.factors))
         vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=self.factors.dtype)
-        out_ids = np.empty((len(vectors), n_out), np.int64)
-        out_scores = np.empty((len(vectors), n_out), self.factors.dtype)
-        if n_out and len(vectors):
+        excl_indptr, excl_indices = np.asarray(excl_indptr, np.int64), np.asarray(excl_indices, np.int64)
+        out_ids = np.full((len(vectors), n_out), -1, np.int64)
+        out_scores = np.full((len(vectors), n_out), -np.inf, self.factors.dtype)
+        if n_out == 0 or len(vectors) == 0:
+            return out_ids, out_scores
+        if len(vectors) < _GEMM_MIN_USERS or self.factors_t is None:
             _top_n(self.q, self.scale, self.offsets, self.offset_err, self.factors, vectors, n_out,
-                   np.asarray(excl_indptr, np.int64), np.asarray(excl_indices, np.int64), out_ids, out_scores)
+                   excl_indptr, excl_indices, out_ids, out_scores)
+            return out_ids, out_scores
+        # many users: a matrix product reads the item factors once per block of users, which beats
+        # streaming even the int8 copy once per user
+        for lo in range(0, len(vectors), _GEMM_BLOCK):
+            scores = vectors[lo:lo + _GEMM_BLOCK] @ self.factors_t
+            if len(self.offsets):
+                scores += self.offsets
+            _select_top_n(scores, lo, n_out, excl_indptr, excl_indices, out_ids, out_scores)
         return out_ids, out_scores
 
 
@@ -197,7 +230,7 @@ class Scorer:
         biases = model.item_bias if getattr(model, "use_biases", False) else None  # explicit mode ranks by them
         self.items = ItemMatrix.of(item_factors, biases)
         norms = np.linalg.norm(item_factors, axis=1)
-        self.normalised_items = ItemMatrix.of(item_factors / np.where(norms > 0, norms, 1)[:, None])
+        self.normalised_items = ItemMatrix.of(item_factors / np.where(norms > 0, norms, 1)[:, None], batches=False)
         seen = sp.csr_matrix(bundle.seen)
         seen.sort_indices()
         self.seen_indptr = seen.indptr.astype(np.int64)

@@ -140,16 +140,20 @@ def hard_factors(draw):
 def test_top_n_is_exact_on_adversarial_factors(case):
     items, user, excluded, n = case
     matrix = ItemMatrix.of(items)
-    ids, scores = matrix.top_n(user, n, np.array([0, len(excluded)]), excluded)
     dense = items.astype(np.float64) @ user.astype(np.float64)
     dense[excluded] = -np.inf
     expected = np.argsort(-dense, kind="stable")[:min(n, len(items))]
     expected = expected[np.isfinite(dense[expected])]
-    keep = ids[0] >= 0
-    assert keep.sum() == len(expected)
-    assert not set(ids[0][keep].tolist()) & set(excluded.tolist())
     scale = max(float(np.abs(dense[np.isfinite(dense)]).max(initial=0)), 1e-30)
-    assert_same_ranking(ids[0][keep], dense[ids[0][keep]] / scale, expected, dense[expected] / scale, tie=1e-5)
+    # one user: the int8-bounds kernel; 20 users: the matrix-product path. Both must be exact.
+    for n_users in (1, 20):
+        indptr = np.arange(n_users + 1) * len(excluded)
+        ids, _ = matrix.top_n(np.tile(user, (n_users, 1)), n, indptr, np.tile(excluded, n_users))
+        for row in ids:
+            keep = row >= 0
+            assert keep.sum() == len(expected)
+            assert not set(row[keep].tolist()) & set(excluded.tolist())
+            assert_same_ranking(row[keep], dense[row[keep]] / scale, expected, dense[expected] / scale, tie=1e-5)
 
 
 def test_non_finite_factors_are_refused():
