@@ -27,6 +27,21 @@ class UserResult:
     scores: list[float]
 
 
+@dataclass(frozen=True)
+class Plan:
+    """Where each requested user's answer comes from: ``rows`` into the model (-1: unknown) and, for unknown
+    users with recent warehouse events, those events (fold-in)."""
+
+    user_ids: list
+    rows: np.ndarray
+    histories: list
+
+    @property
+    def needs_fold_in(self) -> bool:
+        """Fold-in solves against every item factor: too long to run on the event loop."""
+        return any(history is not None for history in self.histories)
+
+
 class RecommendationService:
     def __init__(self, watcher: ModelWatcher, events: WarehouseEvents | None):
         self.watcher = watcher
@@ -40,30 +55,27 @@ class RecommendationService:
             raise NotReady(self.watcher.status.reason)
         return model
 
-    def needs_fold_in(self, model: LoadedModel, user_ids: list) -> bool:
-        """Whether any of these users would be folded in (unknown to the model, with recent events): that
-        costs a least-squares solve against every item factor, too long to run on the event loop."""
-        if self.events is None:
-            return False
-        unknown = [u for u, row in zip(user_ids, model.bundle.users.lookup(user_ids).tolist()) if row < 0]
-        return bool(unknown) and any(h is not None for h in self.events.histories(unknown))
-
-    def recommend(self, model: LoadedModel, user_ids: list, n: int) -> list[UserResult]:
+    def plan(self, model: LoadedModel, user_ids: list) -> Plan:
+        """Route each user: model row (known) or, for unknown users, their recent events (fold-in) if any."""
         rows = model.bundle.users.lookup(user_ids)
-        scored = model.scorer.recommend_rows(rows, n)
-        unknown = np.flatnonzero(rows < 0)
-        if len(unknown) and self.events is not None:
-            histories = self.events.histories([user_ids[i] for i in unknown])
-            with_events = [(pos, history) for pos, history in zip(unknown.tolist(), histories) if history is not None]
-            if with_events:
-                folded = model.scorer.fold_in([history for _, history in with_events], n)
-                positions = [pos for pos, _ in with_events]
-                scored.item_index[positions] = folded.item_index
-                scored.scores[positions] = folded.scores
-                scored.sources[positions] = folded.sources
+        histories: list = [None] * len(user_ids)
+        unknown = np.flatnonzero(rows < 0).tolist()
+        if unknown and self.events is not None:
+            for pos, history in zip(unknown, self.events.histories([user_ids[i] for i in unknown])):
+                histories[pos] = history
+        return Plan(list(user_ids), rows, histories)
+
+    def recommend(self, model: LoadedModel, plan: Plan, n: int) -> list[UserResult]:
+        scored = model.scorer.recommend_rows(plan.rows, n)
+        positions = [pos for pos, history in enumerate(plan.histories) if history is not None]
+        if positions:
+            folded = model.scorer.fold_in([plan.histories[pos] for pos in positions], n)
+            scored.item_index[positions] = folded.item_index
+            scored.scores[positions] = folded.scores
+            scored.sources[positions] = folded.sources
         item_ids = model.bundle.item_ids
         results = []
-        for pos, user_id in enumerate(user_ids):
+        for pos, user_id in enumerate(plan.user_ids):
             index = scored.item_index[pos]
             keep = index >= 0
             results.append(UserResult(user_id, str(scored.sources[pos]), item_ids[index[keep]].tolist(),

@@ -130,6 +130,9 @@ def test_openapi_document_lists_the_contract(api):
     assert (n["schema"]["minimum"], n["schema"]["maximum"]) == (1, MAX_N)
     batch = resolve(document["components"]["schemas"]["BatchRequest"], document)
     assert batch["properties"]["user_ids"]["maxItems"] == MAX_BATCH
+    for (method, path), model in RESPONSE_MODELS.items():
+        ok = document["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert ok["$ref"].endswith("/" + model.__name__), (path, ok)
 
 
 def test_no_request_drawn_from_the_openapi_document_gets_a_5xx(api):
