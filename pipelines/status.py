@@ -20,7 +20,6 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pipelines import registry, sql_files, warehouse

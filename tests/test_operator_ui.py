@@ -9,6 +9,7 @@ test-artifacts/operator-ui/ ($TEST_ARTIFACTS_DIR). Browser tests skip (not fail)
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -157,6 +158,7 @@ class Deployment:
     artifacts: Path = field(default_factory=lambda: artifacts_dir("operator-ui"))
     mlflow_url: str = ""
     mlflow_server: ServerProcess | None = None
+    location_error: str | None = None
     ingest_runs: list[dict] = field(default_factory=list)
     retrain: dict = field(default_factory=dict)
     retrain_error: str | None = None
@@ -240,6 +242,7 @@ def deployment(tmp_path_factory):
     settings = Settings.from_env({"ALS_PIPELINE_HOME": str(home)})
     land_synthetic_events(settings)  # before start-up: the sensor's first tick sees them
     dagster_home = prepare_dagster_home(settings)
+    shutil.rmtree(artifacts_dir("operator-ui"))  # no screenshot of an earlier run may pass for this one's
     port = free_port()
     deployment = Deployment(settings=settings, url=f"http://127.0.0.1:{port}")
     command = [str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
@@ -251,21 +254,30 @@ def deployment(tmp_path_factory):
         entry = wait_for("code location", lambda: loaded_location(deployment), START_TIMEOUT_S,
                          alive=server.check_alive)
         location = entry["locationOrLoadError"]
-        if location["__typename"] == "RepositoryLocation":
+        if location["__typename"] != "RepositoryLocation":
+            deployment.location_error = location.get("message") or location["__typename"]
+        else:
             deployment.location = location["name"]
             deployment.repository = location["repositories"][0]["name"]
             # what clicking "Skip" on the first-visit "Join the Dagster community" dialog does
             assert deployment.query("mutation { setNuxSeen }")["setNuxSeen"] is True
-            deployment.ingest_runs = wait_for_sensor_ingest(deployment)
-            run_id = launch_job(deployment, "daily_retrain", RETRAIN_CONFIG)
-            deployment.retrain = wait_for_run(deployment, run_id, RETRAIN_TIMEOUT_S)
+            try:
+                deployment.ingest_runs = wait_for_sensor_ingest(deployment)
+                run_id = launch_job(deployment, "daily_retrain", RETRAIN_CONFIG)
+                deployment.retrain = wait_for_run(deployment, run_id, RETRAIN_TIMEOUT_S)
+            except TimeoutError as exc:
+                raise TimeoutError(f"{exc}\n--- {server.log_path} ---\n{server.log_tail()}") from None
             if deployment.retrain["status"] != "SUCCESS":
                 deployment.retrain_error = run_failures(deployment, run_id)
         yield deployment
 
 
+def require_location(deployment: Deployment) -> None:
+    assert deployment.location_error is None, f"the code location failed to load:\n{deployment.location_error}"
+
+
 def require_retrain(deployment: Deployment) -> dict:
-    assert deployment.retrain, "the code location did not load: no retrain was launched"
+    require_location(deployment)
     assert deployment.retrain["status"] == "SUCCESS", (
         f"daily_retrain {deployment.retrain['runId']} ended {deployment.retrain['status']}:\n"
         f"{deployment.retrain_error}")
@@ -276,6 +288,7 @@ def require_retrain(deployment: Deployment) -> dict:
 
 
 def test_code_location_loads_without_errors(deployment):
+    require_location(deployment)
     entries = deployment.query(WORKSPACE_QUERY)["workspaceOrError"]["locationEntries"]
     assert [e["name"] for e in entries] == ["pipelines.definitions"]
     location = entries[0]["locationOrLoadError"]
@@ -286,6 +299,7 @@ def test_code_location_loads_without_errors(deployment):
 def test_asset_graph_has_every_asset_and_check(deployment):
     from pipelines.definitions import defs
 
+    require_location(deployment)
     repo = deployment.query(REPOSITORY_QUERY, selector=deployment.repository_selector)["repositoryOrError"]
     assert repo["__typename"] == "Repository", repo
     groups = {"/".join(n["assetKey"]["path"]): n["groupName"] for n in repo["assetNodes"]}
@@ -311,6 +325,7 @@ def test_schedules_and_sensor_are_running(deployment):
     from pipelines.definitions import defs
 
     definitions = defs()
+    require_location(deployment)
     repo = deployment.query(REPOSITORY_QUERY, selector=deployment.repository_selector)["repositoryOrError"]
     schedules = {s["name"]: s["scheduleState"]["status"] for s in repo["schedules"]}
     sensors = {s["name"]: s["sensorState"]["status"] for s in repo["sensors"]}
@@ -430,7 +445,7 @@ def test_mlflow_ui_shows_versions_alias_gate_tags_loss_and_plots(deployment, mlf
     assert 1 <= len(loss) <= int(run.data.params["iterations"]) and loss[-1] < loss[0], loss
     pngs = [a.path for folder in ("", "plots") for a in client.list_artifacts(champion.run_id, folder or None)
             if a.path.endswith(".png")]
-    assert "plots/loss_curve.png" in pngs
+    assert {"plots/loss_curve.png", "plots/ndcg_history.png"} <= set(pngs), pngs  # challenger, evaluation
     shots = deployment.artifacts
     name, version = settings.model_name, champion.version
 
@@ -460,8 +475,9 @@ def test_mlflow_ui_shows_versions_alias_gate_tags_loss_and_plots(deployment, mlf
 
         for png in pngs:
             url = f"{mlflow_ui}/#/experiments/{experiment}/runs/{champion.run_id}/artifacts/{png}"
-            text = browser.open(url, expect=[png], timeout_s=60)
+            text = browser.open(url, expect=[png], timeout_s=60, fresh=True)
             assert_no_error_banner(text, url)
+            close_mlflow_assistant(browser)
             widths = browser.wait_images(minimum=1)
             assert max(widths) >= 200, f"{png} rendered {widths} px wide"
             browser.screenshot(shots / f"mlflow-artifact-{Path(png).stem}.png")

@@ -234,3 +234,14 @@ def test_warehouse_without_tables_is_empty_not_an_error(tmp_path):
     duckdb.connect(str(settings.duckdb_path)).close()
     wh = status.read_warehouse(settings)
     assert wh.state == "empty" and "no ingest tables" in wh.message
+
+
+def test_pipelines_command_lists_its_commands(capsys):
+    from pipelines.__main__ import main
+
+    assert main([]) == 2
+    assert "status" in capsys.readouterr().err
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "status" in out and "registry" in out
+    assert main(["no-such-command"]) == 2

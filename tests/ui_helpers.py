@@ -260,9 +260,13 @@ class Browser:
     def text(self) -> str:
         return self.evaluate("document.body ? document.body.innerText : ''") or ""
 
-    def open(self, url: str, expect: Sequence[str], timeout_s: float = 60.0, settle_s: float = 1.0) -> str:
+    def open(self, url: str, expect: Sequence[str], timeout_s: float = 60.0, settle_s: float = 1.0,
+             fresh: bool = False) -> str:
         """Navigate to `url` and wait until the rendered text contains every string of `expect`;
-        returns that text. On timeout the error shows what the page did say."""
+        returns that text. On timeout the error shows what the page did say. `fresh` loads the page as a
+        new document: a single-page app may ignore a change of the URL's #fragment alone."""
+        if fresh:
+            self.call("Page.navigate", {"url": "about:blank"})
         self.call("Page.navigate", {"url": url})
         last = {"text": ""}
 
