@@ -481,3 +481,12 @@ def test_mlflow_ui_shows_versions_alias_gate_tags_loss_and_plots(deployment, mlf
             widths = browser.wait_images(minimum=1)
             assert max(widths) >= 200, f"{png} rendered {widths} px wide"
             browser.screenshot(shots / f"mlflow-artifact-{Path(png).stem}.png")
+
+
+def test_browser_tests_skip_cleanly_without_chromium(monkeypatch):
+    import ui_helpers
+
+    monkeypatch.setattr(ui_helpers.shutil, "which", lambda name: None)
+    with pytest.raises(pytest.skip.Exception, match="Chromium not found"):
+        with browser_or_skip():
+            pytest.fail("no browser should start")
