@@ -11,6 +11,7 @@ from pipelines.defs.partitions import event_days
 from pipelines.defs.resources import DuckDBResource
 from pipelines.event_sources import PRESETS, EventMapping, preset
 from pipelines.landing import files_for_day
+from pipelines.markdown import markdown_table
 from pipelines.settings import Settings
 
 
@@ -50,12 +51,6 @@ class EventsConfig(dg.Config):
         )
 
 
-def _markdown_table(header: list[str], rows: list[tuple]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def _metadata(result: event_ingest.DayResult, preview: list[tuple]) -> dict:
     md = dg.MetadataValue
     metadata = {
@@ -70,12 +65,12 @@ def _metadata(result: event_ingest.DayResult, preview: list[tuple]) -> dict:
         **{f"events_{kind}": md.int(n) for kind, n in result.events_by_type.items()},
         **{f"rejected: {reason}": md.int(n) for reason, n in result.rejected_by_reason.items()},
         "files_read": md.md(
-            _markdown_table(
+            markdown_table(
                 ["file", "loaded", "rejected", "duplicate of"],
                 [(f.source_file, f.rows_loaded, f.rows_rejected, f.duplicate_of or "") for f in result.files],
             )
         ),
-        "preview": md.md(_markdown_table(["user_id", "item_id", "event_type", "ts", "file", "line"], preview)),
+        "preview": md.md(markdown_table(["user_id", "item_id", "event_type", "ts", "file", "line"], preview)),
     }
     return metadata
 

@@ -27,6 +27,7 @@ from pydantic import Field
 from pipelines import plots, registry, sql_files
 from pipelines.defs.mlflow_resource import MLflowResource
 from pipelines.defs.resources import DuckDBResource
+from pipelines.markdown import markdown_table
 from pipelines.settings import Settings
 from pipelines.training_data import TrainingData, latest_dir
 from pipelines.tuned_params import read_best_params
@@ -184,12 +185,6 @@ def challenger(context: dg.AssetExecutionContext, config: ChallengerConfig, mlfl
 
 
 # ------------------------------------------------------------------------------------------ evaluation
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _metrics_table(scores: dict[str, dict[str, float] | None]) -> str:
