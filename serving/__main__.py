@@ -11,6 +11,7 @@ for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUM
 # A dead tracking server should fail a poll in seconds, not after MLflow's default minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a download is not a terminal session
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
@@ -25,8 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
     parser.add_argument("--host", default=config.host, help="default $ALS_SERVING_HOST or 127.0.0.1")
     parser.add_argument("--port", type=int, default=config.port, help="default $ALS_SERVING_PORT or 8000")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="uvicorn worker processes (each loads the model and polls MLflow itself)")
+    parser.add_argument("--workers", type=int, default=config.workers,
+                        help="uvicorn worker processes, each loading the model and polling MLflow itself "
+                             "(default $ALS_SERVING_WORKERS or 1; use the number of cores)")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     args = parser.parse_args(argv)

@@ -49,6 +49,7 @@ class ServingConfig:
     fold_in_max_events: int = 500
     host: str = "127.0.0.1"
     port: int = 8000
+    workers: int = 1  # uvicorn processes; each loads the model (use the number of cores)
 
     @property
     def fold_in_max_age_seconds(self) -> float:
@@ -74,4 +75,5 @@ class ServingConfig:
             fold_in_max_events=_number(env, "ALS_SERVING_FOLD_IN_MAX_EVENTS", 500, int, 1),
             host=env.get("ALS_SERVING_HOST") or "127.0.0.1",
             port=_number(env, "ALS_SERVING_PORT", 8000, int, 0),
+            workers=_number(env, "ALS_SERVING_WORKERS", 1, int, 1),
         )
