@@ -234,7 +234,7 @@ class Scorer:
         seen = sp.csr_matrix(bundle.seen)
         seen.sort_indices()
         self.seen_indptr = seen.indptr.astype(np.int64)
-        self.seen_indices = seen.indices.astype(np.int64)
+        self.seen_indices = seen.indices  # int32 as scipy keeps them; a request's few are widened on use
         self.has_history = np.diff(self.seen_indptr) > 0
         # unknown users and users without history all get the same list: compute it once
         ids, scores = bundle.popularity.recommend(0, None, N=self.max_n, filter_already_liked_items=False)
