@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import numba as nb
 import numpy as np
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from . import _kernels
 from ._validation import as_csr, as_user_items, check_ids, check_n
@@ -28,6 +28,14 @@ _SOLVERS = ("cg", "cholesky")
 # (very popular items) does not leave the other threads idle
 _BLOCKS_PER_THREAD = 64
 _SCORE_BATCH = 2048
+_BLAS: ThreadpoolController | None = None  # scanning the loaded libraries costs milliseconds: do it once
+
+
+def _blas_controller() -> ThreadpoolController:
+    global _BLAS
+    if _BLAS is None:
+        _BLAS = ThreadpoolController()
+    return _BLAS
 
 
 class ALS:
@@ -113,6 +121,7 @@ class ALS:
         self.global_mean = 0.0
         self.loss_history: list[float] = []
         self.failed_solves = 0
+        self._item_gram: tuple | None = None  # (item factors, their Y^T Y) for fold-in, computed on first use
 
     # ------------------------------------------------------------------ parameters and persistence
     def get_params(self) -> dict:
@@ -179,6 +188,7 @@ class ALS:
         self._init_factors(n_users, n_items)
         self.loss_history = []
         self.failed_solves = 0
+        self._item_gram = None
 
         data = _HalfStepData.build(self, Cui, Ciu)
         with self._thread_limits() as n_threads:
@@ -232,7 +242,7 @@ class ALS:
         n_threads = max(1, min(n_threads, nb.config.NUMBA_NUM_THREADS))
         nb.set_num_threads(n_threads)
         try:
-            with threadpool_limits(limits=1, user_api="blas"):
+            with _blas_controller().limit(limits=1, user_api="blas"):
                 yield n_threads
         finally:
             nb.set_num_threads(previous)
@@ -434,7 +444,7 @@ class ALS:
         if self.implicit:
             gram_w = (self.alpha * rows.data).astype(self.dtype)
             rhs_w = (1 + gram_w).astype(self.dtype)
-            base = Y.T @ Y
+            base = self._gram_of_items()
         else:
             gram_w = np.ones_like(rows.data)
             rhs_w = rows.data - self.dtype.type(self.global_mean)
@@ -448,6 +458,14 @@ class ALS:
                 rows.indptr, rows.indices, gram_w, rhs_w.astype(self.dtype), Y, base, reg.astype(self.dtype),
                 out, n_blocks, self.implicit)
         return out[0] if rows.shape[0] == 1 and np.ndim(user_items) == 1 else out
+
+    def _gram_of_items(self) -> np.ndarray:
+        """Y^T Y of the current item factors, kept between fold-ins (a serving process folds in many users
+        against the same factors). Kept with the array it was computed from: assigning new item factors
+        recomputes it; changing the array in place does not (fit() drops it)."""
+        if self._item_gram is None or self._item_gram[0] is not self.item_factors:
+            self._item_gram = (self.item_factors, self.item_factors.T @ self.item_factors)
+        return self._item_gram[1]
 
     def predict(self, user_ids, item_ids) -> np.ndarray:
         """Scores of (user, item) pairs: x_u . y_i, plus mu + b_u + b_i for explicit ratings with biases."""

@@ -184,21 +184,23 @@ class ModelBundle:
         keep = (index >= 0) & (values > 0)
         if not keep.any():
             ids, best = self.popularity.recommend(0, None, N=n, filter_already_liked_items=False)
-            return self._external(ids), best, SOURCE_POPULARITY
+            return (*self._external(ids, best), SOURCE_POPULARITY)
         row = sp.csr_matrix((values[keep], (np.zeros(keep.sum(), dtype=np.int64), index[keep])),
                             shape=(1, len(self.items)))
         ids, best = self.model.recommend(0, row, N=n, recalculate_user=True)
-        return self._external(ids), best, SOURCE_FOLD_IN
+        return (*self._external(ids, best), SOURCE_FOLD_IN)
 
     def similar_items(self, item_id, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
         index = self.items.lookup([item_id])[0]
         if index < 0:
             raise KeyError(f"unknown item {item_id!r}")
         ids, best = self.model.similar_items(int(index), N=n)
-        return self._external(ids), best
+        return self._external(ids, best)
 
-    def _external(self, index: np.ndarray) -> np.ndarray:
-        return self.item_ids[index[index >= 0]]
+    def _external(self, index: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """External ids and their scores, padding (-1 / -inf) dropped from both."""
+        keep = index >= 0
+        return self.item_ids[index[keep]], scores[keep]
 
 
 def evaluate_on_holdout(bundle: ModelBundle, holdout_user_ids, holdout_item_ids, k: int = 10,

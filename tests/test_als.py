@@ -336,3 +336,17 @@ def test_recommend_rejects_wrong_shapes_and_ids(fitted):
 def test_constructor_rejects_bad_parameters(params):
     with pytest.raises(ValueError):
         ALS(**params)
+
+
+def test_fold_in_gram_follows_the_item_factors(fitted):
+    model, R_csr = fitted
+    before = model.recalculate_user(R_csr[5])
+    np.testing.assert_array_equal(model.recalculate_user(R_csr[5]), before)  # cached gram, same answer
+    original = model.item_factors
+    try:
+        model.item_factors = original * 2  # new factors: the gram must follow
+        after = model.recalculate_user(R_csr[5])
+        assert not np.allclose(after, before)
+    finally:
+        model.item_factors = original
+    np.testing.assert_array_equal(model.recalculate_user(R_csr[5]), before)

@@ -125,3 +125,11 @@ def test_evaluate_on_holdout_reports_beyond_accuracy(bundle):
     # popularity sends every recommendation to the head of the catalogue; ALS spreads them
     assert popularity["popular_share@5"] > model["popular_share@5"]
     assert popularity["novelty@5"] < model["novelty@5"]
+
+
+def test_ids_and_scores_have_the_same_length_when_the_catalogue_runs_out(bundle):
+    b, _ = bundle
+    items, scores = b.similar_items(1002, n=1000)
+    assert len(items) == len(scores) == len(b.item_ids) - 1 and np.all(np.isfinite(scores))
+    items, scores, _ = b.fold_in(b.item_ids[:5], n=1000)
+    assert len(items) == len(scores) == len(b.item_ids) - 5
