@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+SERVE_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 
 .PHONY: install run test test-fast bench ui mlflow-ui serve landing clean
 
@@ -36,7 +37,7 @@ mlflow-ui: $(STAMP)
 
 ## the recommendation API on http://127.0.0.1:8000 serving the champion
 serve: $(STAMP)
-	$(PY) -m serving
+	$(PY) -m serving --workers $(SERVE_WORKERS)
 
 ## write synthetic landing files (one per day) into the landing directory
 landing: $(STAMP)
