@@ -50,6 +50,25 @@ def _row_objective(constant, b, x, residual=None):
     return acc
 
 
+@nb.njit(fastmath=True)
+def _gather(Y, indices, gram_w, rhs_w, lo, hi, implicit, buf, first, b):
+    """Copy sqrt(w) y of nonzeros lo..hi into buf rows first.., add t y to b; returns their part of the row's
+    objective constant (sum of t in implicit mode, of t^2 in explicit mode)."""
+    k = Y.shape[1]
+    constant = 0.0
+    pos = first
+    for nz in range(lo, hi):
+        row = Y[indices[nz]]
+        scale = np.sqrt(gram_w[nz])
+        t = rhs_w[nz]
+        constant += t if implicit else t * t
+        for f in range(k):
+            buf[pos, f] = scale * row[f]
+            b[f] += t * row[f]
+        pos += 1
+    return constant
+
+
 def _make_kernels(syrk, posv):
     """Build the kernels for one float type (the BLAS/LAPACK routines are type-specific)."""
 
@@ -85,15 +104,7 @@ def _make_kernels(syrk, posv):
                 constant = 0.0
                 for chunk_lo in range(lo, hi, GATHER_CHUNK):
                     m = min(GATHER_CHUNK, hi - chunk_lo)
-                    for j in range(m):
-                        nz = chunk_lo + j
-                        row = Y[indices[nz]]
-                        scale = np.sqrt(gram_w[nz])
-                        t = rhs_w[nz]
-                        constant += t if implicit else t * t
-                        for f in range(k):
-                            buf[j, f] = scale * row[f]
-                            b[f] += t * row[f]
+                    constant += _gather(Y, indices, gram_w, rhs_w, chunk_lo, chunk_lo + m, implicit, buf, 0, b)
                     ints[2] = m
                     syrk(chars[0:1].ctypes, chars[1:2].ctypes, ints[0:1].ctypes, ints[2:3].ctypes,
                          one.ctypes, buf.ctypes, ints[0:1].ctypes, one.ctypes, A.ctypes, ints[0:1].ctypes)
@@ -190,18 +201,8 @@ def solve_cg(indptr, indices, gram_w, rhs_w, Y, base, reg, out, cg_steps, n_bloc
                 u = batch[j]
                 for f in range(k):
                     RHS[j, f] = 0.0
-                pos = start[j]
-                c = 0.0
-                for nz in range(indptr[u], indptr[u + 1]):
-                    row = Y[indices[nz]]
-                    scale = np.sqrt(gram_w[nz])
-                    t = rhs_w[nz]
-                    c += t if implicit else t * t
-                    for f in range(k):
-                        B[pos, f] = scale * row[f]
-                        RHS[j, f] += t * row[f]
-                    pos += 1
-                constant[j] = c
+                constant[j] = _gather(Y, indices, gram_w, rhs_w, indptr[u], indptr[u + 1], implicit, B, start[j],
+                                      RHS[j])
                 for f in range(k):
                     R[j, f] = RHS[j, f] - AP[j, f] - reg[u] * Xb[j, f]
                 for f in range(k):

@@ -24,8 +24,6 @@ import pandas as pd
 
 from pipelines.settings import Settings
 
-START_DATE_ENV = "ALS_PIPELINE_START_DATE"
-
 
 def _metadata_value(result, node: str, key: str, default=None):
     materializations = result.asset_materializations_for_node(node)
@@ -55,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the summary readable
 
     os.environ["DAGSTER_HOME"] = str(prepare_dagster_home(settings))
-    start = dt.date.fromisoformat(os.environ.get(START_DATE_ENV, "2026-01-01"))
     import dagster as dg  # after DAGSTER_HOME: the instance reads it
+
+    from pipelines.defs.partitions import event_days
+
+    start = event_days.start.date()  # the first `events` partition (ALS_PIPELINE_START_DATE)
 
     from als_core.synthetic import generate_events
     from pipelines.definitions import defs

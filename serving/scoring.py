@@ -27,6 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from als_core.bundle import SOURCE_ALS, SOURCE_FOLD_IN, SOURCE_POPULARITY, ModelBundle
+from als_core.topk import mask_items, top_n
 
 # Reassociation lets LLVM vectorise the dot products; NaN/inf semantics stay.
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
@@ -137,23 +138,6 @@ def _top_n(q, scale, offsets, offset_err, factors, vectors, n, excl_indptr, excl
                 count = _insert(out_ids[b], out_scores[b], count, n, i, s)
 
 
-@nb.njit(nogil=True, cache=True)
-def _select_top_n(scores, row_offset, n, excl_indptr, excl_indices, out_ids, out_scores):
-    """Top-``n`` columns of each row of a dense score block (rows ``row_offset...`` of the outputs), skipping
-    each row's excluded items: one comparison per item against the row's current n-th best."""
-    for r in range(scores.shape[0]):
-        b = row_offset + r
-        ex_lo, ex_hi = excl_indptr[b], excl_indptr[b + 1]
-        count = 0
-        for i in range(scores.shape[1]):
-            s = scores[r, i]
-            if not s > out_scores[b, n - 1]:
-                continue
-            if ex_hi > ex_lo and _contains(excl_indices, ex_lo, ex_hi, i):
-                continue
-            count = _insert(out_ids[b], out_scores[b], count, n, i, s)
-
-
 @dataclass(frozen=True)
 class ItemMatrix:
     """Item vectors in the forms the kernels read: exact (``factors``, the model's dtype), int8 with one float32
@@ -199,10 +183,15 @@ class ItemMatrix:
         # many users: a matrix product reads the item factors once per block of users, which beats
         # streaming even the int8 copy once per user
         for lo in range(0, len(vectors), _GEMM_BLOCK):
-            scores = vectors[lo:lo + _GEMM_BLOCK] @ self.factors_t
+            hi = min(lo + _GEMM_BLOCK, len(vectors))
+            scores = vectors[lo:hi] @ self.factors_t
             if len(self.offsets):
                 scores += self.offsets
-            _select_top_n(scores, lo, n_out, excl_indptr, excl_indices, out_ids, out_scores)
+            indptr = excl_indptr[lo:hi + 1] - excl_indptr[lo]
+            excluded = sp.csr_matrix((np.ones(indptr[-1], np.float32), excl_indices[excl_indptr[lo]:excl_indptr[hi]],
+                                      indptr), shape=scores.shape)
+            mask_items(scores, excluded, None)  # the offline path's own selection: same ids, same ties
+            out_ids[lo:hi], out_scores[lo:hi] = top_n(scores, n_out)
         return out_ids, out_scores
 
 
