@@ -8,6 +8,10 @@ final loss of both (implicit's own normalised loss; ours is the same objective),
 a float32 matrix-product peak measured here, and our fit time and peak memory at 4x the nonzeros.
 
 Targets (issue 2): CG >= 3x implicit's CG with final loss within 0.5%; Cholesky >= 1.7x with loss within 0.1%.
+
+The machine is shared and its speed drifts by 20-40% within minutes, so each fit runs ``--repeats`` times,
+ours and implicit's alternating, and the best time of each is compared (as ``timeit`` advises: the minimum is
+the run least disturbed by others). Every repeat is printed.
 """
 
 from __future__ import annotations
@@ -117,6 +121,17 @@ def run_worker(args, library: str, solver: str, scale: int = 1) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def best_of(args, solver: str) -> tuple[dict, dict]:
+    """The fastest of ``args.repeats`` fits each, ours and implicit's alternating so drift hits both."""
+    runs = {"ours": [], "implicit": []}
+    for _ in range(max(1, args.repeats)):
+        for library in runs:
+            runs[library].append(run_worker(args, library, solver))
+    print(f"  {solver} repeats, seconds: ours " + " ".join(f"{r['seconds']:.2f}" for r in runs["ours"])
+          + " | implicit " + " ".join(f"{r['seconds']:.2f}" for r in runs["implicit"]), file=sys.stderr)
+    return (min(runs["ours"], key=lambda r: r["seconds"]), min(runs["implicit"], key=lambda r: r["seconds"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=100_000)
@@ -124,6 +139,8 @@ def main() -> None:
     parser.add_argument("--nnz", type=int, default=2_000_000)
     parser.add_argument("--iterations", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="fits per library and solver; the best counts")
+    parser.add_argument("--solvers", default="cg,cholesky", help="comma-separated: cg, cholesky")
     parser.add_argument("--skip-scaling", action="store_true", help="skip the 4x-nonzeros run")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--library", default="ours", help=argparse.SUPPRESS)
@@ -142,8 +159,9 @@ def main() -> None:
     print(f"{'solver':9} {'ours s':>8} {'implicit s':>10} {'speed-up':>8} {'target':>6} {'ours loss':>11} "
           f"{'implicit loss':>13} {'loss diff':>9} {'GFLOP/s':>8} {'% peak':>6} {'peak MiB':>8}")
     for solver, (speed_target, loss_target) in targets.items():
-        ours = run_worker(args, "ours", solver)
-        theirs = run_worker(args, "implicit", solver)
+        if solver not in args.solvers.split(","):
+            continue
+        ours, theirs = best_of(args, solver)
         speedup = theirs["seconds"] / ours["seconds"]
         loss_diff = (ours["loss"] - theirs["loss"]) / theirs["loss"]
         gflops = ours["flops"] / ours["seconds"] / 1e9
