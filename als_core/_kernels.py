@@ -35,20 +35,6 @@ def _cython_function(module: str, name: str, n_args: int):
     return ctypes.CFUNCTYPE(None, *([_VOID_P] * n_args))(address)
 
 
-# Row copies as explicit loops: numba compiles slice assignment (``out[u, :] = x``) to a scalar loop with
-# per-element index checks, which showed up as several percent of a CG half-step.
-@nb.njit(fastmath=True, inline="always")
-def _copy(source, target):
-    for f in range(source.shape[0]):
-        target[f] = source[f]
-
-
-@nb.njit(fastmath=True, inline="always")
-def _fill_zero(target):
-    for f in range(target.shape[0]):
-        target[f] = 0.0
-
-
 @nb.njit(fastmath=True)
 def _row_objective(constant, b, x, residual=None):
     """The row's term of the objective at its solution x, from quantities the solve already has.
@@ -66,7 +52,8 @@ def _row_objective(constant, b, x, residual=None):
     return acc
 
 
-# nonzeros ahead whose factor rows the gather asks for early (tuned on bench/als_fit.py: 4 and 16 are slower)
+# nonzeros ahead whose factor rows the gather asks for early (A/B of the CG kernel on the bench matrix:
+# 4 and 16 were slower)
 PREFETCH_AHEAD = 8
 
 
@@ -139,10 +126,9 @@ def _make_kernels(syrk, posv):
                 lo = indptr[u]
                 hi = indptr[u + 1]
                 if lo == hi:
-                    _fill_zero(out[u])
+                    out[u, :] = 0.0
                     continue
-                for i in range(k):
-                    _copy(base[i], A[i])
+                A[:, :] = base
                 for f in range(k):
                     A[f, f] += reg[u]
                     b[f] = 0.0
@@ -153,13 +139,13 @@ def _make_kernels(syrk, posv):
                     ints[2] = m
                     syrk(chars[0:1].ctypes, chars[1:2].ctypes, ints[0:1].ctypes, ints[2:3].ctypes,
                          one.ctypes, buf.ctypes, ints[0:1].ctypes, one.ctypes, A.ctypes, ints[0:1].ctypes)
-                _copy(b, rhs)
+                rhs[:] = b
                 posv(chars[0:1].ctypes, ints[0:1].ctypes, ints[1:2].ctypes, A.ctypes, ints[0:1].ctypes,
                      b.ctypes, ints[0:1].ctypes, ints[3:4].ctypes)
                 if ints[3] != 0:  # not positive definite (e.g. zero regularization): keep the old row
                     failures += 1
                     continue
-                _copy(b, out[u])
+                out[u, :] = b
                 objective += _row_objective(constant, rhs, b)
         return failures, objective
 
@@ -191,7 +177,7 @@ def _gram_times(B, lo, hi, v, out):
     """out += B[lo:hi]^T (B[lo:hi] v): the row's sum of w_ui (y_i . v) y_i, from its gathered vectors.
 
     Four vectors per pass: four independent dot products in flight and a quarter of the read-modify-writes of
-    out, whose chain through memory otherwise bounds the loop (about 1.3x faster than one at a time).
+    out, whose chain through memory otherwise bounds the loop (CG half-steps ~1.15x faster in an A/B).
     """
     k = B.shape[1]
     j = lo
@@ -258,7 +244,7 @@ def solve_cg(indptr, indices, gram_w, rhs_w, Y, base, reg, out, cg_steps, n_bloc
             batch = rows[next_row:next_row + m]
             next_row += m
             for j in range(m):
-                _copy(out[batch[j]], Xb[j])
+                Xb[j] = out[batch[j]]
             np.dot(Xb[:m], base, AP[:m])
             # gather sqrt(w) y into B; R = b - A x with b = sum t y
             for j in range(m):
@@ -309,8 +295,8 @@ def solve_cg(indptr, indices, gram_w, rhs_w, Y, base, reg, out, cg_steps, n_bloc
             for j in range(m):
                 u = batch[j]
                 if indptr[u] == indptr[u + 1]:
-                    _fill_zero(out[u])
+                    out[u, :] = 0.0
                 else:
-                    _copy(Xb[j], out[u])
+                    out[u, :] = Xb[j]
                     objective += _row_objective(constant[j], RHS[j], Xb[j], R[j])
     return objective
