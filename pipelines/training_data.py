@@ -181,13 +181,21 @@ def publish(data: TrainingData, settings: Settings, keep: int = 5) -> Path:
 
 def as_id_array(ids) -> np.ndarray:
     """int64 when every id is a canonical decimal integer (lossless), else unicode strings."""
-    text = np.asarray(ids).astype(str)
-    if len(text) and all(_CANONICAL_INT.match(s) for s in np.unique(text).tolist()):
+    (typed,) = type_id_axis(ids)
+    return typed
+
+
+def type_id_axis(*id_arrays) -> list[np.ndarray]:
+    """The arrays of one id axis (e.g. the train users and the holdout users) typed together: all int64
+    when every distinct id among them is a canonical decimal integer, else all unicode strings."""
+    texts = [np.asarray(ids).astype(str) for ids in id_arrays]
+    distinct = np.unique(np.concatenate(texts)) if texts else np.empty(0, dtype=str)
+    if len(distinct) and all(_CANONICAL_INT.match(s) for s in distinct.tolist()):
         try:
-            return text.astype(np.int64)
+            return [text.astype(np.int64) for text in texts]
         except OverflowError:
             pass
-    return text
+    return texts
 
 
 def encode_ids(values) -> tuple[np.ndarray, np.ndarray]:
@@ -248,6 +256,58 @@ def random_split(users, items, weights, window_start: dt.date, window_end: dt.da
         (np.asarray(weights, dtype=np.float64), (u, i)), shape=(len(user_ids), len(item_ids))
     )
     train, test = random_holdout(matrix, fraction=fraction, seed=seed)
+    holdout_users, holdout_items = _holdout_pairs(test, user_ids, item_ids)
+    train, user_ids, item_ids = _prune(train, user_ids, item_ids)
+    return TrainingData(
+        user_ids, item_ids, train, holdout_users, holdout_items,
+        window_start.isoformat(), window_end.isoformat(), f"random(fraction={fraction}, seed={seed})",
+    )
+
+
+# --------------------------------------------------------------------------- building from coded pairs
+
+
+@dataclass
+class CodedPairs:
+    """Training pairs whose ids the warehouse has already coded: ``rows``/``cols`` index ``user_ids`` and
+    ``item_ids`` (the distinct ids of the pairs, as text in sorted order). Coding millions of string ids is
+    a hash join for DuckDB and a slow factorisation for numpy, so the asset lets DuckDB do it
+    (sql/training_encode.sql) and the result is the same as `temporal_split` / `random_split` build."""
+
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    weights: np.ndarray
+
+    def matrix(self) -> sp.csr_matrix:
+        return sp.csr_matrix(
+            (np.asarray(self.weights, dtype=np.float64), (self.rows, self.cols)),
+            shape=(len(self.user_ids), len(self.item_ids)),
+        )
+
+
+def temporal_from_coded(
+    train: CodedPairs, holdout_users, holdout_items, window_start: dt.date, window_end: dt.date
+) -> TrainingData:
+    """`temporal_split` with the split already done by the warehouse (sql/training_temporal_pairs.sql):
+    ``train`` holds the pairs seen before the last day, the holdout the pairs first seen on it."""
+    user_ids, holdout_users = type_id_axis(train.user_ids, holdout_users)
+    item_ids, holdout_items = type_id_axis(train.item_ids, holdout_items)
+    return TrainingData(
+        user_ids, item_ids, train.matrix(), holdout_users, holdout_items,
+        window_start.isoformat(), window_end.isoformat(), "temporal",
+    )
+
+
+def random_from_coded(
+    pairs: CodedPairs, window_start: dt.date, window_end: dt.date, fraction: float = 0.2, seed: int = 0
+) -> TrainingData:
+    """`random_split` of pairs coded by the warehouse (same rows and columns, so the same split)."""
+    from als_core.splits import random_holdout
+
+    train, test = random_holdout(pairs.matrix(), fraction=fraction, seed=seed)
+    user_ids, item_ids = as_id_array(pairs.user_ids), as_id_array(pairs.item_ids)
     holdout_users, holdout_items = _holdout_pairs(test, user_ids, item_ids)
     train, user_ids, item_ids = _prune(train, user_ids, item_ids)
     return TrainingData(

@@ -1,16 +1,18 @@
 -- r_ui: the summed event weights of each (user, item) over the window, rebuilt whole.
 -- first_ts is kept beside the required columns: it shows when a pair was first seen.
+-- weight_before_last_day is what the temporal split trains on (sql/training_temporal_pairs.sql), so
+-- that training_data reads these pairs instead of aggregating the events a second time.
 CREATE OR REPLACE TABLE interactions AS
 SELECT user_id,
        item_id,
        CAST(sum(weight) AS DOUBLE) AS weight,
        max(ts) AS last_ts,
        count(*) AS n_events,
-       min(ts) AS first_ts
+       min(ts) AS first_ts,
+       CAST(coalesce(sum(weight) FILTER (WHERE ts < CAST($end_day AS TIMESTAMP)), 0) AS DOUBLE) AS weight_before_last_day
 FROM weighted_events($start_day, $end_day, $view_weight, $cart_weight, $purchase_weight, $half_life_days)
 GROUP BY user_id, item_id
-HAVING sum(weight) > 0
-ORDER BY user_id, item_id;
+HAVING sum(weight) > 0;
 
 -- what the table was built from, for the training split and for people reading it
 CREATE OR REPLACE TABLE interactions_window AS

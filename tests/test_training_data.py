@@ -159,3 +159,47 @@ def test_asset_random_split_by_config(settings, ingest_day, duckdb_resource):
     assert data.train.nnz + data.holdout_pairs == len(pairs)
     assert data.split == "random(fraction=0.3, seed=9)"
     assert isinstance(pd.Timestamp(data.window_end), pd.Timestamp)
+
+
+def _assert_same_training_data(got: TrainingData, expected: TrainingData) -> None:
+    for name in ("user_ids", "item_ids"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(expected, name))
+        assert getattr(got, name).dtype == getattr(expected, name).dtype
+    assert got.train.shape == expected.train.shape
+    assert abs(got.train - expected.train).max() < 1e-4
+    assert got.train.nnz == expected.train.nnz
+    assert got.holdout_fingerprint == expected.holdout_fingerprint
+    assert got.holdout_user_ids.dtype == expected.holdout_user_ids.dtype
+
+
+@pytest.mark.parametrize("split", ["temporal", "random"])
+def test_asset_split_in_duckdb_equals_the_python_reference(settings, ingest_day, duckdb_resource, split):
+    """The asset codes ids and splits in DuckDB; the in-memory temporal_split / random_split define the result.
+    Text user ids (not canonical integers) and a zero view weight exercise the typing and the > 0 rules."""
+    events = generate_events(n_users=300, n_items=120, n_events=6_000, n_days=3, seed=11, start="2026-01-01")
+    events["user_id"] = "u" + events["user_id"].astype(str).str.zfill(4)
+    write_day_files(events, settings.landing_dir, "csv")
+    for day in ("2026-01-01", "2026-01-02", "2026-01-03"):
+        ingest_day(day)
+    weights = {"view": 0.0, "cart": 10.0, "purchase": 40.0}
+    run_config = {"ops": {"interactions": {"config": {"view_weight": 0.0}},
+                          "training_data": {"config": {"split": split, "holdout_fraction": 0.3, "seed": 2}}}}
+    dg.materialize([interactions, training_data], resources={"duckdb": duckdb_resource}, run_config=run_config)
+    got = TrainingData.load(latest_dir(settings))
+
+    frame = events.assign(weight=events["event_type"].map(weights), day=events["ts"].dt.date)
+    item_text = frame["item_id"].astype(str)
+    start, end = dt.date(2025, 12, 5), dt.date(2026, 1, 3)  # the default 30-day window ending on the last day
+    if split == "temporal":
+        daily = frame.assign(item_id=item_text).groupby(["user_id", "item_id", "day"])["weight"].sum().reset_index()
+        daily = daily[daily["weight"] > 0]
+        expected = temporal_split(daily["user_id"].to_numpy(), daily["item_id"].to_numpy(),
+                                  np.asarray(daily["day"], dtype="datetime64[D]"), daily["weight"].to_numpy(), start, end)
+    else:
+        pairs = frame.assign(item_id=item_text).groupby(["user_id", "item_id"])["weight"].sum().reset_index()
+        pairs = pairs[pairs["weight"] > 0]
+        expected = random_split(pairs["user_id"].to_numpy(), pairs["item_id"].to_numpy(), pairs["weight"].to_numpy(),
+                                start, end, fraction=0.3, seed=2)
+    assert got.user_ids.dtype.kind == "U" and got.item_ids.dtype == np.int64
+    assert got.holdout_pairs > 0
+    _assert_same_training_data(got, expected)

@@ -64,7 +64,8 @@ def build_interactions(con, config: InteractionsConfig) -> dict:
     deps=[events],
     pool="duckdb",
     kinds={"duckdb"},
-    description="DuckDB table `interactions(user_id, item_id, weight, last_ts, n_events, first_ts)` over a window.",
+    description="DuckDB table `interactions(user_id, item_id, weight, last_ts, n_events, first_ts, "
+                "weight_before_last_day)` over a window.",
 )
 def interactions(
     context: dg.AssetExecutionContext, config: InteractionsConfig, duckdb: DuckDBResource

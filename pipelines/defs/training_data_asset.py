@@ -3,6 +3,7 @@
 from typing import Literal
 
 import dagster as dg
+import duckdb
 import numpy as np
 from pydantic import Field
 
@@ -10,7 +11,14 @@ from pipelines import sql_files
 from pipelines.defs.interactions import interactions
 from pipelines.defs.resources import DuckDBResource
 from pipelines.settings import Settings
-from pipelines.training_data import TrainingData, latest_dir, publish, random_split, temporal_split
+from pipelines.training_data import (
+    CodedPairs,
+    TrainingData,
+    latest_dir,
+    publish,
+    random_from_coded,
+    temporal_from_coded,
+)
 
 
 class TrainingDataConfig(dg.Config):
@@ -31,16 +39,31 @@ def _read_window(con) -> dict:
 
 
 def build_training_data(con, config: TrainingDataConfig) -> TrainingData:
-    """Read what the split needs (then the caller closes the connection before anything heavy)."""
+    """Read what the split needs, ids coded by DuckDB (then the caller closes the connection before
+    anything heavy)."""
     window = _read_window(con)
     if config.split == "temporal":
-        sql_files.run(con, "weighted_events")  # the same weighting as `interactions`
-        users, items, days, weights = _columns(sql_files.run(con, "training_daily_weights", window))
-        return temporal_split(users, items, days, weights, window["start_day"], window["end_day"])
-    users, items, weights = _columns(sql_files.run(con, "training_interactions"))
-    return random_split(
-        users, items, weights, window["start_day"], window["end_day"], config.holdout_fraction, config.seed
+        try:
+            sql_files.run(con, "training_temporal_pairs")
+        except duckdb.BinderException as exc:  # a table built by an older version of `interactions`
+            raise dg.Failure(f"table `interactions` lacks a column the split needs ({exc}): "
+                             "materialise `interactions` again") from exc
+        train = _coded_pairs(con)
+        holdout_users, holdout_items = _columns(sql_files.run(con, "training_holdout_pairs"))
+        return temporal_from_coded(train, holdout_users, holdout_items, window["start_day"], window["end_day"])
+    sql_files.run(con, "training_random_pairs")
+    return random_from_coded(
+        _coded_pairs(con), window["start_day"], window["end_day"], config.holdout_fraction, config.seed
     )
+
+
+def _coded_pairs(con) -> CodedPairs:
+    """The pairs of temp table `split_pairs` with a training weight, ids coded by sql/training_encode.sql."""
+    sql_files.run(con, "training_encode")
+    (user_ids,) = _columns(sql_files.run(con, "training_user_ids"))
+    (item_ids,) = _columns(sql_files.run(con, "training_item_ids"))
+    rows, cols, weights = _columns(sql_files.run(con, "training_coordinates"))
+    return CodedPairs(user_ids.astype(str), item_ids.astype(str), rows, cols, weights)
 
 
 def _columns(result) -> list[np.ndarray]:

@@ -1,0 +1,1 @@
+SELECT item_id FROM train_items ORDER BY col;
