@@ -131,7 +131,8 @@ class ModelBundle:
         self.model.save(directory / "als")
         self.popularity.save(directory / "popularity.npz")
         np.savez(directory / "ids.npz", user_ids=self.user_ids, item_ids=self.item_ids)
-        sp.save_npz(directory / "seen.npz", self.seen)
+        # uncompressed: zlib over millions of indices took longer than the rest of the registration
+        sp.save_npz(directory / "seen.npz", self.seen, compressed=False)
         (directory / "bundle.json").write_text(json.dumps(
             {"format_version": FORMAT_VERSION, "metadata": self.metadata}, indent=2, default=str))
         return directory

