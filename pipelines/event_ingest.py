@@ -2,8 +2,12 @@
 
 The whole day is one transaction: the day's previous rows are deleted, every file is staged as
 text, validated by `sql/ingest_classify.sql` and inserted, and the result is verified before the
-commit. Any failure rolls back to the previous state of the day. A file whose (decompressed)
-content was already loaded for the day under another name is recorded as a duplicate and skipped.
+commit. Parquet files whose mapped columns are typed (integer or string ids, string event names, a
+timestamp or, with an epoch preset, an integer time) skip the text round trip: each Arrow batch is
+registered with DuckDB and validated by `sql/ingest_typed_rows.sql` with the same rules, reasons and
+details; good rows go straight into `events`, bad ones into `rejected_events`. Any failure rolls
+back to the previous state of the day. A file whose (decompressed) content was already loaded for
+the day under another name is recorded as a duplicate and skipped.
 No Dagster import: the asset in `pipelines/defs/ingest.py` is a thin wrapper.
 """
 
@@ -19,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import duckdb
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import sql_files
@@ -28,6 +34,9 @@ from pipelines.landing import LandingFile
 _PARQUET_BATCH_ROWS = 1 << 20
 _JSONL_DELIMITER = "\x1f"  # unit separator: JSON text never holds it unescaped
 _MAPPED_NAMES = ("user_raw", "item_raw", "event_raw", "ts_raw")
+# DuckDB's TIMESTAMP range in microseconds since the epoch (one further up is infinity)
+_TIMESTAMP_MIN_US = -9_223_372_022_400_000_000
+_TIMESTAMP_MAX_US = 9_223_372_036_854_775_806
 
 
 class LandingFileError(ValueError):
@@ -118,23 +127,18 @@ def _ingest_file(
     result = FileResult(landing_file.relative, checksum, landing_file.path.stat().st_size)
     if checksum in loaded_by_hash:
         result.duplicate_of = loaded_by_hash[checksum]
+    elif landing_file.format == "parquet":
+        with _open_parquet(landing_file, mapping) as parquet:
+            if is_typed_parquet(parquet.schema_arrow, mapping):
+                loaded, rejected = _load_typed_parquet(con, day, landing_file, parquet, mapping)
+            else:
+                _stage_parquet(con, parquet, mapping)
+                loaded, rejected = _classify_and_insert(con, day, landing_file, mapping)
+        result.rows_loaded, result.rows_rejected = loaded, rejected
+        loaded_by_hash[checksum] = landing_file.relative
     else:
         _stage(con, landing_file, mapping)
-        sql_files.run(
-            con,
-            "ingest_classify",
-            {
-                "day": day,
-                "time_unit": mapping.time_unit,
-                "time_format": mapping.time_format,
-                "raw_events": list(mapping.event_names.keys()),
-                "canonical_events": list(mapping.event_names.values()),
-            },
-        )
-        loaded, rejected = sql_files.run(
-            con, "ingest_insert", {"day": day, "source_file": landing_file.relative}
-        ).fetchone()
-        result.rows_loaded, result.rows_rejected = int(loaded), int(rejected)
+        result.rows_loaded, result.rows_rejected = _classify_and_insert(con, day, landing_file, mapping)
         loaded_by_hash[checksum] = landing_file.relative
     sql_files.run(
         con,
@@ -151,6 +155,28 @@ def _ingest_file(
     )
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _event_params(mapping: EventMapping) -> dict:
+    return {
+        "raw_events": list(mapping.event_names.keys()),
+        "canonical_events": list(mapping.event_names.values()),
+    }
+
+
+def _classify_and_insert(
+    con: duckdb.DuckDBPyConnection, day: dt.date, landing_file: LandingFile, mapping: EventMapping
+) -> tuple[int, int]:
+    """The text path: validate the staged text rows and move them; (loaded, rejected)."""
+    sql_files.run(
+        con,
+        "ingest_classify",
+        {"day": day, "time_unit": mapping.time_unit, "time_format": mapping.time_format, **_event_params(mapping)},
+    )
+    loaded, rejected = sql_files.run(
+        con, "ingest_insert", {"day": day, "source_file": landing_file.relative}
+    ).fetchone()
+    return int(loaded), int(rejected)
 
 
 def _log_file(log: Callable[[str], None], number: int, total: int, f: FileResult) -> None:
@@ -173,8 +199,6 @@ def _stage(con: duckdb.DuckDBPyConnection, landing_file: LandingFile, mapping: E
         _stage_csv(con, landing_file, mapping)
     elif landing_file.format == "jsonl":
         _stage_jsonl(con, landing_file, mapping)
-    elif landing_file.format == "parquet":
-        _stage_parquet(con, landing_file, mapping)
     else:  # landing.file_format only yields the three above
         raise LandingFileError(f"{landing_file.relative}: unsupported format {landing_file.format!r}")
 
@@ -245,16 +269,20 @@ def _stage_jsonl(con: duckdb.DuckDBPyConnection, landing_file: LandingFile, mapp
     )
 
 
-def _stage_parquet(con: duckdb.DuckDBPyConnection, landing_file: LandingFile, mapping: EventMapping) -> None:
-    import pyarrow as pa
-
+def _open_parquet(landing_file: LandingFile, mapping: EventMapping) -> pq.ParquetFile:
     parquet = pq.ParquetFile(landing_file.path)
     names = parquet.schema_arrow.names
     missing = [c for c in mapping.mapped_columns() if c not in names]
     if missing:
+        parquet.close()
         raise LandingFileError(
             f"{landing_file.relative}: columns {missing} of mapping {mapping.name!r} not in the file's columns {names}"
         )
+    return parquet
+
+
+def _stage_parquet(con: duckdb.DuckDBPyConnection, parquet: pq.ParquetFile, mapping: EventMapping) -> None:
+    """The text path for Parquet: every mapped column staged as text (see is_typed_parquet)."""
     sql_files.run(con, "ingest_stage_empty")
     offset = 0
     for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=list(mapping.mapped_columns())):
@@ -269,6 +297,120 @@ def _stage_parquet(con: duckdb.DuckDBPyConnection, landing_file: LandingFile, ma
         finally:
             con.unregister("arrow_batch")
         offset += batch.num_rows
+
+
+# --------------------------------------------------------------------------- typed Parquet
+
+
+def _is_id_type(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or _is_string_type(t)
+
+
+def _is_string_type(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+def is_typed_parquet(schema: pa.Schema, mapping: EventMapping) -> bool:
+    """Whether the mapped columns can be validated in their own types (else they are staged as text):
+    ids integer or string, the event name a string, and the time an Arrow timestamp read as ISO
+    (naive = UTC) or an integer read as epoch_s / epoch_ms. Anything else (a float id, a time held as
+    text, a 'format' time, ...) keeps the text path, which decides as it always did."""
+    user, item, event, time = (schema.field(name).type for name in mapping.mapped_columns())
+    if not (_is_id_type(user) and _is_id_type(item) and _is_string_type(event)):
+        return False
+    if mapping.time_unit == "iso":
+        return pa.types.is_timestamp(time)
+    if mapping.time_unit in ("epoch_s", "epoch_ms"):
+        return pa.types.is_integer(time)
+    return False
+
+
+def _canonical_events(con: duckdb.DuckDBPyConnection, events: pa.Array, mapping: EventMapping) -> pa.Array:
+    """The canonical event of every row (null: unknown), matching each distinct raw name once in SQL."""
+    encoded = events.dictionary_encode()
+    names = encoded.dictionary.to_pylist()
+    canonical = dict(
+        sql_files.run(con, "ingest_typed_event_names", {"names": names, **_event_params(mapping)}).fetchall()
+    )
+    return pa.DictionaryArray.from_arrays(encoded.indices, pa.array([canonical[n] for n in names], pa.string()))
+
+
+def _utc_timestamps(column: pa.Array, time_unit: str, relative: str) -> pa.Array:
+    """The mapped time as naive UTC timestamp[us], null where the text path finds no timestamp.
+
+    Gives what `sql/ingest_classify.sql` makes of the column's text: a timestamp keeps its instant
+    (a zone only says how it was written), nanoseconds are cut to the microsecond below as the
+    text parse does; an epoch is `CAST(CAST(value AS DOUBLE) * 1e6 (or 1e3) AS BIGINT)`
+    microseconds, null where that is no TIMESTAMP, as the text path's TRY gives (it raises instead
+    for the 14 seconds before DuckDB's first timestamp, 290309 BC)."""
+    missing = column.is_null().to_numpy(zero_copy_only=False)
+    unit = getattr(column.type, "unit", None)
+    if pa.types.is_timestamp(column.type):
+        if column.type.tz is not None:
+            column = column.cast(pa.timestamp(unit))  # the stored values are UTC already
+        if unit == "us":
+            return column
+        values = column.cast(pa.int64()).fill_null(0).to_numpy()
+        if unit == "ns":
+            return pa.array(values // 1000, pa.timestamp("us"), mask=missing)
+        factor = 1_000_000 if unit == "s" else 1_000
+        outside = (values < _TIMESTAMP_MIN_US // factor) | (values > _TIMESTAMP_MAX_US // factor)
+        if outside.any():  # DuckDB cannot even print these: the text path failed on them as well
+            raise LandingFileError(
+                f"{relative}: {int(outside.sum())} timestamp(s) in unit {unit!r} lie outside DuckDB's range"
+            )
+        return pa.array(values * factor, pa.timestamp("us"), mask=missing)
+    # an integer epoch; the product of an integer and 1e6 / 1e3 is a whole double, so the cast is exact
+    scaled = column.fill_null(0).to_numpy().astype(np.float64) * (1e6 if time_unit == "epoch_s" else 1e3)
+    valid = (scaled >= _TIMESTAMP_MIN_US) & (scaled < 2.0**63)  # 2**63 - 1024 is the largest double below
+    micros = np.where(valid, scaled, 0).astype(np.int64)
+    return pa.array(micros, pa.timestamp("us"), mask=missing | ~valid)
+
+
+def _load_typed_parquet(
+    con: duckdb.DuckDBPyConnection,
+    day: dt.date,
+    landing_file: LandingFile,
+    parquet: pq.ParquetFile,
+    mapping: EventMapping,
+) -> tuple[int, int]:
+    """Validate and insert a typed Parquet file batch by batch without a text copy; (loaded, rejected).
+
+    Each batch is registered as `typed_batch`: line (the row number from 1), the mapped columns as
+    they are (for the reject's text), event_type (canonical or null) and ts (UTC or null). Good rows
+    go to events and bad ones to rejected_events in two scans of it, each in line order (DuckDB
+    keeps insertion order, so no sort)."""
+    params = {"day": day, "source_file": landing_file.relative}
+    loaded = rejected = offset = 0
+    for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=list(mapping.mapped_columns())):
+        user, item, event, when = (batch.column(name) for name in mapping.mapped_columns())
+        lines = pa.array(np.arange(offset + 1, offset + batch.num_rows + 1, dtype=np.int64))
+        typed_batch = pa.Table.from_arrays(
+            [
+                lines,
+                user,
+                item,
+                event,
+                when,
+                _canonical_events(con, event, mapping),
+                _utc_timestamps(when, mapping.time_unit, landing_file.relative),
+            ],
+            names=["line", *_MAPPED_NAMES, "event_type", "ts"],
+        )
+        con.register("typed_batch", typed_batch)
+        try:
+            sql_files.run(con, "ingest_typed_rows")  # DuckDB binds the macro's table when creating it
+            loaded += int(sql_files.run(con, "ingest_typed_insert_events", params).fetchone()[0])
+            rejected += int(sql_files.run(con, "ingest_typed_insert_rejects", params).fetchone()[0])
+        finally:
+            con.unregister("typed_batch")
+        offset += batch.num_rows
+    if loaded + rejected != offset:
+        raise RuntimeError(
+            f"{landing_file.relative}: {offset} rows read but {loaded} loaded and {rejected} rejected; "
+            "nothing committed"
+        )
+    return loaded, rejected
 
 
 # --------------------------------------------------------------------------- summary and checks
