@@ -19,7 +19,7 @@ from threadpoolctl import ThreadpoolController
 
 from . import _kernels
 from ._validation import as_csr, as_user_items, check_ids, check_n
-from .topk import mask_items, top_n
+from .topk import score_top_n
 
 log = logging.getLogger(__name__)
 
@@ -319,12 +319,13 @@ class ALS:
         """What ranking adds per item beyond x.y: the item bias in explicit mode with biases."""
         return self.item_bias if self.use_biases else None
 
-    def _score_block(self, user_vectors: np.ndarray) -> np.ndarray:
-        scores = user_vectors @ self.item_factors.T
-        offsets = self._item_offsets()
-        if offsets is not None:
-            scores += offsets
-        return scores
+    def _top_n(self, user_vectors: np.ndarray, n: int, seen_rows: sp.csr_matrix | None,
+               exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``n`` of ``user_vectors @ item_factors.T`` (+ item offsets), ``seen_rows`` (one per vector) and
+        ``exclude`` masked: blocks of users scored and selected per thread (`topk.score_top_n`)."""
+        vectors = np.ascontiguousarray(user_vectors, dtype=self.item_factors.dtype)
+        with self._thread_limits():
+            return score_top_n(vectors, self.item_factors, n, seen_rows, exclude, self._item_offsets())
 
     def _rows_for(self, user_items, n_requested: int, user_ids: np.ndarray | None) -> sp.csr_matrix:
         """The seen-items rows of the requested users: ``user_items`` is either one row per requested user
@@ -372,13 +373,7 @@ class ALS:
             rows = self._rows_for(user_items, len(ids), ids) if need_rows else None
             vectors = self.user_factors[ids]
         exclude = _as_filter(filter_items, self.n_items)
-        out_ids = np.empty((len(ids), n), dtype=np.int64)
-        out_scores = np.empty((len(ids), n), dtype=self.dtype)
-        for lo in range(0, len(ids), _SCORE_BATCH):
-            hi = min(lo + _SCORE_BATCH, len(ids))
-            scores = self._score_block(vectors[lo:hi])
-            mask_items(scores, rows[lo:hi] if filter_already_liked_items else None, exclude)
-            out_ids[lo:hi], out_scores[lo:hi] = top_n(scores, n)
+        out_ids, out_scores = self._top_n(vectors, n, rows if filter_already_liked_items else None, exclude)
         if scalar:
             return out_ids[0], out_scores[0]
         return out_ids, out_scores
@@ -399,9 +394,7 @@ class ALS:
         exclude = _as_filter(filter_items, self.n_items)
         for lo in range(0, self.n_users, batch_size):
             hi = min(lo + batch_size, self.n_users)
-            scores = self._score_block(self.user_factors[lo:hi])
-            mask_items(scores, rows[lo:hi] if rows is not None else None, exclude)
-            ids, best = top_n(scores, n)
+            ids, best = self._top_n(self.user_factors[lo:hi], n, rows[lo:hi] if rows is not None else None, exclude)
             yield np.arange(lo, hi), ids, best
 
     def recommend_all(self, user_items=None, N: int = 10, batch_size: int = _SCORE_BATCH,
@@ -418,10 +411,11 @@ class ALS:
         n = check_n(N, self.n_items)
         norms = np.linalg.norm(self.item_factors, axis=1)
         normalised = self.item_factors / np.where(norms > 0, norms, 1)[:, None]
-        scores = normalised[ids] @ normalised.T
-        scores[np.arange(len(ids)), ids] = -np.inf
-        mask_items(scores, None, _as_filter(filter_items, self.n_items))
-        out_ids, out_scores = top_n(scores, n)
+        itself = sp.csr_matrix((np.ones(len(ids), dtype=np.float32), ids, np.arange(len(ids) + 1)),
+                               shape=(len(ids), self.n_items))
+        with self._thread_limits():
+            out_ids, out_scores = score_top_n(normalised[ids], normalised, n, itself,
+                                              _as_filter(filter_items, self.n_items))
         if scalar:
             return out_ids[0], out_scores[0]
         return out_ids, out_scores

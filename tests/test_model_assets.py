@@ -8,6 +8,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 import als_core
 from model_half import ALL_ASSETS, BETTER, GATE_ASSETS, GOOD, materialize, metadata_of, mlflow_resource, \
@@ -100,6 +101,58 @@ def test_recommendations_table_matches_the_champion(trained):
     seen = {(str(data.user_ids[u]), str(data.item_ids[i])) for u, i in zip(*data.train.nonzero())}
     assert not seen & set(zip(frame["user_id"], frame["item_id"]))
     assert metadata_of(result, "recommendations")["rows"] == len(frame)
+
+
+def expected_rows(bundle, n: int, version: int) -> list[tuple]:
+    """The table `recommendations` should hold: `recommend_many` for every user of the bundle, padding dropped,
+    ids as VARCHAR, scores widened to DOUBLE, in (user_id, rank) order."""
+    recs = bundle.recommend_many(bundle.user_ids, n=n)
+    return sorted((str(user), rank + 1, str(bundle.item_ids[item]), float(score), version)
+                  for row, user in enumerate(bundle.user_ids)
+                  for rank, (item, score) in enumerate(zip(recs.item_index[row].tolist(), recs.scores[row].tolist()))
+                  if item >= 0)
+
+
+def test_recommendations_table_equals_recommend_many_for_every_user(trained):
+    settings, _, resource, result = trained
+    version = metadata_of(result, "challenger")["model_version"]
+    bundle = registry.load_bundle(resource.tracking_uri, resource.model_name, version)
+    table = read_table(settings, "SELECT user_id, rank, item_id, score, model_version FROM recommendations "
+                                 "ORDER BY user_id, rank")
+    assert table == expected_rows(bundle, 20, version)  # one batch of 5000: the same scoring call, same floats
+
+
+@pytest.mark.parametrize("string_ids", [False, True])
+def test_staged_recommendations_replace_the_table_exactly(tmp_path, string_ids):
+    """stage_recommendations + sql/recommendations_replace.sql on a bundle with the awkward cases: string ids,
+    a user without history (popularity), users with fewer unseen items than n (padding), several batches.
+    Integer-valued factors: scores are exact whatever the batch, so every row must match."""
+    from als_core import ALS
+    from als_core.bundle import ModelBundle
+    from pipelines import sql_files
+
+    rng = np.random.default_rng(7)
+    n_users, n_items = 23, 300
+    model = ALS(factors=3)
+    model.user_factors = rng.integers(-2, 3, (n_users, 3)).astype(np.float32)
+    model.item_factors = rng.integers(-2, 3, (n_items, 3)).astype(np.float32)
+    seen = (rng.random((n_users, n_items)) < 0.1).astype(np.float32)
+    seen[3] = 0  # no history: served from popularity
+    seen[5] = 1
+    seen[5, [10, 150, 299]] = 0  # 3 items left for n = 12
+    user_ids, item_ids = np.arange(n_users) * 3 + 100, np.arange(n_items) * 7 + 1
+    if string_ids:
+        user_ids, item_ids = np.char.add("u-", user_ids.astype(str)), np.char.add("item ", item_ids.astype(str))
+    bundle = ModelBundle.build(model, user_ids, item_ids, sp.csr_matrix(seen))
+    rows, params = model_assets.stage_recommendations(bundle, 4, 12, 5, tmp_path, lambda message: None)
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
+        sql_files.run(con, "recommendations_schema")
+        for _ in range(2):  # the second run replaces the first
+            sql_files.run(con, "recommendations_replace", params)
+        table = con.execute("SELECT * FROM recommendations ORDER BY user_id, rank").fetchall()
+    expected = expected_rows(bundle, 12, 4)
+    assert rows == len(expected) == n_users * 12 - 9
+    assert table == expected
 
 
 def test_pyfunc_loads_from_the_champion_alias_and_honours_n(trained):
