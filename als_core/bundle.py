@@ -53,6 +53,8 @@ class IdIndex:
 
     def _coerce(self, query) -> tuple[np.ndarray, np.ndarray]:
         values = np.atleast_1d(np.asarray(query, dtype=object if not isinstance(query, np.ndarray) else None))
+        if self.ids.dtype.kind == "i" and values.dtype.kind == "i":  # signed integers already: no per-value parse
+            return values.astype(np.int64), np.ones(len(values), dtype=bool)
         if self.ids.dtype.kind == "i":
             parsed = np.zeros(len(values), dtype=np.int64)
             ok = np.zeros(len(values), dtype=bool)

@@ -133,3 +133,13 @@ def test_ids_and_scores_have_the_same_length_when_the_catalogue_runs_out(bundle)
     assert len(items) == len(scores) == len(b.item_ids) - 1 and np.all(np.isfinite(scores))
     items, scores, _ = b.fold_in(b.item_ids[:5], n=1000)
     assert len(items) == len(scores) == len(b.item_ids) - 5
+
+
+def test_id_index_takes_integer_arrays_as_they_are():
+    from als_core.bundle import IdIndex
+
+    index = IdIndex(np.array([7, -3, 123456789012], dtype=np.int64))
+    np.testing.assert_array_equal(index.lookup(np.array([123456789012, 7, 8, -3], dtype=np.int64)),
+                                  [2, 0, -1, 1])
+    np.testing.assert_array_equal(index.lookup(np.array([7, 9], dtype=np.int16)), [0, -1])
+    np.testing.assert_array_equal(index.lookup(np.array(["7", "x"])), [0, -1])  # text still parsed
