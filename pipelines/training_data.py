@@ -248,20 +248,9 @@ def temporal_split(users, items, days, weights, window_start: dt.date, window_en
 
 def random_split(users, items, weights, window_start: dt.date, window_end: dt.date, fraction: float = 0.2, seed: int = 0) -> TrainingData:
     """Per user, a random `fraction` of the user's items is held out (`als_core.splits.random_holdout`)."""
-    from als_core.splits import random_holdout
-
     u, user_ids = encode_ids(users)
     i, item_ids = encode_ids(items)
-    matrix = sp.csr_matrix(
-        (np.asarray(weights, dtype=np.float64), (u, i)), shape=(len(user_ids), len(item_ids))
-    )
-    train, test = random_holdout(matrix, fraction=fraction, seed=seed)
-    holdout_users, holdout_items = _holdout_pairs(test, user_ids, item_ids)
-    train, user_ids, item_ids = _prune(train, user_ids, item_ids)
-    return TrainingData(
-        user_ids, item_ids, train, holdout_users, holdout_items,
-        window_start.isoformat(), window_end.isoformat(), f"random(fraction={fraction}, seed={seed})",
-    )
+    return random_from_coded(CodedPairs(user_ids, item_ids, u, i, weights), window_start, window_end, fraction, seed)
 
 
 # --------------------------------------------------------------------------- building from coded pairs
@@ -270,7 +259,7 @@ def random_split(users, items, weights, window_start: dt.date, window_end: dt.da
 @dataclass
 class CodedPairs:
     """Training pairs whose ids the warehouse has already coded: ``rows``/``cols`` index ``user_ids`` and
-    ``item_ids`` (the distinct ids of the pairs, as text in sorted order). Coding millions of string ids is
+    ``item_ids`` (the distinct ids of the pairs, sorted). Coding millions of string ids is
     a hash join for DuckDB and a slow factorisation for numpy, so the asset lets DuckDB do it
     (sql/training_encode.sql) and the result is the same as `temporal_split` / `random_split` build."""
 
@@ -303,7 +292,8 @@ def temporal_from_coded(
 def random_from_coded(
     pairs: CodedPairs, window_start: dt.date, window_end: dt.date, fraction: float = 0.2, seed: int = 0
 ) -> TrainingData:
-    """`random_split` of pairs coded by the warehouse (same rows and columns, so the same split)."""
+    """The random split of coded pairs: `random_split` codes them in numpy, the asset in DuckDB (same rows and
+    columns, so the same split)."""
     from als_core.splits import random_holdout
 
     train, test = random_holdout(pairs.matrix(), fraction=fraction, seed=seed)
