@@ -36,25 +36,33 @@ def _cython_function(module: str, name: str, n_args: int):
 
 
 @nb.njit(fastmath=True)
-def _row_objective(constant, b, x, residual=None):
-    """The row's term of the objective at its solution x, from quantities the solve already has.
+def _row_objective(constant, b, x):
+    """The row's term of the objective at its exact solution x (A x = b), from quantities the solve has.
 
     The row's objective is the quadratic x^T A x - 2 b.x + constant (constant = sum of c over the row's
     nonzeros in implicit mode, sum of squared targets in explicit mode; A includes the gram G, so the
     implicit "all missing pairs" part is in it). With the residual r = b - A x, x^T A x = b.x - r.x, so the
-    objective is constant - b.x - r.x: no extra pass over the data.
+    objective is constant - b.x - r.x (r = 0 here; CG keeps its r): no extra pass over the data.
     """
     acc = constant
     for f in range(x.shape[0]):
         acc -= np.float64(b[f]) * x[f]
-        if residual is not None:
-            acc -= np.float64(residual[f]) * x[f]
     return acc
 
 
 # nonzeros ahead whose factor rows the gather asks for early (A/B of the CG kernel on the bench matrix:
 # 4 and 16 were slower)
 PREFETCH_AHEAD = 8
+
+
+@nb.njit(fastmath=True, inline="always")
+def _prefetch_ahead(Y, indices, nz, hi, next_lo, next_hi):
+    """Ask for the factor rows of the two nonzeros PREFETCH_AHEAD after nz (running on into next_lo..next_hi)."""
+    for ahead in range(nz + PREFETCH_AHEAD, nz + PREFETCH_AHEAD + 2):
+        if ahead < hi:
+            prefetch_row(Y, indices[ahead])
+        elif next_lo + ahead - hi < next_hi:
+            prefetch_row(Y, indices[next_lo + ahead - hi])
 
 
 @nb.njit(fastmath=True, inline="always")
@@ -71,11 +79,7 @@ def _gather(Y, indices, gram_w, rhs_w, lo, hi, implicit, buf, first, b, next_lo=
     pos = first
     nz = lo
     while nz < hi:
-        for ahead in range(nz + PREFETCH_AHEAD, nz + PREFETCH_AHEAD + 2):
-            if ahead < hi:
-                prefetch_row(Y, indices[ahead])
-            elif next_lo + ahead - hi < next_hi:
-                prefetch_row(Y, indices[next_lo + ahead - hi])
+        _prefetch_ahead(Y, indices, nz, hi, next_lo, next_hi)
         row0 = Y[indices[nz]]
         scale0 = np.sqrt(gram_w[nz])
         t0 = rhs_w[nz]
@@ -173,6 +177,56 @@ CG_GATHER = 4096
 
 
 @nb.njit(fastmath=True, inline="always")
+def _gather_residual(Y, indices, gram_w, rhs_w, lo, hi, implicit, buf, first, x, residual, next_lo, next_hi):
+    """Copy sqrt(w) y of nonzeros lo..hi into buf rows first.., and add (t - w (y . x)) y to ``residual``: the
+    nonzeros' part of b - A x at the warm start x, taken while each y is in registers (a separate pass over
+    buf and a separate sum for b would each touch every gathered vector again). Returns the nonzeros' part of
+    the row's objective constant (sum of t in implicit mode, of t^2 in explicit mode) and of b . x."""
+    k = Y.shape[1]
+    constant = 0.0
+    b_dot_x = 0.0
+    pos = first
+    nz = lo
+    while nz < hi:
+        _prefetch_ahead(Y, indices, nz, hi, next_lo, next_hi)
+        row0 = Y[indices[nz]]
+        w0 = gram_w[nz]
+        t0 = rhs_w[nz]
+        constant += t0 if implicit else t0 * t0
+        dot0 = x[0] - x[0]  # a zero of the factors' float type
+        if nz + 1 < hi:
+            row1 = Y[indices[nz + 1]]
+            w1 = gram_w[nz + 1]
+            t1 = rhs_w[nz + 1]
+            constant += t1 if implicit else t1 * t1
+            dot1 = dot0
+            for f in range(k):
+                dot0 += row0[f] * x[f]
+                dot1 += row1[f] * x[f]
+            scale0, scale1 = np.sqrt(w0), np.sqrt(w1)
+            coef0, coef1 = t0 - w0 * dot0, t1 - w1 * dot1
+            for f in range(k):
+                buf[pos, f] = scale0 * row0[f]
+                buf[pos + 1, f] = scale1 * row1[f]
+                residual[f] += coef0 * row0[f] + coef1 * row1[f]
+            b_dot_x += np.float64(t0) * dot0 + np.float64(t1) * dot1
+            pos += 2
+            nz += 2
+        else:
+            for f in range(k):
+                dot0 += row0[f] * x[f]
+            scale0 = np.sqrt(w0)
+            coef0 = t0 - w0 * dot0
+            for f in range(k):
+                buf[pos, f] = scale0 * row0[f]
+                residual[f] += coef0 * row0[f]
+            b_dot_x += np.float64(t0) * dot0
+            pos += 1
+            nz += 1
+    return constant, b_dot_x
+
+
+@nb.njit(fastmath=True, inline="always")
 def _gram_times(B, lo, hi, v, out):
     """out += B[lo:hi]^T (B[lo:hi] v): the row's sum of w_ui (y_i . v) y_i, from its gathered vectors.
 
@@ -204,13 +258,19 @@ def _gram_times(B, lo, hi, v, out):
 
 
 @nb.njit(parallel=True, fastmath=True, cache=True)
-def solve_cg(indptr, indices, gram_w, rhs_w, Y, base, reg, out, cg_steps, n_blocks, implicit):
+def solve_cg(indptr, indices, gram_w, rhs_w, Y, base, reg, out, cg_steps, n_blocks, implicit, diagonal, rotation,
+             rotate):
     """``cg_steps`` conjugate-gradient steps per row, warm-started from ``out``, without forming the matrix:
     A p = G p + reg_u p + sum_i w_ui (y_i . p) y_i.
 
     Each block takes every ``n_blocks``-th row (balanced even when rows are sorted by popularity) and steps
     batches of rows together: G p for the whole batch is one BLAS product, and each row's item vectors,
     scaled by sqrt(w), are gathered once into a contiguous buffer that every CG step then streams.
+
+    ``diagonal``: G (``base``) is diagonal, so G p is an elementwise product instead of a k x k one per row
+    and step. ``rotate``: the warm-start rows of ``out`` are in another basis and are multiplied by
+    ``rotation`` as they are read (the caller rotated ``Y`` into the basis where G is diagonal; the rows are
+    written back in that basis). Together they take the k^2 per row and step out of the user half-step.
     """
     n_rows = indptr.shape[0] - 1
     k = Y.shape[1]
@@ -224,11 +284,17 @@ def solve_cg(indptr, indices, gram_w, rhs_w, Y, base, reg, out, cg_steps, n_bloc
         start = np.empty(CG_BATCH + 1, dtype=np.int64)
         Xb = np.empty((CG_BATCH, k), dtype=Y.dtype)
         R = np.empty((CG_BATCH, k), dtype=Y.dtype)
-        RHS = np.empty((CG_BATCH, k), dtype=Y.dtype)
+        # the warm start and its residual: b . p = r0 . p + x0 . A p tracks b . x for the objective without b
+        X0 = np.empty((CG_BATCH, k), dtype=Y.dtype)
+        R0 = np.empty((CG_BATCH, k), dtype=Y.dtype)
         constant = np.empty(CG_BATCH, dtype=np.float64)
+        b_dot_x = np.empty(CG_BATCH, dtype=np.float64)
         P = np.empty((CG_BATCH, k), dtype=Y.dtype)
         AP = np.empty((CG_BATCH, k), dtype=Y.dtype)
         rs_old = np.empty(CG_BATCH, dtype=np.float64)
+        gram_diagonal = np.empty(k, dtype=Y.dtype)
+        for f in range(k):
+            gram_diagonal[f] = base[f, f]
         next_row = 0
         while next_row < rows.shape[0]:
             # a batch: up to CG_BATCH rows whose nonzeros fit the buffer (at least one row)
@@ -243,46 +309,61 @@ def solve_cg(indptr, indices, gram_w, rhs_w, Y, base, reg, out, cg_steps, n_bloc
                 m += 1
             batch = rows[next_row:next_row + m]
             next_row += m
-            for j in range(m):
-                Xb[j] = out[batch[j]]
-            np.dot(Xb[:m], base, AP[:m])
-            # gather sqrt(w) y into B; R = b - A x with b = sum t y
+            if rotate:
+                for j in range(m):
+                    P[j] = out[batch[j]]
+                np.dot(P[:m], rotation, Xb[:m])
+            else:
+                for j in range(m):
+                    Xb[j] = out[batch[j]]
+            if diagonal:
+                for j in range(m):
+                    for f in range(k):
+                        AP[j, f] = gram_diagonal[f] * Xb[j, f]
+            else:
+                np.dot(Xb[:m], base, AP[:m])
+            # gather sqrt(w) y into B and form R = b - A x (AP holds G x)
             for j in range(m):
                 u = batch[j]
                 for f in range(k):
-                    RHS[j, f] = 0.0
+                    R[j, f] = 0.0
                 next_lo = next_hi = 0
                 if j + 1 < m:
                     next_lo, next_hi = indptr[batch[j + 1]], indptr[batch[j + 1] + 1]
-                constant[j] = _gather(Y, indices, gram_w, rhs_w, indptr[u], indptr[u + 1], implicit, B, start[j],
-                                      RHS[j], next_lo, next_hi)
-                for f in range(k):
-                    R[j, f] = RHS[j, f] - AP[j, f] - reg[u] * Xb[j, f]
-                for f in range(k):
-                    AP[j, f] = 0.0
-                _gram_times(B, start[j], start[j + 1], Xb[j], AP[j])
+                constant[j], b_dot_x[j] = _gather_residual(Y, indices, gram_w, rhs_w, indptr[u], indptr[u + 1],
+                                                           implicit, B, start[j], Xb[j], R[j], next_lo, next_hi)
                 acc = 0.0
                 for f in range(k):
-                    R[j, f] -= AP[j, f]
+                    R[j, f] -= AP[j, f] + reg[u] * Xb[j, f]
                     P[j, f] = R[j, f]
+                    R0[j, f] = R[j, f]
+                    X0[j, f] = Xb[j, f]
                     acc += R[j, f] * R[j, f]
                 rs_old[j] = acc
             for _ in range(cg_steps):
-                np.dot(P[:m], base, AP[:m])
+                if not diagonal:
+                    np.dot(P[:m], base, AP[:m])
                 for j in range(m):
                     u = batch[j]
                     if rs_old[j] < 1e-20:  # converged (or an empty row): freeze it
                         continue
-                    for f in range(k):
-                        AP[j, f] += reg[u] * P[j, f]
+                    if diagonal:
+                        for f in range(k):
+                            AP[j, f] = (gram_diagonal[f] + reg[u]) * P[j, f]
+                    else:
+                        for f in range(k):
+                            AP[j, f] += reg[u] * P[j, f]
                     _gram_times(B, start[j], start[j + 1], P[j], AP[j])
                     pAp = 0.0
+                    b_dot_p = 0.0
                     for f in range(k):
                         pAp += P[j, f] * AP[j, f]
+                        b_dot_p += R0[j, f] * P[j, f] + X0[j, f] * AP[j, f]
                     if pAp <= 0.0:
                         rs_old[j] = 0.0
                         continue
                     step = rs_old[j] / pAp
+                    b_dot_x[j] += step * b_dot_p
                     rs_new = 0.0
                     for f in range(k):
                         Xb[j, f] += step * P[j, f]
@@ -298,5 +379,9 @@ def solve_cg(indptr, indices, gram_w, rhs_w, Y, base, reg, out, cg_steps, n_bloc
                     out[u, :] = 0.0
                 else:
                     out[u, :] = Xb[j]
-                    objective += _row_objective(constant[j], RHS[j], Xb[j], R[j])
+                    # constant - b.x - r.x (see _row_objective), with b.x tracked through the steps
+                    r_dot_x = 0.0
+                    for f in range(k):
+                        r_dot_x += np.float64(R[j, f]) * Xb[j, f]
+                    objective += constant[j] - b_dot_x[j] - r_dot_x
     return objective

@@ -54,7 +54,10 @@ class ALS:
     Each half-step uses the precomputed gram: ``YtY`` is computed once, and each user adds only
     ``Y_u^T (C_u - I) Y_u`` over its own items. ``solver="cholesky"`` solves every row exactly;
     ``solver="cg"`` runs ``cg_steps`` conjugate-gradient steps warm-started from the previous factors,
-    without forming the matrix.
+    without forming the matrix. CG solves the users in the eigenbasis of ``YtY`` (both factor matrices
+    turned by the same orthogonal matrix, which changes no score, loss or CG iterate), so the dense product
+    with the gram costs k, not k^2, per user and step; ``fit`` turns the factors back before it returns,
+    also when interrupted. Only a ``callback`` that reads the factors mid-fit sees them turned.
 
     Explicit mode (``implicit=False``) minimises the squared error over the observed ratings only, with
     optional biases: ``r_hat = mu + b_u + b_i + x_u . y_i`` (biases regularised like the factors).
@@ -122,6 +125,7 @@ class ALS:
         self.loss_history: list[float] = []
         self.failed_solves = 0
         self._item_gram: tuple | None = None  # (item factors, their Y^T Y) for fold-in, computed on first use
+        self._basis: np.ndarray | None = None  # during a CG fit: the turn applied to both factor matrices
 
     # ------------------------------------------------------------------ parameters and persistence
     def get_params(self) -> dict:
@@ -191,7 +195,8 @@ class ALS:
         self._item_gram = None
 
         data = _HalfStepData.build(self, Cui, Ciu)
-        with self._thread_limits() as n_threads:
+        self._basis = None
+        with self._thread_limits() as n_threads, self._original_basis_on_exit():
             for iteration in range(self.iterations):
                 started = time.perf_counter()
                 iterate = self._implicit_iteration if self.implicit else self._explicit_iteration
@@ -247,45 +252,85 @@ class ALS:
         finally:
             nb.set_num_threads(previous)
 
-    def _solve_rows(self, csr: sp.csr_matrix, gram_w, rhs_w, Y, base, reg, out, n_threads: int) -> float:
+    def _solve_rows(self, csr: sp.csr_matrix, gram_w, rhs_w, Y, base, reg, out, n_threads: int,
+                    diagonal: bool = False, rotation: np.ndarray | None = None) -> float:
         """One half-step: solve every row of ``out`` against the fixed factors ``Y``; returns the sum of the
-        rows' objective terms (data term over the rows plus the rows' own regularisation)."""
+        rows' objective terms (data term over the rows plus the rows' own regularisation).
+
+        CG only: ``diagonal`` says ``base`` is diagonal; ``rotation`` turns the rows of ``out`` into ``Y``'s
+        basis as the kernel reads them."""
         n_blocks = max(1, min(csr.shape[0], _BLOCKS_PER_THREAD * n_threads))
         if self.solver == "cholesky":
             failures, objective = _kernels.kernels_for(Y.dtype).solve_cholesky(
                 csr.indptr, csr.indices, gram_w, rhs_w, Y, base, reg, out, n_blocks, self.implicit)
             self.failed_solves += failures
             return objective
+        rotate = rotation is not None
         return _kernels.solve_cg(csr.indptr, csr.indices, gram_w, rhs_w, Y, base, reg, out, self.cg_steps,
-                                 n_blocks, self.implicit)
+                                 n_blocks, self.implicit, diagonal, rotation if rotate else base, rotate)
 
     def _implicit_iteration(self, data: "_HalfStepData", n_threads: int) -> float:
         X, Y = self.user_factors, self.item_factors
-        self._solve_rows(data.Cui, data.gram_ui, data.conf_ui, Y, Y.T @ Y, data.reg_users, X, n_threads)
+        if self.solver == "cg":
+            self._solve_users_in_gram_eigenbasis(data, n_threads)
+        else:
+            self._solve_rows(data.Cui, data.gram_ui, data.conf_ui, Y, Y.T @ Y, data.reg_users, X, n_threads)
+        X, Y = self.user_factors, self.item_factors
         return self._solve_rows(data.Ciu, data.gram_iu, data.conf_iu, X, X.T @ X, data.reg_items, Y, n_threads)
+
+    def _solve_users_in_gram_eigenbasis(self, data: "_HalfStepData", n_threads: int) -> None:
+        """The CG user half-step in the eigenbasis of Y^T Y.
+
+        Turning both factor matrices by the same orthogonal Q changes no score, no loss term and no CG iterate
+        (CG only takes inner products and linear combinations), but there Y^T Y is diagonal, so its product
+        with each user's search direction costs k instead of k^2: with many more users than items that product
+        is the largest dense cost of the half-step. The items are turned here (a small product), the users by
+        the kernel as it reads them; both stay in the new basis, and ``fit`` turns them back once at the end.
+        """
+        eigenvalues, Q = np.linalg.eigh((self.item_factors.T @ self.item_factors).astype(np.float64))
+        Q = Q.astype(self.dtype)
+        self.item_factors = self.item_factors @ Q
+        self._basis = Q.astype(np.float64) if self._basis is None else self._basis @ Q
+        self._solve_rows(data.Cui, data.gram_ui, data.conf_ui, self.item_factors,
+                         np.diag(eigenvalues).astype(self.dtype), data.reg_users, self.user_factors, n_threads,
+                         diagonal=True, rotation=Q)
+
+    @contextlib.contextmanager
+    def _original_basis_on_exit(self) -> Iterator[None]:
+        """Turn the factors back from the basis the CG half-steps left them in (even if fit is interrupted,
+        so the model's factors are always in the basis the fit started from)."""
+        try:
+            yield
+        finally:
+            if self._basis is not None:
+                back = self._basis.T.astype(self.dtype)  # Q is orthogonal: its transpose undoes it
+                self.user_factors = self.user_factors @ back
+                self.item_factors = self.item_factors @ back
+                self._basis = None
 
     def _explicit_iteration(self, data: "_HalfStepData", n_threads: int) -> float:
         k = self.factors
         if not self.use_biases:
             zeros = np.zeros((k, k), dtype=self.dtype)
             self._solve_rows(data.Cui, data.gram_ui, data.Cui.data, self.item_factors, zeros, data.reg_users,
-                             self.user_factors, n_threads)
+                             self.user_factors, n_threads, diagonal=True)
             return self._solve_rows(data.Ciu, data.gram_iu, data.Ciu.data, self.user_factors, zeros,
-                                    data.reg_items, self.item_factors, n_threads)
+                                    data.reg_items, self.item_factors, n_threads, diagonal=True)
         # Biases: solve [x_u, b_u] against [y_i, 1] with target r - mu - b_i, then symmetrically for items.
         zeros = np.zeros((k + 1, k + 1), dtype=self.dtype)
         mu = self.dtype.type(self.global_mean)
         users = _augmented(self.user_factors, self.user_bias)
         items_fixed = _augmented(self.item_factors, np.ones_like(self.item_bias))
         target = data.Cui.data - mu - self.item_bias[data.Cui.indices]
-        self._solve_rows(data.Cui, data.gram_ui, target, items_fixed, zeros, data.reg_users, users, n_threads)
+        self._solve_rows(data.Cui, data.gram_ui, target, items_fixed, zeros, data.reg_users, users, n_threads,
+                         diagonal=True)
         self.user_factors, self.user_bias = np.ascontiguousarray(users[:, :k]), users[:, k].copy()
 
         items = _augmented(self.item_factors, self.item_bias)
         users_fixed = _augmented(self.user_factors, np.ones_like(self.user_bias))
         target = data.Ciu.data - mu - self.user_bias[data.Ciu.indices]
         objective = self._solve_rows(data.Ciu, data.gram_iu, target, users_fixed, zeros, data.reg_items, items,
-                                     n_threads)
+                                     n_threads, diagonal=True)
         self.item_factors, self.item_bias = np.ascontiguousarray(items[:, :k]), items[:, k].copy()
         return objective
 
@@ -296,8 +341,9 @@ class ALS:
         users = self.user_factors
         if self.use_biases:
             users = _augmented(users, self.user_bias)
-        squared_norms = np.einsum("ij,ij->i", users, users, dtype=np.float64)
-        user_reg = self.regularization * float(np.dot(data.reg_weight_users, squared_norms))
+        # per-row sums in the factors' type (a float64 einsum over float32 costs 3x), their total in float64
+        squared_norms = np.einsum("ij,ij->i", users, users)
+        user_reg = self.regularization * float(np.dot(data.reg_weight_users.astype(np.float64), squared_norms))
         return (item_step_objective + user_reg) / data.loss_normaliser
 
     # ------------------------------------------------------------------ inference

@@ -41,19 +41,24 @@ def flops_per_iteration(m, solver: str, k: int, cg_steps: int = 3) -> float:
     """Floating-point operations of one iteration of the precomputed-gram algorithm (both half-steps).
 
     Counted: the gram Y^T Y (2 n k^2), per nonzero the gathered rank-1 gram update (k^2 + k, one triangle)
-    and right-hand side (2k) for Cholesky, per row the Cholesky solve (k^3/3 + 2 k^2); for CG, per row and
-    step the dense product G p (2 k^2) and vector updates (~6k), per nonzero and step 4k, plus the gather.
+    and right-hand side (2k) for Cholesky, per row the Cholesky solve (k^3/3 + 2 k^2). For CG: per nonzero the
+    gather with the warm start's residual (5k) and 4k per step; per row and step the vector updates (~8k)
+    and, in the item half-step, the dense product G p (2 k^2). The user half-step works in the eigenbasis of
+    Y^T Y, where G p is elementwise: instead it turns the items once (2 n_items k^2) and each user once (2 k^2).
     """
     n_users, n_items = m.shape
     nnz = m.nnz
     total = 0.0
-    for rows, fixed in ((n_users, n_items), (n_items, n_users)):
+    for rows, fixed, diagonal in ((n_users, n_items, True), (n_items, n_users, False)):
         total += 2.0 * fixed * k * k
         if solver == "cholesky":
             total += nnz * (k * k + k + 2 * k) + rows * (k ** 3 / 3 + 2 * k * k)
+            continue
+        total += nnz * (5 * k + cg_steps * 4 * k) + (cg_steps + 1) * rows * 8 * k
+        if diagonal:
+            total += 2.0 * fixed * k * k + rows * 2 * k * k
         else:
-            steps = cg_steps + 1  # the initial residual costs one step
-            total += steps * (rows * (2 * k * k + 6 * k) + nnz * 4 * k) + nnz * 3 * k
+            total += (cg_steps + 1) * rows * 2 * k * k
     return total
 
 

@@ -86,6 +86,60 @@ def test_cg_converges_to_exact_solution_as_steps_grow():
     assert errors[-1] < 1e-3, errors
 
 
+def dense_cg_half_step(R, fixed, start, reg, steps):
+    """``steps`` textbook CG steps per row on (Y^T C_u Y + reg I) x = Y^T C_u p_u from ``start``, in float64
+    and in the basis the factors are given in (as `implicit` does it)."""
+    C, P = 1 + ALPHA * R, (R > 0).astype(float)
+    Y = fixed.astype(np.float64)
+    out = np.zeros((R.shape[0], Y.shape[1]))
+    for u in range(R.shape[0]):
+        if not R[u].any():
+            continue
+        A = Y.T @ (C[u][:, None] * Y) + reg * np.eye(Y.shape[1])
+        x = start[u].astype(np.float64)
+        r = Y.T @ (C[u] * P[u]) - A @ x
+        p, rs = r.copy(), r @ r
+        for _ in range(steps):
+            step = rs / (p @ A @ p)
+            x, r = x + step * p, r - step * (A @ p)
+            p, rs = r + (r @ r) / rs * p, r @ r
+        out[u] = x
+    return out
+
+
+def test_cg_iterates_match_textbook_cg_in_the_factors_own_basis():
+    """The CG user half-step runs in the eigenbasis of Y^T Y; the factors it returns are the same as plain CG's."""
+    R_csr = random_user_items(n_users=60, n_items=30, density=0.3, seed=31)
+    R = R_csr.toarray().astype(np.float64)
+    X, Y = start_factors(*R.shape)
+    for _ in range(3):
+        X = dense_cg_half_step(R, Y, X, REG, steps=2)
+        Y = dense_cg_half_step(R.T, X, Y, REG, steps=2)
+    model = warm_model(R_csr, solver="cg", cg_steps=2)
+    model.iterations = 3
+    model.fit(R_csr)
+    np.testing.assert_allclose(model.user_factors, X, atol=1e-4 * np.abs(X).max())
+    np.testing.assert_allclose(model.item_factors, Y, atol=1e-4 * np.abs(Y).max())
+
+
+def test_interrupted_cg_fit_leaves_factors_in_their_own_basis():
+    R_csr = random_user_items(seed=37)
+
+    def stop_after_two(iteration, loss, seconds):
+        if iteration == 1:
+            raise KeyboardInterrupt
+
+    two = warm_model(R_csr, solver="cg")
+    two.iterations = 2
+    two.fit(R_csr)
+    interrupted = warm_model(R_csr, solver="cg", callback=stop_after_two)
+    interrupted.iterations = 10
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(R_csr)
+    np.testing.assert_allclose(interrupted.user_factors, two.user_factors, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(interrupted.item_factors, two.item_factors, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("solver", ["cholesky", "cg"])
 def test_cg_and_cholesky_loss_agrees_with_dense_objective(solver):
     R_csr = random_user_items(seed=5)
