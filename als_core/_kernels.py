@@ -112,7 +112,8 @@ def _make_kernels(syrk, posv):
         n_rows = indptr.shape[0] - 1
         k = Y.shape[1]
         failures = 0
-        objective = 0.0
+        # per block, summed in block order after the loop: the same total whichever thread ran which block
+        objective = np.zeros(n_blocks, dtype=np.float64)
         for block in nb.prange(n_blocks):
             A = np.empty((k, k), dtype=Y.dtype)
             b = np.empty(k, dtype=Y.dtype)
@@ -150,8 +151,8 @@ def _make_kernels(syrk, posv):
                     failures += 1
                     continue
                 out[u, :] = b
-                objective += _row_objective(constant, rhs, b)
-        return failures, objective
+                objective[block] += _row_objective(constant, rhs, b)
+        return failures, objective.sum()
 
     return SimpleNamespace(solve_cholesky=solve_cholesky)
 
@@ -274,7 +275,7 @@ def solve_cg(indptr, indices, gram_w, rhs_w, Y, base, reg, out, cg_steps, n_bloc
     """
     n_rows = indptr.shape[0] - 1
     k = Y.shape[1]
-    objective = 0.0
+    objective = np.zeros(n_blocks, dtype=np.float64)  # per block, summed in block order (as solve_cholesky)
     for block in nb.prange(n_blocks):
         rows = np.arange(block, n_rows, n_blocks)
         widest = 0
@@ -383,5 +384,5 @@ def solve_cg(indptr, indices, gram_w, rhs_w, Y, base, reg, out, cg_steps, n_bloc
                     r_dot_x = 0.0
                     for f in range(k):
                         r_dot_x += np.float64(R[j, f]) * Xb[j, f]
-                    objective += constant[j] - b_dot_x[j] - r_dot_x
-    return objective
+                    objective[block] += constant[j] - b_dot_x[j] - r_dot_x
+    return objective.sum()

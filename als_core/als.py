@@ -241,15 +241,18 @@ class ALS:
 
     @contextlib.contextmanager
     def _thread_limits(self) -> Iterator[int]:
-        """Numba threads as asked; BLAS pinned to one thread while the parallel kernels run."""
+        """Numba threads as asked, handing out blocks of rows one at a time (a thread slowed by another process
+        does fewer blocks instead of holding the others up); BLAS pinned to one thread while the kernels run."""
         previous = nb.get_num_threads()
         n_threads = self.num_threads or nb.config.NUMBA_NUM_THREADS
         n_threads = max(1, min(n_threads, nb.config.NUMBA_NUM_THREADS))
         nb.set_num_threads(n_threads)
+        previous_chunksize = nb.set_parallel_chunksize(1)
         try:
             with _blas_controller().limit(limits=1, user_api="blas"):
                 yield n_threads
         finally:
+            nb.set_parallel_chunksize(previous_chunksize)
             nb.set_num_threads(previous)
 
     def _solve_rows(self, csr: sp.csr_matrix, gram_w, rhs_w, Y, base, reg, out, n_threads: int,

@@ -165,6 +165,7 @@ def test_fixed_seed_and_threads_give_identical_factors(solver):
     fits = [ALS(factors=8, iterations=3, solver=solver, random_state=42, num_threads=2).fit(R_csr) for _ in range(2)]
     np.testing.assert_array_equal(fits[0].user_factors, fits[1].user_factors)
     np.testing.assert_array_equal(fits[0].item_factors, fits[1].item_factors)
+    assert fits[0].loss_history == fits[1].loss_history  # blocks are handed out dynamically, summed in order
     other_seed = ALS(factors=8, iterations=3, solver=solver, random_state=43, num_threads=2).fit(R_csr)
     assert not np.array_equal(fits[0].item_factors, other_seed.item_factors)
 
