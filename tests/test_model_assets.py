@@ -185,6 +185,35 @@ def test_a_new_champion_replaces_the_recommendations(settings):
     assert read_table(settings, "SELECT count(*) FROM recommendations")[0][0] == before[0]
 
 
+def test_recommendations_are_left_alone_while_they_hold_the_champions_top_n(settings):
+    publish_training_data(settings)
+    resource = mlflow_resource(settings)
+    first = materialize(ALL_ASSETS, resource, settings, challenger=GOOD, recommendations={"n": 20})
+    assert metadata_of(first, "recommendations")["rescored"] is True
+    everything = "SELECT user_id, rank, item_id, score, model_version FROM recommendations ORDER BY user_id, rank"
+    table = read_table(settings, everything)
+
+    again = materialize([model_assets.recommendations], resource, settings, recommendations={"n": 20})
+    assert metadata_of(again, "recommendations")["rescored"] is False
+    assert metadata_of(again, "recommendations")["rows"] == len(table)
+    assert read_table(settings, everything) == table
+
+    # another depth, or force, scores again
+    shallower = materialize([model_assets.recommendations], resource, settings, recommendations={"n": 5})
+    assert metadata_of(shallower, "recommendations")["rescored"] is True
+    assert read_table(settings, "SELECT max(rank) FROM recommendations") == [(5,)]
+    forced = materialize([model_assets.recommendations], resource, settings, recommendations={"n": 5, "force": True})
+    assert metadata_of(forced, "recommendations")["rescored"] is True
+
+    # a stale table (another version's rows) is scored again
+    with duckdb.connect(str(settings.duckdb_path)) as con:
+        con.execute("UPDATE recommendations SET model_version = model_version + 100 WHERE rank = 1")
+    stale = materialize([model_assets.recommendations], resource, settings, recommendations={"n": 5})
+    assert metadata_of(stale, "recommendations")["rescored"] is True
+    assert read_table(settings, "SELECT DISTINCT model_version FROM recommendations") == [
+        (metadata_of(first, "challenger")["model_version"],)]
+
+
 def test_mlflow_unreachable_fails_the_challenger_and_leaves_the_champion(trained):
     settings, data, resource, _ = trained
     client = registry.make_client(resource.tracking_uri)

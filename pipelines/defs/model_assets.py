@@ -349,6 +349,8 @@ def champion(context: dg.AssetExecutionContext, config: ChampionConfig, mlflow: 
 class RecommendationsConfig(dg.Config):
     n: int = Field(default=50, ge=1, le=1000, description="Recommendations per user.")
     batch_size: int = Field(default=5000, ge=1, description="Users scored per batch (bounds memory).")
+    force: bool = Field(default=False, description="Score again even when the table already holds the "
+                                                   "champion's top-n (a registered version never changes).")
 
 
 # Staged as numbers: bundle row of the user, rank, bundle index of the item, the float32 score. The external ids
@@ -389,17 +391,37 @@ def stage_recommendations(bundle, version: int, n: int, batch_size: int, directo
     return written, params
 
 
+def table_holds_top_n(duckdb: DuckDBResource, version: int, n: int) -> int | None:
+    """The number of rows of `recommendations` when they are all version ``version``'s top ``n`` (a registered
+    version's bundle never changes, so scoring it again would write the same rows), else None."""
+    with duckdb.connect() as con:
+        sql_files.run(con, "recommendations_schema")
+        oldest, newest, deepest, rows = sql_files.run(con, "recommendations_state").fetchone()
+    current = rows > 0 and oldest == newest == int(version) and deepest == n
+    return int(rows) if current else None
+
+
 @dg.asset(
     group_name=GROUP,
     deps=[champion],
     pool="duckdb",
     kinds={"duckdb", "mlflow"},
-    description="The champion's top-N for every user it knows, in DuckDB table `recommendations` (replaced whole).",
+    description="The champion's top-N for every user it knows, in DuckDB table `recommendations` (replaced whole when "
+                "the champion or N changes; left alone while it already holds them).",
 )
 def recommendations(context: dg.AssetExecutionContext, config: RecommendationsConfig, mlflow: MLflowResource,
                     duckdb: DuckDBResource) -> dg.MaterializeResult:
     with mlflow_failure_is_a_run_failure():
-        mlflow.client()  # fails fast, with the reason, when MLflow is down
+        champion_now = registry.champion_ref(mlflow.client(), mlflow.model_name)  # fails fast when MLflow is down
+        if champion_now is not None and not config.force:
+            held = table_holds_top_n(duckdb, champion_now.version, config.n)
+            if held is not None:
+                context.log.info(f"`recommendations` already holds champion v{champion_now.version}'s top "
+                                 f"{config.n} ({held} rows): left as it is (force=true scores again)")
+                return dg.MaterializeResult(metadata={
+                    "champion_version": dg.MetadataValue.int(champion_now.version),
+                    "rows": dg.MetadataValue.int(held), "n": dg.MetadataValue.int(config.n),
+                    "rescored": dg.MetadataValue.bool(False)})
         loaded = registry.load_champion_bundle(mlflow.tracking_uri, mlflow.model_name)
     if loaded is None:
         context.log.warning(f"{mlflow.model_name} has no champion yet: `recommendations` left unchanged")
@@ -429,6 +451,7 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationsCo
         "users": dg.MetadataValue.int(int(users)),
         "distinct_items": dg.MetadataValue.int(int(distinct_items)),
         "n": dg.MetadataValue.int(config.n),
+        "rescored": dg.MetadataValue.bool(True),
         "seconds": dg.MetadataValue.float(seconds),
         "preview": dg.MetadataValue.md(markdown_table(["user_id", "rank", "item_id", "score", "model_version"],
                                                       [list(row) for row in preview])),
