@@ -134,6 +134,10 @@ def best_of(args, solver: str) -> tuple[dict, dict]:
             runs[library].append(run_worker(args, library, solver))
     print(f"  {solver} repeats, seconds: ours " + " ".join(f"{r['seconds']:.2f}" for r in runs["ours"])
           + " | implicit " + " ".join(f"{r['seconds']:.2f}" for r in runs["implicit"]), file=sys.stderr)
+    # each pair ran back to back, so its ratio is the least exposed to the machine's drift; the spread shows it
+    pairs = sorted(theirs["seconds"] / ours["seconds"] for ours, theirs in zip(runs["ours"], runs["implicit"]))
+    print(f"  {solver} speed-up per back-to-back pair: " + " ".join(f"{r:.2f}x" for r in pairs)
+          + f" (median {float(np.median(pairs)):.2f}x)", file=sys.stderr)
     return (min(runs["ours"], key=lambda r: r["seconds"]), min(runs["implicit"], key=lambda r: r["seconds"]))
 
 
