@@ -66,42 +66,61 @@ def _prefetch_ahead(Y, indices, nz, hi, next_lo, next_hi):
 
 
 @nb.njit(fastmath=True, inline="always")
-def _gather(Y, indices, gram_w, rhs_w, lo, hi, implicit, buf, first, b, next_lo=0, next_hi=0):
-    """Copy sqrt(w) y of nonzeros lo..hi into buf rows first.., add t y to b; returns their part of the row's
-    objective constant (sum of t in implicit mode, of t^2 in explicit mode).
+def _gather(Y, indices, gram_w, rhs_w, lo, hi, implicit, buf, first, residual, x, next_lo, next_hi):
+    """Copy sqrt(w) y of nonzeros lo..hi into buf rows first.., and add (t - w (y . x)) y to ``residual``: the
+    nonzeros' part of b - A x at the warm start x (CG), or of b = sum t y when ``x`` is None (Cholesky; numba
+    compiles that case without the dot products). Taking it while each y is in registers saves CG a pass over
+    buf and a separate sum for b. Returns the nonzeros' part of the row's objective constant (sum of t in
+    implicit mode, of t^2 in explicit mode) and of b . x.
 
     The loads of Y's rows are random; each is prefetched PREFETCH_AHEAD nonzeros early, running on into the
     nonzeros next_lo..next_hi of the row gathered next. Two nonzeros per pass halve the read-modify-writes of
-    b, whose chain through memory would otherwise bound the loop.
+    ``residual``, whose chain through memory would otherwise bound the loop.
     """
     k = Y.shape[1]
     constant = 0.0
+    b_dot_x = 0.0
     pos = first
     nz = lo
     while nz < hi:
         _prefetch_ahead(Y, indices, nz, hi, next_lo, next_hi)
         row0 = Y[indices[nz]]
-        scale0 = np.sqrt(gram_w[nz])
+        w0 = gram_w[nz]
         t0 = rhs_w[nz]
         constant += t0 if implicit else t0 * t0
+        dot0 = row0[0] - row0[0]  # a zero of the factors' float type
         if nz + 1 < hi:
             row1 = Y[indices[nz + 1]]
-            scale1 = np.sqrt(gram_w[nz + 1])
+            w1 = gram_w[nz + 1]
             t1 = rhs_w[nz + 1]
             constant += t1 if implicit else t1 * t1
+            dot1 = dot0
+            if x is not None:
+                for f in range(k):
+                    dot0 += row0[f] * x[f]
+                    dot1 += row1[f] * x[f]
+            scale0, scale1 = np.sqrt(w0), np.sqrt(w1)
+            coef0, coef1 = t0 - w0 * dot0, t1 - w1 * dot1
             for f in range(k):
                 buf[pos, f] = scale0 * row0[f]
                 buf[pos + 1, f] = scale1 * row1[f]
-                b[f] += t0 * row0[f] + t1 * row1[f]
+                residual[f] += coef0 * row0[f] + coef1 * row1[f]
+            b_dot_x += np.float64(t0) * dot0 + np.float64(t1) * dot1
             pos += 2
             nz += 2
         else:
+            if x is not None:
+                for f in range(k):
+                    dot0 += row0[f] * x[f]
+            scale0 = np.sqrt(w0)
+            coef0 = t0 - w0 * dot0
             for f in range(k):
                 buf[pos, f] = scale0 * row0[f]
-                b[f] += t0 * row0[f]
+                residual[f] += coef0 * row0[f]
+            b_dot_x += np.float64(t0) * dot0
             pos += 1
             nz += 1
-    return constant
+    return constant, b_dot_x
 
 
 def _make_kernels(syrk, posv):
@@ -140,7 +159,9 @@ def _make_kernels(syrk, posv):
                 constant = 0.0
                 for chunk_lo in range(lo, hi, GATHER_CHUNK):
                     m = min(GATHER_CHUNK, hi - chunk_lo)
-                    constant += _gather(Y, indices, gram_w, rhs_w, chunk_lo, chunk_lo + m, implicit, buf, 0, b)
+                    part, _ = _gather(Y, indices, gram_w, rhs_w, chunk_lo, chunk_lo + m, implicit, buf, 0, b, None,
+                                      0, 0)
+                    constant += part
                     ints[2] = m
                     syrk(chars[0:1].ctypes, chars[1:2].ctypes, ints[0:1].ctypes, ints[2:3].ctypes,
                          one.ctypes, buf.ctypes, ints[0:1].ctypes, one.ctypes, A.ctypes, ints[0:1].ctypes)
@@ -175,56 +196,6 @@ def kernels_for(dtype) -> SimpleNamespace:
 CG_BATCH = 128
 # nonzeros gathered per CG batch (a row with more gets a batch, and a buffer, of its own)
 CG_GATHER = 4096
-
-
-@nb.njit(fastmath=True, inline="always")
-def _gather_residual(Y, indices, gram_w, rhs_w, lo, hi, implicit, buf, first, x, residual, next_lo, next_hi):
-    """Copy sqrt(w) y of nonzeros lo..hi into buf rows first.., and add (t - w (y . x)) y to ``residual``: the
-    nonzeros' part of b - A x at the warm start x, taken while each y is in registers (a separate pass over
-    buf and a separate sum for b would each touch every gathered vector again). Returns the nonzeros' part of
-    the row's objective constant (sum of t in implicit mode, of t^2 in explicit mode) and of b . x."""
-    k = Y.shape[1]
-    constant = 0.0
-    b_dot_x = 0.0
-    pos = first
-    nz = lo
-    while nz < hi:
-        _prefetch_ahead(Y, indices, nz, hi, next_lo, next_hi)
-        row0 = Y[indices[nz]]
-        w0 = gram_w[nz]
-        t0 = rhs_w[nz]
-        constant += t0 if implicit else t0 * t0
-        dot0 = x[0] - x[0]  # a zero of the factors' float type
-        if nz + 1 < hi:
-            row1 = Y[indices[nz + 1]]
-            w1 = gram_w[nz + 1]
-            t1 = rhs_w[nz + 1]
-            constant += t1 if implicit else t1 * t1
-            dot1 = dot0
-            for f in range(k):
-                dot0 += row0[f] * x[f]
-                dot1 += row1[f] * x[f]
-            scale0, scale1 = np.sqrt(w0), np.sqrt(w1)
-            coef0, coef1 = t0 - w0 * dot0, t1 - w1 * dot1
-            for f in range(k):
-                buf[pos, f] = scale0 * row0[f]
-                buf[pos + 1, f] = scale1 * row1[f]
-                residual[f] += coef0 * row0[f] + coef1 * row1[f]
-            b_dot_x += np.float64(t0) * dot0 + np.float64(t1) * dot1
-            pos += 2
-            nz += 2
-        else:
-            for f in range(k):
-                dot0 += row0[f] * x[f]
-            scale0 = np.sqrt(w0)
-            coef0 = t0 - w0 * dot0
-            for f in range(k):
-                buf[pos, f] = scale0 * row0[f]
-                residual[f] += coef0 * row0[f]
-            b_dot_x += np.float64(t0) * dot0
-            pos += 1
-            nz += 1
-    return constant, b_dot_x
 
 
 @nb.njit(fastmath=True, inline="always")
@@ -331,8 +302,8 @@ def solve_cg(indptr, indices, gram_w, rhs_w, Y, base, reg, out, cg_steps, n_bloc
                 next_lo = next_hi = 0
                 if j + 1 < m:
                     next_lo, next_hi = indptr[batch[j + 1]], indptr[batch[j + 1] + 1]
-                constant[j], b_dot_x[j] = _gather_residual(Y, indices, gram_w, rhs_w, indptr[u], indptr[u + 1],
-                                                           implicit, B, start[j], Xb[j], R[j], next_lo, next_hi)
+                constant[j], b_dot_x[j] = _gather(Y, indices, gram_w, rhs_w, indptr[u], indptr[u + 1], implicit, B,
+                                                  start[j], R[j], Xb[j], next_lo, next_hi)
                 acc = 0.0
                 for f in range(k):
                     R[j, f] -= AP[j, f] + reg[u] * Xb[j, f]

@@ -195,7 +195,6 @@ class ALS:
         self._item_gram = None
 
         data = _HalfStepData.build(self, Cui, Ciu)
-        self._basis = None
         with self._thread_limits() as n_threads, self._original_basis_on_exit():
             for iteration in range(self.iterations):
                 started = time.perf_counter()
@@ -247,12 +246,10 @@ class ALS:
         n_threads = self.num_threads or nb.config.NUMBA_NUM_THREADS
         n_threads = max(1, min(n_threads, nb.config.NUMBA_NUM_THREADS))
         nb.set_num_threads(n_threads)
-        previous_chunksize = nb.set_parallel_chunksize(1)
         try:
-            with _blas_controller().limit(limits=1, user_api="blas"):
+            with _blas_controller().limit(limits=1, user_api="blas"), nb.parallel_chunksize(1):
                 yield n_threads
         finally:
-            nb.set_parallel_chunksize(previous_chunksize)
             nb.set_num_threads(previous)
 
     def _solve_rows(self, csr: sp.csr_matrix, gram_w, rhs_w, Y, base, reg, out, n_threads: int,
@@ -273,11 +270,12 @@ class ALS:
                                  n_blocks, self.implicit, diagonal, rotation if rotate else base, rotate)
 
     def _implicit_iteration(self, data: "_HalfStepData", n_threads: int) -> float:
-        X, Y = self.user_factors, self.item_factors
         if self.solver == "cg":
-            self._solve_users_in_gram_eigenbasis(data, n_threads)
+            self._solve_users_in_gram_eigenbasis(data, n_threads)  # turns the item factors: read them after
         else:
-            self._solve_rows(data.Cui, data.gram_ui, data.conf_ui, Y, Y.T @ Y, data.reg_users, X, n_threads)
+            Y = self.item_factors
+            self._solve_rows(data.Cui, data.gram_ui, data.conf_ui, Y, Y.T @ Y, data.reg_users, self.user_factors,
+                             n_threads)
         X, Y = self.user_factors, self.item_factors
         return self._solve_rows(data.Ciu, data.gram_iu, data.conf_iu, X, X.T @ X, data.reg_items, Y, n_threads)
 
