@@ -206,15 +206,24 @@ class ModelBundle:
         return self.item_ids[index[keep]], scores[keep]
 
 
+def holdout_users(holdout_user_ids) -> np.ndarray:
+    """The distinct users of a holdout, sorted: the rows of the lists `evaluate_on_holdout` judges."""
+    return np.unique(as_id_array(holdout_user_ids))
+
+
 def evaluate_on_holdout(bundle: ModelBundle, holdout_user_ids, holdout_item_ids, k: int = 10,
-                        strategy: str = "model") -> dict[str, float]:
+                        strategy: str = "model", lists: Recommendations | None = None) -> dict[str, float]:
     """Ranking metrics of ``bundle`` on held-out (user, item) pairs given in external ids, and the
     beyond-accuracy measures of the same top-k lists (`als_core.diversity.beyond_accuracy`: coverage,
     entropy, novelty, share of the 1% most popular items, against the bundle's training popularity).
 
     Every holdout user is scored exactly as serving would (unknown users get the popularity fallback).
     Held-out items the bundle does not know still count in the ideal DCG and recall denominators: a model
-    cannot be rewarded for a smaller catalogue."""
+    cannot be rewarded for a smaller catalogue.
+
+    ``lists``: the bundle's lists for ``holdout_users(holdout_user_ids)``, row for row, when the caller already
+    has them (scored deeper than ``k`` for another use, or read back from where they were stored); only their
+    first ``k`` columns are judged. By default they are scored here (``recommend_many``, ``strategy``)."""
     users = as_id_array(holdout_user_ids)
     items = as_id_array(holdout_item_ids)
     if users.shape != items.shape or users.ndim != 1:
@@ -233,10 +242,14 @@ def evaluate_on_holdout(bundle: ModelBundle, holdout_user_ids, holdout_item_ids,
                          shape=(len(unique_users), n_columns))
     test.sum_duplicates()
     test.data[:] = 1
-    recs = bundle.recommend_many(unique_users, n=k, strategy=strategy)
+    if lists is None:
+        lists = bundle.recommend_many(unique_users, n=k, strategy=strategy)
+    elif len(lists.item_index) != len(unique_users):
+        raise ValueError(f"lists has {len(lists.item_index)} rows for {len(unique_users)} holdout users")
     ranked = np.full((len(unique_users), k), -1, dtype=np.int64)  # a catalogue smaller than k leaves -1s
-    ranked[:, : recs.item_index.shape[1]] = recs.item_index
+    depth = min(k, lists.item_index.shape[1])
+    ranked[:, :depth] = lists.item_index[:, :depth]
     result = evaluate_ranking(ranked, test, n_items=n_columns, k=k)
     result.update(beyond_accuracy(ranked, bundle.seen, k=k))  # coverage over the bundle's own catalogue
-    result["users_fallback"] = int((recs.sources == SOURCE_POPULARITY).sum())
+    result["users_fallback"] = int((lists.sources == SOURCE_POPULARITY).sum())
     return result

@@ -11,3 +11,6 @@ JOIN (SELECT user_index, CAST(user_id AS VARCHAR) AS user_id FROM read_parquet($
     ON u.user_index = r.user_index
 JOIN (SELECT item_index, CAST(item_id AS VARCHAR) AS item_id FROM read_parquet($item_ids_file)) AS i
     ON i.item_index = r.item_index;
+DELETE FROM recommendations_model;
+INSERT INTO recommendations_model
+VALUES ($model_name, CAST($model_version AS INTEGER), $mlflow_run_id, CAST($n AS INTEGER), CAST(now() AT TIME ZONE 'UTC' AS TIMESTAMP));

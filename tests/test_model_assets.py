@@ -11,10 +11,10 @@ import pytest
 import scipy.sparse as sp
 
 import als_core
-from model_half import ALL_ASSETS, BETTER, GATE_ASSETS, GOOD, materialize, metadata_of, mlflow_resource, \
+from model_half import ALL_ASSETS, BETTER, GATE_ASSETS, GOOD, WEAK, materialize, metadata_of, mlflow_resource, \
     publish_training_data
 from mlflow_server import closed_port_uri
-from pipelines import registry
+from pipelines import recommendations_table, registry
 from pipelines.defs import model_assets
 from pipelines.settings import Settings
 from pipelines.tuned_params import write_best_params
@@ -114,22 +114,39 @@ def expected_rows(bundle, n: int, version: int) -> list[tuple]:
 
 
 def test_recommendations_table_equals_recommend_many_for_every_user(trained):
-    settings, _, resource, result = trained
+    settings, data, resource, result = trained
     version = metadata_of(result, "challenger")["model_version"]
     bundle = registry.load_bundle(resource.tracking_uri, resource.model_name, version)
     table = read_table(settings, "SELECT user_id, rank, item_id, score, model_version FROM recommendations "
                                  "ORDER BY user_id, rank")
-    assert table == expected_rows(bundle, 20, version)  # one batch of 5000: the same scoring call, same floats
+    # the holdout users' lists come from the evaluation's scoring call, the others from this asset's batches:
+    # another batch shape may round a score differently in its last bit
+    assert_same_lists(table, expected_rows(bundle, 20, version))
+    kept = (bundle.users.lookup(np.unique(data.holdout_user_ids)) >= 0).sum()
+    assert metadata_of(result, "recommendations")["prescored_users"] == kept > 0
 
 
-@pytest.mark.parametrize("string_ids", [False, True])
-def test_staged_recommendations_replace_the_table_exactly(tmp_path, string_ids):
-    """stage_recommendations + sql/recommendations_replace.sql on a bundle with the awkward cases: string ids,
-    a user without history (popularity), users with fewer unseen items than n (padding), several batches.
-    Integer-valued factors: scores are exact whatever the batch, so every row must match."""
+def assert_same_lists(table: list[tuple], expected: list[tuple], rtol: float = 1e-5) -> None:
+    """Rows (user, rank, item, score, version) equal but for float rounding: scores within ``rtol``, and items
+    equal rank for rank except among scores that close, where only the set of items must match."""
+    assert [(user, rank, version) for user, rank, _, _, version in table] == \
+        [(user, rank, version) for user, rank, _, _, version in expected]
+    assert np.allclose([row[3] for row in table], [row[3] for row in expected], rtol=rtol, atol=0)
+    group_start = 0
+    for position in range(1, len(expected) + 1):
+        ends = (position == len(expected) or expected[position][0] != expected[group_start][0]
+                or not np.isclose(expected[position][3], expected[position - 1][3], rtol=rtol, atol=0))
+        if ends:
+            assert sorted(row[2] for row in table[group_start:position]) == \
+                sorted(row[2] for row in expected[group_start:position]), expected[group_start]
+            group_start = position
+
+
+def awkward_bundle(string_ids: bool):
+    """A bundle with the awkward cases: a user without history (popularity), a user with fewer unseen items
+    than 12 (padding). Integer-valued factors: scores are exact whatever the batch, so every row must match."""
     from als_core import ALS
     from als_core.bundle import ModelBundle
-    from pipelines import sql_files
 
     rng = np.random.default_rng(7)
     n_users, n_items = 23, 300
@@ -143,16 +160,60 @@ def test_staged_recommendations_replace_the_table_exactly(tmp_path, string_ids):
     user_ids, item_ids = np.arange(n_users) * 3 + 100, np.arange(n_items) * 7 + 1
     if string_ids:
         user_ids, item_ids = np.char.add("u-", user_ids.astype(str)), np.char.add("item ", item_ids.astype(str))
-    bundle = ModelBundle.build(model, user_ids, item_ids, sp.csr_matrix(seen))
-    rows, params = model_assets.stage_recommendations(bundle, 4, 12, 5, tmp_path, lambda message: None)
+    return ModelBundle.build(model, user_ids, item_ids, sp.csr_matrix(seen))
+
+
+AWKWARD = recommendations_table.TableModel("m", 4, "abc123", 12)
+
+
+@pytest.mark.parametrize("string_ids", [False, True])
+@pytest.mark.parametrize("prescored_users", [None, [0, 3, 5, 22]])
+def test_staged_recommendations_replace_the_table_exactly(tmp_path, string_ids, prescored_users):
+    """stage + replace on the awkward bundle in several batches, with some users' lists taken as scored
+    (deeper than n, as the evaluation keeps them) instead of scored again."""
+    bundle = awkward_bundle(string_ids)
+    prescored = None
+    if prescored_users is not None:
+        deeper = bundle.recommend_many(bundle.user_ids[prescored_users], n=30)
+        prescored = recommendations_table.PrescoredLists(np.array(prescored_users), deeper.item_index, deeper.scores)
+    logged = []
+    rows, staged = recommendations_table.stage(bundle, 4, 12, 5, tmp_path, logged.append, prescored)
     with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
-        sql_files.run(con, "recommendations_schema")
+        recommendations_table.ensure_schema(con)
         for _ in range(2):  # the second run replaces the first
-            sql_files.run(con, "recommendations_replace", params)
+            recommendations_table.replace(con, staged, AWKWARD)
         table = con.execute("SELECT * FROM recommendations ORDER BY user_id, rank").fetchall()
+        assert recommendations_table.written_by(con) == AWKWARD
+        assert recommendations_table.holds(con, AWKWARD) == len(table)
+        assert recommendations_table.holds(con, recommendations_table.TableModel("m", 4, "other-run", 12)) is None
     expected = expected_rows(bundle, 12, 4)
-    assert rows == len(expected) == n_users * 12 - 9
+    assert rows == len(expected) == 23 * 12 - 9
     assert table == expected
+    scored_users = 23 - (0 if prescored is None else 4)
+    assert f"scored users {scored_users}/{scored_users}" in logged[-1]
+
+
+@pytest.mark.parametrize("string_ids", [False, True])
+def test_top_k_lists_read_back_equal_scoring_or_are_refused(tmp_path, string_ids):
+    """The lists `evaluation` reads back from the table are what recommend_many gives (unknown users and the
+    user without history from popularity); another writer, too shallow a table or a missing row gives None."""
+    bundle = awkward_bundle(string_ids)
+    _, staged = recommendations_table.stage(bundle, 4, 12, 7, tmp_path, lambda message: None)
+    unknown = "nobody" if string_ids else 99999
+    users = np.array([*bundle.user_ids[[0, 3, 5, 9]], unknown], dtype=bundle.user_ids.dtype)
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
+        recommendations_table.ensure_schema(con)
+        recommendations_table.replace(con, staged, AWKWARD)
+        lists = recommendations_table.top_k_lists(con, AWKWARD, bundle, users, 10)
+        expected = bundle.recommend_many(users, n=10)
+        assert np.array_equal(lists.item_index, expected.item_index)
+        assert np.array_equal(lists.scores, expected.scores)
+        assert list(lists.sources) == list(expected.sources) == ["als", "popularity", "als", "als", "popularity"]
+        assert recommendations_table.top_k_lists(con, AWKWARD, bundle, users, 13) is None  # table is 12 deep
+        other = recommendations_table.TableModel("m", 4, "another-run", 12)
+        assert recommendations_table.top_k_lists(con, other, bundle, users, 10) is None
+        con.execute("DELETE FROM recommendations WHERE user_id = ? AND rank = 7", [str(users[3])])
+        assert recommendations_table.top_k_lists(con, AWKWARD, bundle, users, 10) is None
 
 
 def test_pyfunc_loads_from_the_champion_alias_and_honours_n(trained):
@@ -266,3 +327,29 @@ def test_tuned_parameters_apply_unless_the_run_config_sets_them(settings):
     assert (params["factors"], params["alpha"]) == (7, 2.0)
     params, source = model_assets.resolve_hyperparameters(model_assets.ChallengerConfig(use_tuned=False), settings)
     assert (params["factors"], source) == (64, "config")
+
+
+def test_evaluation_reads_the_champions_lists_from_the_table_and_scores_them_the_same(settings):
+    """While `recommendations` holds the champion's lists, the evaluation judges the champion on them instead of
+    scoring it again, with the same result; a table another model wrote is not trusted."""
+    from als_core.bundle import evaluate_on_holdout
+
+    data = publish_training_data(settings)
+    resource = mlflow_resource(settings)
+    first = materialize(ALL_ASSETS, resource, settings, challenger=GOOD, recommendations={"n": 20})
+    champion_version = metadata_of(first, "challenger")["model_version"]
+    rescored = evaluate_on_holdout(registry.load_bundle(resource.tracking_uri, resource.model_name, champion_version),
+                                   data.holdout_user_ids, data.holdout_item_ids, k=10)["ndcg@10"]
+
+    second = materialize(GATE_ASSETS, resource, settings, challenger=WEAK)  # not promoted: v1 stays champion
+    evaluated = metadata_of(second, "evaluation")
+    assert evaluated["champion_version"] == champion_version
+    assert evaluated["champion_lists"] == "table recommendations"
+    assert evaluated["champion_ndcg_at_10"] == pytest.approx(rescored, rel=1e-9)
+
+    with duckdb.connect(str(settings.duckdb_path)) as con:  # as if another MLflow store's v1 had written it
+        con.execute("UPDATE recommendations_model SET mlflow_run_id = 'elsewhere'")
+    again = materialize([model_assets.evaluation], resource, settings,
+                        evaluation={"version": metadata_of(second, "challenger")["model_version"]})
+    assert metadata_of(again, "evaluation")["champion_lists"] == "scored"
+    assert metadata_of(again, "evaluation")["champion_ndcg_at_10"] == pytest.approx(rescored, rel=1e-9)

@@ -20,11 +20,9 @@ from typing import Literal
 
 import dagster as dg
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field
 
-from pipelines import plots, registry, sql_files
+from pipelines import plots, recommendations_table, registry, scored_lists, sql_files
 from pipelines.defs.mlflow_resource import MLflowResource
 from pipelines.defs.resources import DuckDBResource
 from pipelines.markdown import markdown_table
@@ -57,14 +55,19 @@ def target_version(client, mlflow: MLflowResource, context: dg.AssetExecutionCon
     return registry.find_version(client, mlflow.model_name, context.run.run_id)
 
 
+def table_model(ref, n: int) -> recommendations_table.TableModel:
+    """What `recommendations` records about a model version writing ``n`` lists per user."""
+    return recommendations_table.TableModel(ref.name, int(ref.version), ref.run_id, int(n))
+
+
 def metric_key(key: str) -> str:
     return key.replace("@", "_at_")  # MLflow metric and tag names allow no '@'
 
 
-def _score(bundle, holdout: tuple[np.ndarray, np.ndarray], strategy: str = "model") -> dict[str, float]:
+def _score(bundle, holdout: tuple[np.ndarray, np.ndarray], strategy: str = "model", lists=None) -> dict[str, float]:
     from als_core.bundle import evaluate_on_holdout
 
-    return evaluate_on_holdout(bundle, holdout[0], holdout[1], k=K, strategy=strategy)
+    return evaluate_on_holdout(bundle, holdout[0], holdout[1], k=K, strategy=strategy, lists=lists)
 
 
 # ------------------------------------------------------------------------------------------ challenger
@@ -196,11 +199,35 @@ def _metrics_table(scores: dict[str, dict[str, float] | None]) -> str:
 class EvaluationConfig(dg.Config):
     version: int | None = Field(default=None, description="Model version to evaluate; empty = this run's challenger "
                                                          "(the newest version when evaluation runs on its own).")
+    keep_n: int = Field(default=50, ge=0, le=1000,
+                        description="Score the holdout users' lists this deep and keep them for `recommendations` "
+                                    "(set it to its n): the day the challenger is promoted, those users are not "
+                                    "scored again. Top 50 costs the same matrix products as top 10. 0 keeps none.")
+
+
+def keep_challenger_lists(settings: Settings, run_id: str, bundle, users: np.ndarray, lists) -> int:
+    """Keep the lists of the holdout users the bundle knows (`pipelines.scored_lists`); returns how many."""
+    rows = bundle.users.lookup(users)
+    known = rows >= 0
+    scored_lists.save(settings, run_id, recommendations_table.PrescoredLists(
+        rows[known], lists.item_index[known], lists.scores[known]))
+    return int(known.sum())
+
+
+def stored_champion_lists(duckdb: DuckDBResource, champion_ref, bundle, users: np.ndarray):
+    """The champion's top-K lists for ``users`` read back from `recommendations` when the table holds that
+    champion's lists, else None (then the caller scores them)."""
+    try:
+        with duckdb.connect(read_only=True) as con:
+            return recommendations_table.top_k_lists(con, table_model(champion_ref, K), bundle, users, K)
+    except FileNotFoundError:  # no warehouse yet
+        return None
 
 
 @dg.asset(
     group_name=GROUP,
     deps=[challenger],
+    pool="duckdb",  # reads the champion's lists from `recommendations`
     kinds={"python", "mlflow"},
     check_specs=[dg.AssetCheckSpec("challenger_beats_popularity", asset="evaluation",
                                    description="The challenger's NDCG@10 is above the popularity baseline's (a warning: "
@@ -208,22 +235,36 @@ class EvaluationConfig(dg.Config):
     description="Challenger, current champion and popularity scored on the challenger's holdout (unknown users "
                 "get the popularity fallback, as in serving).",
 )
-def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, mlflow: MLflowResource) -> dg.MaterializeResult:
+def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, mlflow: MLflowResource,
+               duckdb: DuckDBResource) -> dg.MaterializeResult:
+    from als_core.bundle import holdout_users
+
     with mlflow_failure_is_a_run_failure():
         client = mlflow.client()
         ref = target_version(client, mlflow, context, config.version)
         holdout = registry.load_holdout(client, ref.run_id)
-        context.log.info(f"evaluating {ref.name} v{ref.version} on {len(holdout[0])} holdout pairs")
+        users = holdout_users(holdout[0])
+        context.log.info(f"evaluating {ref.name} v{ref.version} on {len(holdout[0])} holdout pairs of {len(users)} "
+                         f"users")
         bundle = registry.load_bundle(mlflow.tracking_uri, ref.name, ref.version)
+        lists = bundle.recommend_many(users, n=max(K, config.keep_n))
         scores: dict[str, dict[str, float] | None] = {
-            "challenger": _score(bundle, holdout), "champion": None,
+            "challenger": _score(bundle, holdout, lists=lists), "champion": None,
             "popularity": _score(bundle, holdout, strategy="popularity")}
+        if config.keep_n:
+            kept = keep_challenger_lists(Settings.from_env(), ref.run_id, bundle, users, lists)
+            context.log.info(f"kept {kept} users' top {config.keep_n} for `recommendations`")
         champion = registry.champion_ref(client, ref.name)
+        champion_from = "none"
         if champion is not None:
-            context.log.info(f"re-scoring champion v{champion.version} on the same holdout")
-            champion_bundle = bundle if champion.version == ref.version else registry.load_bundle(
-                mlflow.tracking_uri, ref.name, champion.version)
-            scores["champion"] = _score(champion_bundle, holdout)
+            if champion.version == ref.version:
+                champion_bundle, champion_lists, champion_from = bundle, lists, "the challenger's lists"
+            else:
+                champion_bundle = registry.load_bundle(mlflow.tracking_uri, ref.name, champion.version)
+                champion_lists = stored_champion_lists(duckdb, champion, champion_bundle, users)
+                champion_from = "scored" if champion_lists is None else "table recommendations"
+            context.log.info(f"champion v{champion.version} on the same holdout: lists {champion_from}")
+            scores["champion"] = _score(champion_bundle, holdout, lists=champion_lists)
         registry.log_metrics(client, ref.run_id, {
             f"eval_{role}_{metric_key(key)}": value
             for role, values in scores.items() if values for key, value in values.items()})
@@ -251,6 +292,7 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, mlfl
     metadata.update({
         "challenger_version": dg.MetadataValue.int(ref.version),
         "champion_version": dg.MetadataValue.int(champion.version) if champion else dg.MetadataValue.text("none"),
+        "champion_lists": dg.MetadataValue.text(champion_from),
         "holdout_pairs": dg.MetadataValue.int(len(holdout[0])),
         "holdout_fingerprint": dg.MetadataValue.text(ref.tags.get(registry.TAG_HOLDOUT_FINGERPRINT, "")),
         "metrics": dg.MetadataValue.md(_metrics_table(scores)),
@@ -348,57 +390,10 @@ def champion(context: dg.AssetExecutionContext, config: ChampionConfig, mlflow: 
 
 class RecommendationsConfig(dg.Config):
     n: int = Field(default=50, ge=1, le=1000, description="Recommendations per user.")
-    batch_size: int = Field(default=5000, ge=1, description="Users scored per batch (bounds memory).")
+    batch_size: int = Field(default=20000, ge=1, description="Users scored per batch (bounds memory: a batch holds "
+                                                              "its users' lists, about 12 bytes per recommendation).")
     force: bool = Field(default=False, description="Score again even when the table already holds the "
                                                    "champion's top-n (a registered version never changes).")
-
-
-# Staged as numbers: bundle row of the user, rank, bundle index of the item, the float32 score. The external ids
-# are staged once each (two small id maps) and joined back by sql/recommendations_replace.sql: formatting 10M
-# ids as strings in numpy took 5.6 s at 200k users x top 50.
-_RECOMMENDATION_SCHEMA = pa.schema([("user_index", pa.int32()), ("rank", pa.int32()), ("item_index", pa.int32()),
-                                    ("score", pa.float32())])
-
-
-def stage_recommendations(bundle, version: int, n: int, batch_size: int, directory: Path, log) -> tuple[int, dict]:
-    """Score every known user in batches into Parquet files under ``directory`` (bounded memory, no DuckDB lock
-    held). Returns the number of rows staged and the parameters of sql/recommendations_replace.sql."""
-    user_ids = bundle.user_ids
-    params = {"staged_files": [str(directory / "recommendations.parquet")], "model_version": int(version)}
-    for what, ids in (("user", user_ids), ("item", bundle.item_ids)):
-        params[f"{what}_ids_file"] = str(directory / f"{what}_ids.parquet")
-        pq.write_table(pa.table({f"{what}_index": np.arange(len(ids), dtype=np.int32), f"{what}_id": ids}),
-                       params[f"{what}_ids_file"])
-    written = 0
-    # no dictionaries (random item indices defeat them; trying made the write 4x slower), no statistics (nothing
-    # filters on them)
-    with pq.ParquetWriter(params["staged_files"][0], _RECOMMENDATION_SCHEMA, compression="lz4", use_dictionary=False,
-                          write_statistics=False) as writer:
-        for start in range(0, len(user_ids), batch_size):
-            batch = user_ids[start:start + batch_size]
-            recs = bundle.recommend_many(batch, n=n)  # the ids are the bundle's own: row j is bundle row start + j
-            n_users, n_out = recs.item_index.shape
-            columns = [np.repeat(np.arange(start, start + n_users, dtype=np.int32), n_out),
-                       np.tile(np.arange(1, n_out + 1, dtype=np.int32), n_users),
-                       recs.item_index.astype(np.int32).ravel(),
-                       recs.scores.astype(np.float32, copy=False).ravel()]
-            filled = (recs.item_index >= 0).ravel()  # padding (-1) is not a recommendation
-            if not filled.all():
-                columns = [column[filled] for column in columns]
-            writer.write_table(pa.table(columns, schema=_RECOMMENDATION_SCHEMA))
-            written += len(columns[0])
-            log(f"scored users {start + len(batch)}/{len(user_ids)} ({written} rows)")
-    return written, params
-
-
-def table_holds_top_n(duckdb: DuckDBResource, version: int, n: int) -> int | None:
-    """The number of rows of `recommendations` when they are all version ``version``'s top ``n`` (a registered
-    version's bundle never changes, so scoring it again would write the same rows), else None."""
-    with duckdb.connect() as con:
-        sql_files.run(con, "recommendations_schema")
-        oldest, newest, deepest, rows = sql_files.run(con, "recommendations_state").fetchone()
-    current = rows > 0 and oldest == newest == int(version) and deepest == n
-    return int(rows) if current else None
 
 
 @dg.asset(
@@ -414,7 +409,9 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationsCo
     with mlflow_failure_is_a_run_failure():
         champion_now = registry.champion_ref(mlflow.client(), mlflow.model_name)  # fails fast when MLflow is down
         if champion_now is not None and not config.force:
-            held = table_holds_top_n(duckdb, champion_now.version, config.n)
+            with duckdb.connect() as con:
+                recommendations_table.ensure_schema(con)
+                held = recommendations_table.holds(con, table_model(champion_now, config.n))
             if held is not None:
                 context.log.info(f"`recommendations` already holds champion v{champion_now.version}'s top "
                                  f"{config.n} ({held} rows): left as it is (force=true scores again)")
@@ -428,15 +425,17 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationsCo
         return dg.MaterializeResult(metadata={"champion_version": dg.MetadataValue.text("none"),
                                               "rows": dg.MetadataValue.int(0)})
     ref, bundle = loaded
+    prescored = scored_lists.load(Settings.from_env(), ref.run_id, min(config.n, len(bundle.items)))
     context.log.info(f"scoring {len(bundle.user_ids)} users with champion v{ref.version}, top {config.n}")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="recommendations-") as tmp:
-        _, params = stage_recommendations(bundle, ref.version, config.n, config.batch_size, Path(tmp), context.log.info)
+        _, staged = recommendations_table.stage(bundle, ref.version, config.n, config.batch_size, Path(tmp),
+                                                context.log.info, prescored)
         with duckdb.connect() as con:
-            sql_files.run(con, "recommendations_schema")
+            recommendations_table.ensure_schema(con)
             con.begin()
             try:
-                sql_files.run(con, "recommendations_replace", params)
+                recommendations_table.replace(con, staged, table_model(ref, config.n))
                 con.commit()
             except BaseException:
                 con.rollback()
@@ -452,6 +451,7 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationsCo
         "distinct_items": dg.MetadataValue.int(int(distinct_items)),
         "n": dg.MetadataValue.int(config.n),
         "rescored": dg.MetadataValue.bool(True),
+        "prescored_users": dg.MetadataValue.int(0 if prescored is None else len(prescored.rows)),
         "seconds": dg.MetadataValue.float(seconds),
         "preview": dg.MetadataValue.md(markdown_table(["user_id", "rank", "item_id", "score", "model_version"],
                                                       [list(row) for row in preview])),

@@ -1,0 +1,168 @@
+"""The DuckDB table `recommendations`: the champion's top-N for every user it knows, and the one-row table
+`recommendations_model` that says which model wrote it. No Dagster import.
+
+- `stage` scores the users into Parquet (bounded memory, no DuckDB lock held) and `replace` swaps the table's
+  contents for them in the caller's transaction;
+- `written_by` reads which model the table holds, so that the asset can leave it alone while it holds the
+  champion's top-N, and `evaluation` can read the champion's lists back instead of scoring them again
+  (`top_k_lists`): a registered version never changes, so its stored lists are what scoring would give.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines import sql_files
+
+# Staged as numbers: bundle row of the user, rank, bundle index of the item, the float32 score. The external ids
+# are staged once each (two small id maps) and joined back by sql/recommendations_replace.sql: formatting 10M
+# ids as strings in numpy took 5.6 s at 200k users x top 50.
+_STAGED_SCHEMA = pa.schema([("user_index", pa.int32()), ("rank", pa.int32()), ("item_index", pa.int32()),
+                            ("score", pa.float32())])
+
+
+@dataclass(frozen=True)
+class TableModel:
+    """The model behind the rows of `recommendations`: registered name and version, its MLflow run, and N."""
+
+    name: str
+    version: int
+    run_id: str
+    n: int
+
+    def same_model(self, other: TableModel | None) -> bool:
+        return other is not None and (self.name, self.version, self.run_id) == (other.name, other.version,
+                                                                                 other.run_id)
+
+
+@dataclass(frozen=True)
+class PrescoredLists:
+    """Some users' lists, already scored by the same bundle (`pipelines.scored_lists`): ``rows`` are bundle
+    rows, ``item_index``/``scores`` their top lists (-1 / -inf padded), at least as deep as the table's N."""
+
+    rows: np.ndarray
+    item_index: np.ndarray
+    scores: np.ndarray
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    sql_files.run(con, "recommendations_schema")
+
+
+def written_by(con: duckdb.DuckDBPyConnection) -> TableModel | None:
+    """Which model wrote the table (None: never written, or by a version of this code that did not say)."""
+    try:
+        rows = sql_files.run(con, "recommendations_model").fetchall()
+    except duckdb.CatalogException:  # a read-only connection to a warehouse without the table
+        return None
+    return TableModel(rows[0][0], int(rows[0][1]), rows[0][2], int(rows[0][3])) if len(rows) == 1 else None
+
+
+def holds(con: duckdb.DuckDBPyConnection, model: TableModel) -> int | None:
+    """The number of rows when the table holds exactly ``model``'s top ``model.n`` (the recorded writer, and
+    every row of that version, ranks down to n), else None."""
+    [(oldest, newest, deepest, rows)] = sql_files.run(con, "recommendations_state").fetchall()
+    writer = written_by(con)
+    current = (rows > 0 and oldest == newest == model.version and deepest == model.n
+               and model.same_model(writer) and writer.n == model.n)
+    return int(rows) if current else None
+
+
+def stage(bundle, version: int, n: int, batch_size: int, directory: Path, log: Callable[[str], None],
+          prescored: PrescoredLists | None = None) -> tuple[int, dict]:
+    """Score every known user of ``bundle`` in batches into Parquet files under ``directory``; users in
+    ``prescored`` are written from it instead of being scored again. Returns the number of rows staged and
+    the staged files' parameters of sql/recommendations_replace.sql."""
+    user_ids = bundle.user_ids
+    params = {"staged_files": [str(directory / "recommendations.parquet")], "model_version": int(version)}
+    for what, ids in (("user", user_ids), ("item", bundle.item_ids)):
+        params[f"{what}_ids_file"] = str(directory / f"{what}_ids.parquet")
+        pq.write_table(pa.table({f"{what}_index": np.arange(len(ids), dtype=np.int32), f"{what}_id": ids}),
+                       params[f"{what}_ids_file"])
+    to_score = np.arange(len(user_ids))
+    written = 0
+    # no dictionaries (random item indices defeat them; trying made the write 4x slower), no statistics (nothing
+    # filters on them)
+    with pq.ParquetWriter(params["staged_files"][0], _STAGED_SCHEMA, compression="lz4", use_dictionary=False,
+                          write_statistics=False) as writer:
+        if prescored is not None and len(prescored.rows):
+            writer.write_table(_batch(prescored.rows, prescored.item_index[:, :n], prescored.scores[:, :n]))
+            written += int((prescored.item_index[:, :n] >= 0).sum())
+            to_score = np.setdiff1d(to_score, prescored.rows, assume_unique=True)
+            log(f"{len(prescored.rows)} users' lists taken as scored by the evaluation; scoring the other "
+                f"{len(to_score)}")
+        for start in range(0, len(to_score), batch_size):
+            rows = to_score[start:start + batch_size]
+            recs = bundle.recommend_many(user_ids[rows], n=n)  # the bundle's own ids: all known
+            table = _batch(rows, recs.item_index, recs.scores)
+            writer.write_table(table)
+            written += table.num_rows
+            log(f"scored users {start + len(rows)}/{len(to_score)} ({written} rows)")
+    return written, params
+
+
+def _batch(rows: np.ndarray, item_index: np.ndarray, scores: np.ndarray) -> pa.Table:
+    """Staged rows of some users' lists, padding (-1) dropped."""
+    n_users, n_out = item_index.shape
+    columns = [np.repeat(rows.astype(np.int32), n_out), np.tile(np.arange(1, n_out + 1, dtype=np.int32), n_users),
+               item_index.astype(np.int32).ravel(), scores.astype(np.float32, copy=False).ravel()]
+    filled = (item_index >= 0).ravel()
+    if not filled.all():
+        columns = [column[filled] for column in columns]
+    return pa.table(columns, schema=_STAGED_SCHEMA)
+
+
+def replace(con: duckdb.DuckDBPyConnection, staged: dict, model: TableModel) -> None:
+    """Swap the table's rows for the staged ones and record ``model`` as their writer; the caller holds the
+    transaction."""
+    sql_files.run(con, "recommendations_replace", {**staged, "model_name": model.name,
+                                                   "model_version": model.version,
+                                                   "mlflow_run_id": model.run_id, "n": model.n})
+
+
+def top_k_lists(con: duckdb.DuckDBPyConnection, model: TableModel, bundle, users: np.ndarray, k: int):
+    """``bundle``'s top-``k`` lists for ``users`` (external ids), as `ModelBundle.recommend_many` gives them,
+    with the lists of the users it knows read from the table: ``model`` must be the table's writer and
+    ``bundle`` its bundle. None when the table does not hold them (another writer, shallower than ``k``, or a
+    user's list is not the length scoring would give), so that the caller scores instead."""
+    from als_core.bundle import SOURCE_ALS, Recommendations
+
+    writer = written_by(con)
+    if not model.same_model(writer) or writer.n < k:
+        return None
+    rows = bundle.users.lookup(users)
+    known = rows >= 0
+    known[known] = np.diff(bundle.seen.indptr)[rows[known]] > 0  # no history: the fallback, as in serving
+    depth = min(k, len(bundle.items))
+    item_index = np.full((len(users), depth), -1, dtype=np.int64)
+    scores = np.full((len(users), depth), -np.inf, dtype=np.float32)
+    con.register("wanted_users", pa.table({"user_id": np.asarray(users).astype(str)[known],
+                                           "position": np.flatnonzero(known).astype(np.int64)}))
+    con.register("known_items", pa.table({"item_id": bundle.item_ids.astype(str),
+                                          "item_index": np.arange(len(bundle.items), dtype=np.int64)}))
+    try:
+        found = sql_files.run(con, "recommendations_top_k", {"k": depth}).fetchnumpy()
+    finally:
+        con.unregister("wanted_users")
+        con.unregister("known_items")
+    position, rank = found["position"], found["rank"].astype(np.int64) - 1
+    item_index[position, rank] = found["item_index"]
+    scores[position, rank] = found["score"]
+    # scoring gives each known user min(depth, unseen items) items: anything else is not this model's table
+    unseen = len(bundle.items) - np.diff(bundle.seen.indptr)[rows[known]]
+    if not np.array_equal((item_index[known] >= 0).sum(axis=1), np.minimum(depth, unseen)):
+        return None
+    sources = np.full(len(users), SOURCE_ALS, dtype="<U10")
+    lists = Recommendations(item_index, scores, sources, bundle.item_ids)
+    if not known.all():  # unknown users: the popularity fallback, cheap to compute
+        fallback = bundle.recommend_many(np.asarray(users)[~known], n=depth)
+        lists.item_index[~known], lists.scores[~known], lists.sources[~known] = (
+            fallback.item_index, fallback.scores, fallback.sources)
+    return lists
