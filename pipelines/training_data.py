@@ -11,10 +11,10 @@ conversion: '7' yes, '007' or 'abc' no), else unicode strings. Holdout pairs use
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
-import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -28,7 +28,6 @@ from pipelines.settings import Settings
 FORMAT_VERSION = 1
 _ARRAYS = "arrays.npz"
 _META = "meta.json"
-_CANONICAL_INT = re.compile(r"^(0|-?[1-9][0-9]{0,18})$")
 SPLITS = ("temporal", "random")
 
 
@@ -61,15 +60,17 @@ class TrainingData:
     def holdout_pairs(self) -> int:
         return len(self.holdout_user_ids)
 
-    @property
+    @functools.cached_property  # save, load and the model assets all ask; the arrays are never changed
     def holdout_fingerprint(self) -> str:
         """sha256 (hex) of the sorted holdout pairs as text: equal holdouts, equal fingerprints,
-        whatever the id dtype."""
-        pairs = sorted(zip(map(str, self.holdout_user_ids.tolist()), map(str, self.holdout_item_ids.tolist())))
-        digest = hashlib.sha256()
-        for user, item in pairs:
-            digest.update(f"{user}\t{item}\n".encode())
-        return digest.hexdigest()
+        whatever the id dtype.
+
+        The lines f"{user}\t{item}\n" in the order of sorted (str(user), str(item)) tuples, hashed as one
+        text: numpy compares unicode by code point as Python does, so lexsort gives that order."""
+        users, items = self.holdout_user_ids.astype(str), self.holdout_item_ids.astype(str)
+        order = np.lexsort((items, users))
+        lines = np.strings.add(np.strings.add(users[order], "\t"), np.strings.add(items[order], "\n"))
+        return hashlib.sha256("".join(lines.tolist()).encode()).hexdigest()
 
     def meta(self) -> dict:
         return {
@@ -188,13 +189,20 @@ def as_id_array(ids) -> np.ndarray:
 def type_id_axis(*id_arrays) -> list[np.ndarray]:
     """The arrays of one id axis (e.g. the train users and the holdout users) typed together: all int64
     when every distinct id among them is a canonical decimal integer, else all unicode strings."""
-    texts = [np.asarray(ids).astype(str) for ids in id_arrays]
-    distinct = np.unique(np.concatenate(texts)) if texts else np.empty(0, dtype=str)
-    if len(distinct) and all(_CANONICAL_INT.match(s) for s in distinct.tolist()):
-        try:
-            return [text.astype(np.int64) for text in texts]
-        except OverflowError:
-            pass
+    arrays = [np.asarray(ids) for ids in id_arrays]
+    if arrays and all(a.dtype.kind == "i" and a.ndim == 1 for a in arrays) and any(len(a) for a in arrays):
+        return [a.astype(np.int64) for a in arrays]  # signed integers print canonically and fit int64
+    texts = [a.astype(str) for a in arrays]
+    if not (np.concatenate(texts) if texts else np.empty(0, dtype=str)).size:
+        return texts
+    try:  # int() per element: lenient (' 7', '+7', '007', '1_0' parse too), hence the round trip below
+        ints = [text.astype(np.int64) for text in texts]
+    except (ValueError, OverflowError):
+        return texts
+    # canonical when the text is what the int64 prints back ('7\n' is not: the regex this replaced let a
+    # trailing newline through, and the conversion lost it)
+    if all(np.array_equal(back.astype(str), text) for back, text in zip(ints, texts)):
+        return ints
     return texts
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
 import json
+import re
 
 import dagster as dg
 import numpy as np
@@ -15,7 +18,9 @@ from als_core.synthetic import generate_events
 from pipelines.defs.interactions import interactions
 from pipelines.defs.training_data_asset import training_data
 from pipelines.landing import write_day_files
-from pipelines.training_data import TrainingData, as_id_array, latest_dir, publish, random_split, temporal_split
+from pipelines.training_data import (
+    TrainingData, as_id_array, latest_dir, publish, random_split, temporal_split, type_id_axis,
+)
 
 D1, D2, D3 = dt.date(2026, 1, 1), dt.date(2026, 1, 2), dt.date(2026, 1, 3)
 
@@ -203,3 +208,91 @@ def test_asset_split_in_duckdb_equals_the_python_reference(settings, ingest_day,
     assert got.user_ids.dtype.kind == "U" and got.item_ids.dtype == np.int64
     assert got.holdout_pairs > 0
     _assert_same_training_data(got, expected)
+
+
+# --------------------------------------------------------------------------- vectorised = the plain versions
+
+
+def _reference_fingerprint(users: np.ndarray, items: np.ndarray) -> str:
+    """The fingerprint as first written (sorted Python tuples, one update per line): the definition."""
+    pairs = sorted(zip(map(str, users.tolist()), map(str, items.tolist())))
+    digest = hashlib.sha256()
+    for user, item in pairs:
+        digest.update(f"{user}\t{item}\n".encode())
+    return digest.hexdigest()
+
+
+_REFERENCE_CANONICAL_INT = re.compile(r"^(0|-?[1-9][0-9]{0,18})$")
+
+
+def _reference_type_id_axis(*id_arrays) -> list[np.ndarray]:
+    """type_id_axis as first written (a regex per distinct id), but matching whole ids: the definition."""
+    texts = [np.asarray(ids).astype(str) for ids in id_arrays]
+    distinct = np.unique(np.concatenate(texts)) if texts else np.empty(0, dtype=str)
+    if len(distinct) and all(_REFERENCE_CANONICAL_INT.fullmatch(s) for s in distinct.tolist()):
+        try:
+            return [text.astype(np.int64) for text in texts]
+        except OverflowError:
+            pass
+    return texts
+
+
+def _holdout_only(users, items) -> TrainingData:
+    empty = np.empty(0, dtype=np.int64)
+    return TrainingData(empty, empty, sp.csr_matrix((0, 0)), np.asarray(users), np.asarray(items),
+                        "2026-01-01", "2026-01-30", "temporal")
+
+
+_RNG = np.random.default_rng(5)
+_INT64 = np.iinfo(np.int64)
+_ODD_TEXT = ["10", "9", "", "a", "a!", "a\t", "a\x01", "a\x00b", "Z", "z", "é", "ä", "ß", "日本", "😀", "\ud7ff", "\ue000",
+             " 7", "7"]
+
+
+@pytest.mark.parametrize("users, items", [
+    (_RNG.integers(-50, 50, 500), _RNG.integers(0, 30, 500)),  # duplicates, '-1' / '-10' / '0' orders
+    (_RNG.integers(_INT64.min, _INT64.max, 300, endpoint=True), _RNG.integers(0, 10**12, 300)),
+    ([_INT64.min, _INT64.max, 0, -1], [1, 2, 3, 4]),
+    (["10", "9", "100", "10"], ["9", "10", "1", "10"]),  # string order is not numeric order; a duplicate
+    ([10, 9, 100, 10], ["9", "10", "1", "10"]),  # int users, text items: the same text, the same fingerprint
+    (_RNG.choice(_ODD_TEXT, 400), _RNG.choice(_ODD_TEXT, 400)),  # non-ASCII, astral, prefixes, control chars
+    (["a", "a"], ["b", "a"]),
+    (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)),
+    (np.empty(0, dtype=str), np.empty(0, dtype=str)),
+])
+def test_fingerprint_equals_the_sorted_tuples_reference(users, items):
+    data = _holdout_only(users, items)
+    assert data.holdout_fingerprint == _reference_fingerprint(data.holdout_user_ids, data.holdout_item_ids)
+    assert data.holdout_fingerprint is data.holdout_fingerprint  # computed once per object
+    assert "holdout_fingerprint" not in {f.name for f in dataclasses.fields(data)}
+
+
+def test_numpy_orders_unicode_as_python_orders_str():
+    texts = _RNG.choice(_ODD_TEXT, 2_000).tolist() + ["".join(_RNG.choice(_ODD_TEXT, 3)) for _ in range(500)]
+    assert np.sort(np.asarray(texts)).tolist() == sorted(texts)
+
+
+_DIGITS = _RNG.integers(_INT64.min, _INT64.max, 1_000, endpoint=True)
+
+
+@pytest.mark.parametrize("arrays", [
+    (_DIGITS,), (_DIGITS, _DIGITS[:10]), (_DIGITS.astype(str),), (_DIGITS.astype(np.int32),), ([3, 10, -2, 0],),
+    (["3", "10", "-2", "0"], ["10"]), ([_INT64.min, _INT64.max],),
+    (["-9223372036854775808", "9223372036854775807"],), (["9223372036854775808"],), (["-9223372036854775809"],),
+    (["9999999999999999999"],), (["99999999999999999999"],), (["1000000000000000000"],),
+    (["007", "7"],), (["00"],), (["+7"],), ([" 7"],), (["7 "],), (["-0"],), (["-"],), ([""],), (["1e3"],), (["7.0"],),
+    (["1_000"],), (["٧"],), (["0x7"],), (["7\n"],), (["7\n", "8"],), (["7\n\n"],), (["\n7"],), (["-7\n"],),
+    (["3", "x"],), (["é", "3"],), ([1, 2], ["3", "x"]), ([1, 2], ["3"]), (np.asarray([1, 2]), np.asarray(["007"])),
+    (np.asarray([2**63], dtype=np.uint64),), (np.asarray([5], dtype=np.uint64),), ([1.0, 2.0],), ([True],),
+    (np.asarray([1, "a"], dtype=object),), (np.asarray([1, 2], dtype=object),),
+    (), ([],), (np.empty(0, dtype=np.int64),), (np.empty(0, dtype=np.int64), np.empty(0, dtype=str)),
+    (np.empty(0, dtype=np.int64), ["5"]), (np.empty(0, dtype=np.int64), [5]), (np.int64(5),),
+])
+def test_type_id_axis_equals_the_regex_reference(arrays):
+    def outcome(fn):
+        try:
+            return [(a.dtype, a.shape, a.tolist()) for a in fn(*arrays)]
+        except Exception as error:  # noqa: BLE001 - the reference's failures must be the same failures
+            return type(error)
+
+    assert outcome(type_id_axis) == outcome(_reference_type_id_axis)
