@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from pipelines.settings import Settings
@@ -195,9 +197,10 @@ def type_id_axis(*id_arrays) -> list[np.ndarray]:
     texts = [a.astype(str) for a in arrays]
     if not (np.concatenate(texts) if texts else np.empty(0, dtype=str)).size:
         return texts
-    try:  # int() per element: lenient (' 7', '+7', '007', '1_0' parse too), hence the round trip below
-        ints = [text.astype(np.int64) for text in texts]
-    except (ValueError, OverflowError):
+    try:  # Arrow parses in C++ (numpy calls int() per element: 0.5 s for 200k ids); whether it takes '+7'
+        # or '007' does not matter, the round trip below rejects them
+        ints = [pc.cast(pa.array(text, type=pa.string()), pa.int64()).to_numpy() for text in texts]
+    except (pa.ArrowInvalid, OverflowError):  # not integers, or past int64
         return texts
     # canonical when the text is what the int64 prints back ('7\n' is not: the regex this replaced let a
     # trailing newline through, and the conversion lost it)
