@@ -1,9 +1,11 @@
-"""The DuckDB table `recommendations`: the champion's top-N for every user it knows, and the one-row table
-`recommendations_model` that says which model wrote it. No Dagster import.
+"""The champion's top-N for every user it knows, in DuckDB: view `recommendations(user_id, rank, item_id, score,
+model_version)` over the coded tables `recommendation_lists`, `recommendation_users` and `recommendation_items`
+(sql/recommendations_schema.sql), and the one-row table `recommendations_model` that says which model wrote
+them. No Dagster import.
 
-- `stage` scores the users into Parquet (bounded memory, no DuckDB lock held) and `replace` swaps the table's
-  contents for them in the caller's transaction;
-- `written_by` reads which model the table holds, so that the asset can leave it alone while it holds the
+- `stage` scores the users into Parquet (bounded memory, no DuckDB lock held) and `replace` swaps the contents
+  for them in the caller's transaction;
+- `written_by` reads which model the tables hold, so that the asset can leave them alone while they hold the
   champion's top-N, and `evaluation` can read the champion's lists back instead of scoring them again
   (`top_k_lists`): a registered version never changes, so its stored lists are what scoring would give.
 """
@@ -60,7 +62,7 @@ def written_by(con: duckdb.DuckDBPyConnection) -> TableModel | None:
     """Which model wrote the table (None: never written, or by a version of this code that did not say)."""
     try:
         rows = sql_files.run(con, "recommendations_model").fetchall()
-    except duckdb.CatalogException:  # a read-only connection to a warehouse without the table
+    except duckdb.CatalogException:  # a read-only connection to a warehouse from before this table
         return None
     return TableModel(rows[0][0], int(rows[0][1]), rows[0][2], int(rows[0][3])) if len(rows) == 1 else None
 
@@ -120,8 +122,11 @@ def _batch(rows: np.ndarray, item_index: np.ndarray, scores: np.ndarray) -> pa.T
 
 
 def replace(con: duckdb.DuckDBPyConnection, staged: dict, model: TableModel) -> None:
-    """Swap the table's rows for the staged ones and record ``model`` as their writer; the caller holds the
-    transaction."""
+    """Swap the contents for the staged rows and record ``model`` as their writer; the caller holds the
+    transaction (a warehouse from before the coded layout has its old table replaced by the view in it)."""
+    if sql_files.run(con, "recommendations_kind").fetchall() == [("BASE TABLE",)]:
+        sql_files.run(con, "recommendations_drop_old_table")
+        ensure_schema(con)
     sql_files.run(con, "recommendations_replace", {**staged, "model_name": model.name,
                                                    "model_version": model.version,
                                                    "mlflow_run_id": model.run_id, "n": model.n})
@@ -130,8 +135,9 @@ def replace(con: duckdb.DuckDBPyConnection, staged: dict, model: TableModel) -> 
 def top_k_lists(con: duckdb.DuckDBPyConnection, model: TableModel, bundle, users: np.ndarray, k: int):
     """``bundle``'s top-``k`` lists for ``users`` (external ids), as `ModelBundle.recommend_many` gives them,
     with the lists of the users it knows read from the table: ``model`` must be the table's writer and
-    ``bundle`` its bundle. None when the table does not hold them (another writer, shallower than ``k``, or a
-    user's list is not the length scoring would give), so that the caller scores instead."""
+    ``bundle`` its bundle (whose rows and item indices the table stores). None when the table does not hold
+    them (another writer, shallower than ``k``, or a list is not the length scoring gives), so that the
+    caller scores instead."""
     from als_core.bundle import SOURCE_ALS, Recommendations
 
     writer = written_by(con)
@@ -141,20 +147,16 @@ def top_k_lists(con: duckdb.DuckDBPyConnection, model: TableModel, bundle, users
     known = rows >= 0
     known[known] = np.diff(bundle.seen.indptr)[rows[known]] > 0  # no history: the fallback, as in serving
     depth = min(k, len(bundle.items))
+    position_of_row = np.full(len(bundle.users), -1, dtype=np.int64)
+    position_of_row[rows[known]] = np.flatnonzero(known)
+    found = sql_files.run(con, "recommendations_top_k", {"k": depth}).fetchnumpy()
+    position = position_of_row[found["user_index"]]
+    wanted = position >= 0
+    position, rank = position[wanted], found["rank"][wanted].astype(np.int64) - 1
     item_index = np.full((len(users), depth), -1, dtype=np.int64)
     scores = np.full((len(users), depth), -np.inf, dtype=np.float32)
-    con.register("wanted_users", pa.table({"user_id": np.asarray(users).astype(str)[known],
-                                           "position": np.flatnonzero(known).astype(np.int64)}))
-    con.register("known_items", pa.table({"item_id": bundle.item_ids.astype(str),
-                                          "item_index": np.arange(len(bundle.items), dtype=np.int64)}))
-    try:
-        found = sql_files.run(con, "recommendations_top_k", {"k": depth}).fetchnumpy()
-    finally:
-        con.unregister("wanted_users")
-        con.unregister("known_items")
-    position, rank = found["position"], found["rank"].astype(np.int64) - 1
-    item_index[position, rank] = found["item_index"]
-    scores[position, rank] = found["score"]
+    item_index[position, rank] = found["item_index"][wanted]
+    scores[position, rank] = found["score"][wanted]
     # scoring gives each known user min(depth, unseen items) items: anything else is not this model's table
     unseen = len(bundle.items) - np.diff(bundle.seen.indptr)[rows[known]]
     if not np.array_equal((item_index[known] >= 0).sum(axis=1), np.minimum(depth, unseen)):

@@ -1,5 +1,5 @@
 SELECT count(*) AS rows_written,
-       count(DISTINCT user_id) AS users,
-       count(DISTINCT item_id) AS distinct_items,
+       count(DISTINCT user_index) AS users,
+       count(DISTINCT item_index) AS distinct_items,
        min(model_version) AS model_version
-FROM recommendations;
+FROM recommendation_lists;

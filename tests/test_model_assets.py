@@ -179,9 +179,15 @@ def test_staged_recommendations_replace_the_table_exactly(tmp_path, string_ids, 
     logged = []
     rows, staged = recommendations_table.stage(bundle, 4, 12, 5, tmp_path, logged.append, prescored)
     with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
+        if prescored is not None:  # a warehouse from before the coded layout: its table becomes the view
+            con.execute("CREATE TABLE recommendations (user_id VARCHAR, rank INTEGER, item_id VARCHAR, "
+                        "score DOUBLE, model_version INTEGER)")
+            con.execute("INSERT INTO recommendations VALUES ('old', 1, 'x', 1.0, 1)")
         recommendations_table.ensure_schema(con)
         for _ in range(2):  # the second run replaces the first
+            con.begin()
             recommendations_table.replace(con, staged, AWKWARD)
+            con.commit()
         table = con.execute("SELECT * FROM recommendations ORDER BY user_id, rank").fetchall()
         assert recommendations_table.written_by(con) == AWKWARD
         assert recommendations_table.holds(con, AWKWARD) == len(table)
@@ -212,7 +218,7 @@ def test_top_k_lists_read_back_equal_scoring_or_are_refused(tmp_path, string_ids
         assert recommendations_table.top_k_lists(con, AWKWARD, bundle, users, 13) is None  # table is 12 deep
         other = recommendations_table.TableModel("m", 4, "another-run", 12)
         assert recommendations_table.top_k_lists(con, other, bundle, users, 10) is None
-        con.execute("DELETE FROM recommendations WHERE user_id = ? AND rank = 7", [str(users[3])])
+        con.execute("DELETE FROM recommendation_lists WHERE user_index = 9 AND rank = 7")  # users[3]
         assert recommendations_table.top_k_lists(con, AWKWARD, bundle, users, 10) is None
 
 
@@ -268,7 +274,7 @@ def test_recommendations_are_left_alone_while_they_hold_the_champions_top_n(sett
 
     # a stale table (another version's rows) is scored again
     with duckdb.connect(str(settings.duckdb_path)) as con:
-        con.execute("UPDATE recommendations SET model_version = model_version + 100 WHERE rank = 1")
+        con.execute("UPDATE recommendation_lists SET model_version = model_version + 100 WHERE rank = 1")
     stale = materialize([model_assets.recommendations], resource, settings, recommendations={"n": 5})
     assert metadata_of(stale, "recommendations")["rescored"] is True
     assert read_table(settings, "SELECT DISTINCT model_version FROM recommendations") == [
