@@ -351,7 +351,9 @@ def smoke_test(model_uri: str, example, n: int = 2) -> None:
     import mlflow
 
     try:
-        out = mlflow.pyfunc.load_model(model_uri).predict(example, params={"n": n})
+        # suppress_warnings: no check of the model's pip requirements against this environment, which just
+        # wrote them (it reads every installed package's metadata: about 0.6 s per load)
+        out = mlflow.pyfunc.load_model(model_uri, suppress_warnings=True).predict(example, params={"n": n})
         counts = out.groupby("user_id").size()
         ok = len(out) > 0 and bool((counts <= n).all())
         problem = f"expected 1..{n} items per user for {len(example)} users, got {counts.to_dict()}"
