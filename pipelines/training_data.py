@@ -70,8 +70,11 @@ class TrainingData:
         The lines f"{user}\t{item}\n" in the order of sorted (str(user), str(item)) tuples, hashed as one
         text: numpy compares unicode by code point as Python does, so lexsort gives that order."""
         users, items = self.holdout_user_ids.astype(str), self.holdout_item_ids.astype(str)
-        order = np.lexsort((items, users))
-        lines = np.strings.add(np.strings.add(users[order], "\t"), np.strings.add(items[order], "\n"))
+        in_order = np.all((users[1:] > users[:-1]) | ((users[1:] == users[:-1]) & (items[1:] >= items[:-1])))
+        if not in_order:  # the temporal split's holdout comes sorted (by DuckDB): the check costs 5% of a sort
+            order = np.lexsort((items, users))
+            users, items = users[order], items[order]
+        lines = np.strings.add(np.strings.add(users, "\t"), np.strings.add(items, "\n"))
         return hashlib.sha256("".join(lines.tolist()).encode()).hexdigest()
 
     def meta(self) -> dict:

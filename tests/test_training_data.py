@@ -257,6 +257,8 @@ _ODD_TEXT = ["10", "9", "", "a", "a!", "a\t", "a\x01", "a\x00b", "Z", "z", "é",
     ([10, 9, 100, 10], ["9", "10", "1", "10"]),  # int users, text items: the same text, the same fingerprint
     (_RNG.choice(_ODD_TEXT, 400), _RNG.choice(_ODD_TEXT, 400)),  # non-ASCII, astral, prefixes, control chars
     (["a", "a"], ["b", "a"]),
+    (["1", "1", "2", "2"], ["a", "b", "a", "a"]),  # already in order (as the temporal split's holdout comes)
+    ([1, 1, 2, 10], ["a", "b", "a", "a"]),  # in numeric order, not in text order ('10' < '2')
     (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)),
     (np.empty(0, dtype=str), np.empty(0, dtype=str)),
 ])
