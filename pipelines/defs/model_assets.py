@@ -202,7 +202,8 @@ class EvaluationConfig(dg.Config):
     keep_n: int = Field(default=50, ge=0, le=1000,
                         description="Score the holdout users' lists this deep and keep them for `recommendations` "
                                     "(set it to its n): the day the challenger is promoted, those users are not "
-                                    "scored again. Top 50 costs the same matrix products as top 10. 0 keeps none.")
+                                    "scored again. Top 50 takes the same matrix products as top 10 and a deeper "
+                                    "selection (about 1.5 s more per 100k users). 0 keeps none.")
 
 
 def keep_challenger_lists(settings: Settings, run_id: str, bundle, users: np.ndarray, lists) -> int:
