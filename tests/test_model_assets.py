@@ -3,6 +3,7 @@ MLflow sqlite store and a real DuckDB file, with training data written directly 
 
 from __future__ import annotations
 
+import dagster as dg
 import duckdb
 import mlflow
 import numpy as np
@@ -359,3 +360,34 @@ def test_evaluation_reads_the_champions_lists_from_the_table_and_scores_them_the
                         evaluation={"version": metadata_of(second, "challenger")["model_version"]})
     assert metadata_of(again, "evaluation")["champion_lists"] == "scored"
     assert metadata_of(again, "evaluation")["champion_ndcg_at_10"] == pytest.approx(rescored, rel=1e-9)
+
+
+def test_a_warehouse_locked_by_another_process_means_scoring_the_champion(settings):
+    """Another process holding DuckDB's write lock (outside Dagster's pool) slows the evaluation down, it does
+    not fail it: the champion is scored instead of read back."""
+    import subprocess
+    import sys
+
+    from pipelines.defs.resources import DuckDBResource
+
+    publish_training_data(settings)
+    resource = mlflow_resource(settings)
+    first = materialize(ALL_ASSETS, resource, settings, challenger=GOOD, recommendations={"n": 20})
+    second = materialize(GATE_ASSETS[:1], resource, settings, challenger=WEAK)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('locked', flush=True); "
+                               "time.sleep(60)", str(settings.duckdb_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = dg.materialize(
+            [model_assets.evaluation],
+            resources={"mlflow": resource,
+                       "duckdb": DuckDBResource(database=str(settings.duckdb_path), lock_timeout_s=0.5)},
+            run_config={"ops": {"evaluation": {"config": {
+                "version": metadata_of(second, "challenger")["model_version"]}}}})
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    evaluated = metadata_of(result, "evaluation")
+    assert evaluated["champion_version"] == metadata_of(first, "challenger")["model_version"]
+    assert evaluated["champion_lists"] == "scored"

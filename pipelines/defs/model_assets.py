@@ -20,6 +20,7 @@ from typing import Literal
 
 import dagster as dg
 import numpy as np
+from duckdb import IOException as DuckDBIOError
 from pydantic import Field
 
 from pipelines import plots, recommendations_table, registry, scored_lists, sql_files
@@ -215,13 +216,16 @@ def keep_challenger_lists(settings: Settings, run_id: str, bundle, users: np.nda
     return int(known.sum())
 
 
-def stored_champion_lists(duckdb: DuckDBResource, champion_ref, bundle, users: np.ndarray):
+def stored_champion_lists(duckdb: DuckDBResource, champion_ref, bundle, users: np.ndarray, log):
     """The champion's top-K lists for ``users`` read back from `recommendations` when the table holds that
     champion's lists, else None (then the caller scores them)."""
     try:
         with duckdb.connect(read_only=True) as con:
             return recommendations_table.top_k_lists(con, table_model(champion_ref, K), bundle, users, K)
     except FileNotFoundError:  # no warehouse yet
+        return None
+    except DuckDBIOError as exc:  # held by a process outside the pool: scoring is slower, not wrong
+        log(f"could not read `recommendations` ({exc}): scoring the champion instead")
         return None
 
 
@@ -262,7 +266,7 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, mlfl
                 champion_bundle, champion_lists, champion_from = bundle, lists, "the challenger's lists"
             else:
                 champion_bundle = registry.load_bundle(mlflow.tracking_uri, ref.name, champion.version)
-                champion_lists = stored_champion_lists(duckdb, champion, champion_bundle, users)
+                champion_lists = stored_champion_lists(duckdb, champion, champion_bundle, users, context.log.warning)
                 champion_from = "scored" if champion_lists is None else "table recommendations"
             context.log.info(f"champion v{champion.version} on the same holdout: lists {champion_from}")
             scores["champion"] = _score(champion_bundle, holdout, lists=champion_lists)
