@@ -95,8 +95,9 @@ def stage(bundle, version: int, n: int, batch_size: int, directory: Path, log: C
     with pq.ParquetWriter(params["staged_files"][0], _STAGED_SCHEMA, compression="lz4", use_dictionary=False,
                           write_statistics=False) as writer:
         if prescored is not None and len(prescored.rows):
-            writer.write_table(_batch(prescored.rows, prescored.item_index[:, :n], prescored.scores[:, :n]))
-            written += int((prescored.item_index[:, :n] >= 0).sum())
+            table = _batch(prescored.rows, prescored.item_index[:, :n], prescored.scores[:, :n])
+            writer.write_table(table)
+            written += table.num_rows
             to_score = np.setdiff1d(to_score, prescored.rows, assume_unique=True)
             log(f"{len(prescored.rows)} users' lists taken as scored by the evaluation; scoring the other "
                 f"{len(to_score)}")
@@ -145,7 +146,8 @@ def top_k_lists(con: duckdb.DuckDBPyConnection, model: TableModel, bundle, users
         return None
     rows = bundle.users.lookup(users)
     known = rows >= 0
-    known[known] = np.diff(bundle.seen.indptr)[rows[known]] > 0  # no history: the fallback, as in serving
+    seen_counts = np.diff(bundle.seen.indptr)
+    known[known] = seen_counts[rows[known]] > 0  # no history: the fallback, as in serving
     depth = min(k, len(bundle.items))
     position_of_row = np.full(len(bundle.users), -1, dtype=np.int64)
     position_of_row[rows[known]] = np.flatnonzero(known)
@@ -158,7 +160,7 @@ def top_k_lists(con: duckdb.DuckDBPyConnection, model: TableModel, bundle, users
     item_index[position, rank] = found["item_index"][wanted]
     scores[position, rank] = found["score"][wanted]
     # scoring gives each known user min(depth, unseen items) items: anything else is not this model's table
-    unseen = len(bundle.items) - np.diff(bundle.seen.indptr)[rows[known]]
+    unseen = len(bundle.items) - seen_counts[rows[known]]
     if not np.array_equal((item_index[known] >= 0).sum(axis=1), np.minimum(depth, unseen)):
         return None
     sources = np.full(len(users), SOURCE_ALS, dtype="<U10")
