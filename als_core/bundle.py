@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from ._arrays import sorted_unique
 from .als import ALS
 from .diversity import beyond_accuracy
 from .metrics import evaluate_ranking
@@ -43,10 +44,10 @@ class IdIndex:
 
     def __init__(self, ids: np.ndarray):
         self.ids = as_id_array(ids)
-        if len(np.unique(self.ids)) != len(self.ids):
-            raise ValueError("ids must be unique")
         self._order = np.argsort(self.ids, kind="stable")
         self._sorted = self.ids[self._order]
+        if np.any(self._sorted[1:] == self._sorted[:-1]):
+            raise ValueError("ids must be unique")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -208,7 +209,7 @@ class ModelBundle:
 
 def holdout_users(holdout_user_ids) -> np.ndarray:
     """The distinct users of a holdout, sorted: the rows of the lists `evaluate_on_holdout` judges."""
-    return np.unique(as_id_array(holdout_user_ids))
+    return sorted_unique(as_id_array(holdout_user_ids))
 
 
 def evaluate_on_holdout(bundle: ModelBundle, holdout_user_ids, holdout_item_ids, k: int = 10,
@@ -230,11 +231,11 @@ def evaluate_on_holdout(bundle: ModelBundle, holdout_user_ids, holdout_item_ids,
         raise ValueError("holdout user and item ids must be 1-D arrays of the same length")
     if len(users) == 0:
         raise ValueError("the holdout is empty")
-    unique_users, user_rows = np.unique(users, return_inverse=True)
+    unique_users, user_rows = sorted_unique(users, return_inverse=True)
     item_index = bundle.items.lookup(items)
     unknown = item_index < 0
     # unknown items get columns past the catalogue: never recommended, but counted as relevant
-    _, unknown_cols = np.unique(items[unknown], return_inverse=True)
+    _, unknown_cols = sorted_unique(items[unknown], return_inverse=True)
     columns = item_index.copy()
     columns[unknown] = len(bundle.items) + unknown_cols
     n_columns = len(bundle.items) + (unknown_cols.max() + 1 if unknown.any() else 0)

@@ -39,7 +39,9 @@ def beyond_accuracy(recommended: np.ndarray, train_user_items, k: int = 10, head
     novelty = float(np.mean(-np.log2(np.maximum(popularity[valid], 1.0 / n_users))))
     n_head = max(1, int(np.ceil(head_share * n_items)))
     head = np.argsort(-popularity, kind="stable")[:n_head]
-    popular_share = float(np.isin(valid, head).mean())
+    is_head = np.zeros(n_items, dtype=bool)
+    is_head[head] = True
+    popular_share = float(is_head[valid].mean())
     return {
         f"coverage@{k}": coverage_at_k(recs, n_items, k),
         f"entropy@{k}": entropy,
