@@ -143,3 +143,12 @@ def test_id_index_takes_integer_arrays_as_they_are():
                                   [2, 0, -1, 1])
     np.testing.assert_array_equal(index.lookup(np.array([7, 9], dtype=np.int16)), [0, -1])
     np.testing.assert_array_equal(index.lookup(np.array(["7", "x"])), [0, -1])  # text still parsed
+
+
+@pytest.mark.parametrize("ids", [[5, 1, 9, 1], ["b", "a", "b"], [3, 3]])
+def test_id_index_rejects_repeated_ids(ids):
+    from als_core.bundle import IdIndex
+
+    with pytest.raises(ValueError, match="unique"):
+        IdIndex(np.array(ids))
+    IdIndex(np.array(sorted(set(ids))))  # the same ids once each are fine
