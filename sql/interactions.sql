@@ -2,7 +2,9 @@
 -- first_ts is kept beside the required columns: it shows when a pair was first seen.
 -- weight_before_last_day is what the temporal split trains on (sql/training_temporal_pairs.sql), so
 -- that training_data reads these pairs instead of aggregating the events a second time.
-CREATE OR REPLACE TABLE interactions AS
+-- Summed into a temporary table first: how the ids are stored is decided from the sums (below), and
+-- writing millions of text ids into the file costs more than the grouping (2.8 s of 6.2 s for 6.7M pairs).
+CREATE OR REPLACE TEMP TABLE interaction_sums AS
 SELECT user_id,
        item_id,
        CAST(sum(weight) AS DOUBLE) AS weight,
@@ -14,19 +16,9 @@ FROM weighted_events($start_day, $end_day, $view_weight, $cart_weight, $purchase
 GROUP BY user_id, item_id
 HAVING sum(weight) > 0;
 
--- what the table was built from, for the training split and for people reading it
-CREATE OR REPLACE TABLE interactions_window AS
-SELECT CAST($start_day AS DATE) AS start_day,
-       CAST($end_day AS DATE) AS end_day,
-       CAST($view_weight AS DOUBLE) AS view_weight,
-       CAST($cart_weight AS DOUBLE) AS cart_weight,
-       CAST($purchase_weight AS DOUBLE) AS purchase_weight,
-       CAST($half_life_days AS DOUBLE) AS half_life_days,
-       CAST(now() AT TIME ZONE 'UTC' AS TIMESTAMP) AS built_at;
-
-SELECT count(*) AS pairs,
-       count(DISTINCT user_id) AS users,
-       count(DISTINCT item_id) AS items,
-       coalesce(sum(n_events), 0) AS events,
-       coalesce(sum(weight), 0) AS total_weight
-FROM interactions;
+-- Can the ids be stored as BIGINT? Only when every user and item id is the text a 64-bit integer prints
+-- ('42', '-7'; not '007', '+7' or '1e3'): then nothing is lost, and the table is stored as
+-- sql/interactions_store_integer_ids.sql, else as sql/interactions_store_text_ids.sql.
+SELECT coalesce(bool_and(CAST(TRY_CAST(user_id AS BIGINT) AS VARCHAR) IS NOT DISTINCT FROM user_id
+                         AND CAST(TRY_CAST(item_id AS BIGINT) AS VARCHAR) IS NOT DISTINCT FROM item_id), false)
+FROM interaction_sums;

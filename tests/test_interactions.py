@@ -83,3 +83,30 @@ def test_exponential_decay_halves_per_half_life(three_days, duckdb_resource):
 def test_empty_warehouse_fails_with_a_clear_message(settings, duckdb_resource):
     with pytest.raises(dg.Failure, match="materialise some `events`"):
         _build(duckdb_resource)
+
+
+def _column_types(settings) -> list[tuple]:
+    return query(settings, "SELECT column_name, data_type FROM information_schema.columns "
+                           "WHERE table_name = 'interactions' AND column_name IN ('user_id', 'item_id') ORDER BY 1")
+
+
+@pytest.mark.parametrize("odd_id,stored_as", [(None, "BIGINT"), ("007", "VARCHAR"), ("+8", "VARCHAR"),
+                                              ("9223372036854775808", "VARCHAR")])
+def test_ids_are_stored_as_integers_only_when_nothing_is_lost(settings, ingest_day, duckdb_resource, odd_id, stored_as):
+    """Integer ids make the table smaller and faster to write; one id whose text an integer would not print back
+    (leading zero, plus sign, past int64) keeps every id as text, verbatim."""
+    rows = ["11,-5,view,2026-01-01 10:00:00", "9223372036854775807,12,cart,2026-01-01 11:00:00",
+            "11,12,purchase,2026-01-01 12:00:00"]
+    if odd_id is not None:
+        rows.append(f"{odd_id},12,view,2026-01-01 13:00:00")
+    (settings.landing_dir / "events-2026-01-01.csv").write_text("user_id,item_id,event_type,ts\n" + "\n".join(rows) + "\n")
+    ingest_day("2026-01-01")
+    metadata = _build(duckdb_resource)
+    assert metadata["id_type"].value == stored_as
+    assert _column_types(settings) == [("item_id", stored_as), ("user_id", stored_as)]
+    table = {(str(u), str(i)): w for u, i, w, _, _ in query(settings, "SELECT user_id, item_id, weight, n_events, last_ts FROM interactions")}
+    expected = {("11", "-5"): 3.0, ("9223372036854775807", "12"): 10.0, ("11", "12"): 40.0}
+    if odd_id is not None:
+        expected[(odd_id, "12")] = 3.0
+    assert table == expected
+    assert query(settings, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'interaction_sums'") == [(0,)]

@@ -15,6 +15,7 @@ import pytest
 import scipy.sparse as sp
 
 from als_core.synthetic import generate_events
+from conftest import query
 from pipelines.defs.interactions import interactions
 from pipelines.defs.training_data_asset import training_data
 from pipelines.landing import write_day_files
@@ -177,12 +178,16 @@ def _assert_same_training_data(got: TrainingData, expected: TrainingData) -> Non
     assert got.holdout_user_ids.dtype == expected.holdout_user_ids.dtype
 
 
+@pytest.mark.parametrize("user_ids", ["text", "integer"])
 @pytest.mark.parametrize("split", ["temporal", "random"])
-def test_asset_split_in_duckdb_equals_the_python_reference(settings, ingest_day, duckdb_resource, split):
+def test_asset_split_in_duckdb_equals_the_python_reference(settings, ingest_day, duckdb_resource, split, user_ids):
     """The asset codes ids and splits in DuckDB; the in-memory temporal_split / random_split define the result.
-    Text user ids (not canonical integers) and a zero view weight exercise the typing and the > 0 rules."""
+    Text user ids (not canonical integers) and a zero view weight exercise the typing and the > 0 rules; integer
+    user and item ids make `interactions` store them as BIGINT, which must not change the rows, the columns or
+    the split (the reference codes them from their text)."""
     events = generate_events(n_users=300, n_items=120, n_events=6_000, n_days=3, seed=11, start="2026-01-01")
-    events["user_id"] = "u" + events["user_id"].astype(str).str.zfill(4)
+    if user_ids == "text":
+        events["user_id"] = "u" + events["user_id"].astype(str).str.zfill(4)
     write_day_files(events, settings.landing_dir, "csv")
     for day in ("2026-01-01", "2026-01-02", "2026-01-03"):
         ingest_day(day)
@@ -192,7 +197,10 @@ def test_asset_split_in_duckdb_equals_the_python_reference(settings, ingest_day,
     dg.materialize([interactions, training_data], resources={"duckdb": duckdb_resource}, run_config=run_config)
     got = TrainingData.load(latest_dir(settings))
 
-    frame = events.assign(weight=events["event_type"].map(weights), day=events["ts"].dt.date)
+    assert query(settings, "SELECT data_type FROM information_schema.columns WHERE table_name = 'interactions' "
+                           "AND column_name IN ('user_id', 'item_id')") == [("VARCHAR" if user_ids == "text" else "BIGINT",)] * 2
+    frame = events.assign(weight=events["event_type"].map(weights), day=events["ts"].dt.date,
+                          user_id=events["user_id"].astype(str))
     item_text = frame["item_id"].astype(str)
     start, end = dt.date(2025, 12, 5), dt.date(2026, 1, 3)  # the default 30-day window ending on the last day
     if split == "temporal":
@@ -205,7 +213,7 @@ def test_asset_split_in_duckdb_equals_the_python_reference(settings, ingest_day,
         pairs = pairs[pairs["weight"] > 0]
         expected = random_split(pairs["user_id"].to_numpy(), pairs["item_id"].to_numpy(), pairs["weight"].to_numpy(),
                                 start, end, fraction=0.3, seed=2)
-    assert got.user_ids.dtype.kind == "U" and got.item_ids.dtype == np.int64
+    assert got.user_ids.dtype.kind == ("U" if user_ids == "text" else "i") and got.item_ids.dtype == np.int64
     assert got.holdout_pairs > 0
     _assert_same_training_data(got, expected)
 

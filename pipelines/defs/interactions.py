@@ -43,7 +43,9 @@ def build_interactions(con, config: InteractionsConfig) -> dict:
     sql_files.run(con, "weighted_events")
     con.execute("BEGIN TRANSACTION")
     try:
-        pairs, users, items, n_events, total_weight = sql_files.run(con, "interactions", params).fetchone()
+        (integer_ids,) = sql_files.run(con, "interactions", params).fetchone()
+        sql_files.run(con, "interactions_store_integer_ids" if integer_ids else "interactions_store_text_ids")
+        pairs, users, items, n_events, total_weight = sql_files.run(con, "interactions_record", params).fetchone()
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -56,6 +58,7 @@ def build_interactions(con, config: InteractionsConfig) -> dict:
         "items": int(items),
         "events": int(n_events),
         "total_weight": float(total_weight),
+        "id_type": "BIGINT" if integer_ids else "VARCHAR",
     }
 
 
@@ -65,7 +68,7 @@ def build_interactions(con, config: InteractionsConfig) -> dict:
     pool="duckdb",
     kinds={"duckdb"},
     description="DuckDB table `interactions(user_id, item_id, weight, last_ts, n_events, first_ts, "
-                "weight_before_last_day)` over a window.",
+                "weight_before_last_day)` over a window; ids BIGINT when every one is an integer, else text.",
 )
 def interactions(
     context: dg.AssetExecutionContext, config: InteractionsConfig, duckdb: DuckDBResource
@@ -90,5 +93,6 @@ def interactions(
             "events": md.int(counts["events"]),
             "total_weight": md.float(counts["total_weight"]),
             "half_life_days": md.float(config.half_life_days),
+            "id_type": md.text(counts["id_type"]),
         }
     )

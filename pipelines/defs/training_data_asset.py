@@ -63,7 +63,7 @@ def _coded_pairs(con) -> CodedPairs:
     (user_ids,) = _columns(sql_files.run(con, "training_user_ids"))
     (item_ids,) = _columns(sql_files.run(con, "training_item_ids"))
     rows, cols, weights = _columns(sql_files.run(con, "training_coordinates"))
-    return CodedPairs(user_ids.astype(str), item_ids.astype(str), rows, cols, weights)
+    return CodedPairs(user_ids, item_ids, rows, cols, weights)  # BIGINT or text ids: typed by the split
 
 
 def _columns(result) -> list[np.ndarray]:

@@ -1,0 +1,19 @@
+-- After sql/interactions_store_*.sql: what the table was built from, for the training split and for people
+-- reading it, and the counts the asset reports.
+CREATE OR REPLACE TABLE interactions_window AS
+SELECT CAST($start_day AS DATE) AS start_day,
+       CAST($end_day AS DATE) AS end_day,
+       CAST($view_weight AS DOUBLE) AS view_weight,
+       CAST($cart_weight AS DOUBLE) AS cart_weight,
+       CAST($purchase_weight AS DOUBLE) AS purchase_weight,
+       CAST($half_life_days AS DOUBLE) AS half_life_days,
+       CAST(now() AT TIME ZONE 'UTC' AS TIMESTAMP) AS built_at;
+
+DROP TABLE interaction_sums;
+
+SELECT count(*) AS pairs,
+       count(DISTINCT user_id) AS users,
+       count(DISTINCT item_id) AS items,
+       coalesce(sum(n_events), 0) AS events,
+       coalesce(sum(weight), 0) AS total_weight
+FROM interactions;
