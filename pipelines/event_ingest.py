@@ -106,6 +106,7 @@ def ingest_day(
             file_result = _ingest_file(con, day, landing_file, mapping, loaded_by_hash)
             result.files.append(file_result)
             _log_file(log, number, len(files), file_result)
+        sql_files.run(con, "partition_id_types", {"start_day": day, "end_day": day})
         _summarise(con, result)
         _verify(result)
         con.execute("COMMIT")

@@ -29,3 +29,10 @@ CREATE TABLE IF NOT EXISTS ingested_files (
     duplicate_of   VARCHAR,             -- set when the same content was already loaded for the day
     ingested_at    TIMESTAMP NOT NULL
 );
+
+-- Per day with events: whether every user and item id of the day is the text of a 64-bit integer
+-- (sql/partition_id_types.sql). `interactions` stores ids as BIGINT when every day of its window says so.
+CREATE TABLE IF NOT EXISTS partition_id_types (
+    partition_day DATE    NOT NULL,
+    integer_ids   BOOLEAN NOT NULL
+);

@@ -3,3 +3,4 @@
 DELETE FROM events WHERE partition_day = $day;
 DELETE FROM rejected_events WHERE partition_day = $day;
 DELETE FROM ingested_files WHERE partition_day = $day;
+DELETE FROM partition_id_types WHERE partition_day = $day;

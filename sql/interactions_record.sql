@@ -1,4 +1,4 @@
--- After sql/interactions_store_*.sql: what the table was built from, for the training split and for people
+-- After sql/interactions.sql: what the table was built from, for the training split and for people
 -- reading it, and the counts the asset reports.
 CREATE OR REPLACE TABLE interactions_window AS
 SELECT CAST($start_day AS DATE) AS start_day,
@@ -8,8 +8,6 @@ SELECT CAST($start_day AS DATE) AS start_day,
        CAST($purchase_weight AS DOUBLE) AS purchase_weight,
        CAST($half_life_days AS DOUBLE) AS half_life_days,
        CAST(now() AT TIME ZONE 'UTC' AS TIMESTAMP) AS built_at;
-
-DROP TABLE interaction_sums;
 
 SELECT count(*) AS pairs,
        count(DISTINCT user_id) AS users,

@@ -93,14 +93,17 @@ def _column_types(settings) -> list[tuple]:
 @pytest.mark.parametrize("odd_id,stored_as", [(None, "BIGINT"), ("007", "VARCHAR"), ("+8", "VARCHAR"),
                                               ("9223372036854775808", "VARCHAR")])
 def test_ids_are_stored_as_integers_only_when_nothing_is_lost(settings, ingest_day, duckdb_resource, odd_id, stored_as):
-    """Integer ids make the table smaller and faster to write; one id whose text an integer would not print back
-    (leading zero, plus sign, past int64) keeps every id as text, verbatim."""
-    rows = ["11,-5,view,2026-01-01 10:00:00", "9223372036854775807,12,cart,2026-01-01 11:00:00",
-            "11,12,purchase,2026-01-01 12:00:00"]
+    """Integer ids make the table smaller and faster to write; one id, on any day of the window, whose text an
+    integer would not print back (leading zero, plus sign, past int64) keeps every id as text, verbatim."""
+    days = {"2026-01-01": ["11,-5,view,2026-01-01 10:00:00", "9223372036854775807,12,cart,2026-01-01 11:00:00"],
+            "2026-01-02": ["11,12,purchase,2026-01-02 12:00:00"]}
     if odd_id is not None:
-        rows.append(f"{odd_id},12,view,2026-01-01 13:00:00")
-    (settings.landing_dir / "events-2026-01-01.csv").write_text("user_id,item_id,event_type,ts\n" + "\n".join(rows) + "\n")
-    ingest_day("2026-01-01")
+        days["2026-01-02"].append(f"{odd_id},12,view,2026-01-02 13:00:00")
+    for day, rows in days.items():
+        (settings.landing_dir / f"events-{day}.csv").write_text("user_id,item_id,event_type,ts\n" + "\n".join(rows) + "\n")
+        ingest_day(day)
+    assert query(settings, "SELECT partition_day, integer_ids FROM partition_id_types ORDER BY 1") == [
+        (dt.date(2026, 1, 1), True), (dt.date(2026, 1, 2), odd_id is None)]
     metadata = _build(duckdb_resource)
     assert metadata["id_type"].value == stored_as
     assert _column_types(settings) == [("item_id", stored_as), ("user_id", stored_as)]
@@ -109,4 +112,21 @@ def test_ids_are_stored_as_integers_only_when_nothing_is_lost(settings, ingest_d
     if odd_id is not None:
         expected[(odd_id, "12")] = 3.0
     assert table == expected
-    assert query(settings, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'interaction_sums'") == [(0,)]
+
+
+def test_id_types_follow_a_reingested_day_and_are_filled_in_for_old_warehouses(settings, ingest_day, duckdb_resource):
+    import duckdb
+
+    path = settings.landing_dir / "events-2026-01-01.csv"
+    path.write_text("user_id,item_id,event_type,ts\n1,2,view,2026-01-01 10:00:00\n")
+    ingest_day("2026-01-01")
+    assert _build(duckdb_resource)["id_type"].value == "BIGINT"
+    path.write_text("user_id,item_id,event_type,ts\nu1,2,view,2026-01-01 10:00:00\n")  # the day landed again
+    ingest_day("2026-01-01")
+    assert query(settings, "SELECT integer_ids FROM partition_id_types") == [(False,)]
+    assert _build(duckdb_resource)["id_type"].value == "VARCHAR"
+    with duckdb.connect(str(settings.duckdb_path)) as con:  # a warehouse ingested before the records existed
+        con.execute("DROP TABLE partition_id_types")
+    assert _build(duckdb_resource)["id_type"].value == "VARCHAR"
+    assert query(settings, "SELECT partition_day, integer_ids FROM partition_id_types") == [(dt.date(2026, 1, 1), False)]
+    assert query(settings, "SELECT user_id, item_id FROM interactions") == [("u1", "2")]

@@ -43,8 +43,11 @@ def build_interactions(con, config: InteractionsConfig) -> dict:
     sql_files.run(con, "weighted_events")
     con.execute("BEGIN TRANSACTION")
     try:
-        (integer_ids,) = sql_files.run(con, "interactions", params).fetchone()
-        sql_files.run(con, "interactions_store_integer_ids" if integer_ids else "interactions_store_text_ids")
+        window = {"start_day": start_day, "end_day": end_day}
+        sql_files.run(con, "partition_id_types", window)  # days ingested before the ingest recorded them
+        (integer_ids,) = sql_files.run(con, "interactions_id_type", window).fetchone()
+        sql_files.run(con, "interactions_ids_integer" if integer_ids else "interactions_ids_text")
+        sql_files.run(con, "interactions", params)
         pairs, users, items, n_events, total_weight = sql_files.run(con, "interactions_record", params).fetchone()
         con.execute("COMMIT")
     except BaseException:
