@@ -12,7 +12,9 @@ from .metrics import coverage_at_k
 def item_popularity(train_user_items) -> np.ndarray:
     """Share of users who interacted with each item in training (0 for unseen items)."""
     csr = sp.csr_matrix(train_user_items)
-    users_per_item = np.bincount(csr.indices[csr.data != 0], minlength=csr.shape[1])
+    # the mask copies millions of indices: only when there are explicit zeros to drop
+    indices = csr.indices if csr.data.all() else csr.indices[csr.data != 0]
+    users_per_item = np.bincount(indices, minlength=csr.shape[1])
     return users_per_item / max(csr.shape[0], 1)
 
 

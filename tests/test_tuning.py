@@ -77,6 +77,9 @@ def test_beyond_accuracy_hand_computed():
     # 4 users, 4 items; item 0 used by 3 users, item 1 by 2, items 2 and 3 by 1 and 0
     train = sp.csr_matrix(np.array([[1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]], dtype=np.float32))
     np.testing.assert_allclose(item_popularity(train), [0.75, 0.5, 0.25, 0.0])
+    stored_zero = train.copy()
+    stored_zero.data[-1] = 0  # user 2's item 1, kept as an explicit zero: not a use
+    np.testing.assert_allclose(item_popularity(stored_zero), [0.75, 0.25, 0.25, 0.0])
     recs = np.array([[0, 1], [0, 2], [0, -1], [3, 0]])
     result = beyond_accuracy(recs, train, k=2)
     assert result["coverage@2"] == pytest.approx(4 / 4)
