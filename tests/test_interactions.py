@@ -130,3 +130,19 @@ def test_id_types_follow_a_reingested_day_and_are_filled_in_for_old_warehouses(s
     assert _build(duckdb_resource)["id_type"].value == "VARCHAR"
     assert query(settings, "SELECT partition_day, integer_ids FROM partition_id_types") == [(dt.date(2026, 1, 1), False)]
     assert query(settings, "SELECT user_id, item_id FROM interactions") == [("u1", "2")]
+
+
+def test_a_text_id_written_past_the_ingest_fails_clearly_and_keeps_the_table(settings, ingest_day, duckdb_resource):
+    import duckdb
+
+    (settings.landing_dir / "events-2026-01-01.csv").write_text("user_id,item_id,event_type,ts\n1,2,view,2026-01-01 10:00:00\n")
+    ingest_day("2026-01-01")
+    _build(duckdb_resource)
+    with duckdb.connect(str(settings.duckdb_path)) as con:  # someone's own INSERT, not the ingest
+        con.execute("INSERT INTO events VALUES ('u9', '2', 'view', TIMESTAMP '2026-01-01 11:00:00', DATE '2026-01-01', 'hand', 1)")
+    with pytest.raises(dg.Failure, match="not an integer although `partition_id_types`"):
+        _build(duckdb_resource)
+    assert query(settings, "SELECT user_id, item_id FROM interactions") == [(1, 2)]  # the previous build stays
+    with duckdb.connect(str(settings.duckdb_path)) as con:  # the way out the message names
+        con.execute("DELETE FROM partition_id_types WHERE partition_day = DATE '2026-01-01'")
+    assert _build(duckdb_resource)["id_type"].value == "VARCHAR"

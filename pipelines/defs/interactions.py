@@ -3,6 +3,7 @@
 import datetime as dt
 
 import dagster as dg
+import duckdb
 from pydantic import Field
 
 from pipelines import sql_files
@@ -47,7 +48,13 @@ def build_interactions(con, config: InteractionsConfig) -> dict:
         sql_files.run(con, "partition_id_types", window)  # days ingested before the ingest recorded them
         (integer_ids,) = sql_files.run(con, "interactions_id_type", window).fetchone()
         sql_files.run(con, "interactions_ids_integer" if integer_ids else "interactions_ids_text")
-        sql_files.run(con, "interactions", params)
+        try:
+            sql_files.run(con, "interactions", params)
+        except duckdb.ConversionException as exc:  # `events` written to outside the ingest
+            raise dg.Failure(
+                f"a day of {start_day}..{end_day} holds an id that is not an integer although `partition_id_types` "
+                f"says its ids are ({exc}): delete that day's row from `partition_id_types` (it is recomputed) or "
+                "materialise the day's `events` again") from exc
         pairs, users, items, n_events, total_weight = sql_files.run(con, "interactions_record", params).fetchone()
         con.execute("COMMIT")
     except BaseException:
