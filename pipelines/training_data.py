@@ -184,7 +184,7 @@ def _as_text(ids: np.ndarray) -> pa.StringArray:
     ids = np.asarray(ids)
     if ids.dtype.kind in "iu":
         return pc.cast(pa.array(ids), pa.string())
-    return pa.array(ids.astype(str).tolist(), type=pa.string())  # from numpy directly, Arrow stops at a NUL
+    return pa.array(ids.astype(str).tolist(), type=pa.string())
 
 
 def _tab_separated_lines(users: pa.StringArray, items: pa.StringArray) -> bytes:

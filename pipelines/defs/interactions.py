@@ -44,9 +44,8 @@ def build_interactions(con, config: InteractionsConfig) -> dict:
     sql_files.run(con, "weighted_events")
     con.execute("BEGIN TRANSACTION")
     try:
-        window = {"start_day": start_day, "end_day": end_day}
-        sql_files.run(con, "partition_id_types", window)  # days ingested before the ingest recorded them
-        (integer_ids,) = sql_files.run(con, "interactions_id_type", window).fetchone()
+        sql_files.run(con, "partition_id_types", params)  # days ingested before the ingest recorded them
+        (integer_ids,) = sql_files.run(con, "interactions_id_type", params).fetchone()
         sql_files.run(con, "interactions_ids_integer" if integer_ids else "interactions_ids_text")
         try:
             sql_files.run(con, "interactions", params)
