@@ -31,6 +31,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import numpy as np
 
@@ -227,9 +228,14 @@ def log_training(
 
 def log_holdout(client: MlflowClient, run_id: str, user_ids: np.ndarray, item_ids: np.ndarray) -> None:
     """Keep the exact holdout pairs with the run: promotion may re-score another champion on them later."""
+    user_ids, item_ids = np.asarray(user_ids), np.asarray(item_ids)
+    # Integer ids are stored as they are (200k pairs: 3 MB in 0.01 s; zlib took 0.34 s for 1 MB). Text ids
+    # are numpy unicode, 4 bytes per character padded to the longest id: compressed (32 MB -> 2 MB).
+    integers = user_ids.dtype.kind in "iu" and item_ids.dtype.kind in "iu"
+    save = np.savez if integers else np.savez_compressed
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(HOLDOUT_ARTIFACT_PATH).name
-        np.savez_compressed(path, user_ids=np.asarray(user_ids), item_ids=np.asarray(item_ids))
+        save(path, user_ids=user_ids, item_ids=item_ids)
         with mlflow_errors("logging the holdout"):
             client.log_artifact(run_id, str(path), artifact_path=str(Path(HOLDOUT_ARTIFACT_PATH).parent))
 
@@ -433,7 +439,6 @@ def champion_ref(client: MlflowClient, name: str, alias: str = CHAMPION) -> Vers
 def download_bundle(tracking_uri: str, name: str, version: int, dst_dir: Path) -> Path:
     """Download version ``version`` of ``name`` into ``dst_dir``; return its bundle directory."""
     import mlflow.artifacts
-    from mlflow.models import Model
 
     dst_dir = Path(dst_dir)
     dst_dir.mkdir(parents=True, exist_ok=True)
@@ -441,19 +446,42 @@ def download_bundle(tracking_uri: str, name: str, version: int, dst_dir: Path) -
     with mlflow_errors(f"downloading {name} version {version}"), using_tracking_uri(tracking_uri):
         local = Path(mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{name}/{int(version)}", dst_path=str(dst_dir), tracking_uri=tracking_uri))
-    pyfunc_conf = Model.load(str(local / "MLmodel")).flavors["python_function"]
-    bundle_dir = local / pyfunc_conf["artifacts"][BUNDLE_ARTIFACT_KEY]["path"]
+    return _bundle_dir(local, name, version)
+
+
+def _bundle_dir(model_dir: Path, name: str, version: int) -> Path:
+    """The bundle directory inside a logged model's directory (where its MLmodel says)."""
+    from mlflow.models import Model
+
+    pyfunc_conf = Model.load(str(model_dir / "MLmodel")).flavors["python_function"]
+    bundle_dir = model_dir / pyfunc_conf["artifacts"][BUNDLE_ARTIFACT_KEY]["path"]
     if not bundle_dir.is_dir():
         raise RegistryError(f"{name} version {version} has no `{BUNDLE_ARTIFACT_KEY}` artifact directory")
     return bundle_dir
 
 
+def local_model_dir(tracking_uri: str, name: str, version: int) -> Path | None:
+    """The version's model directory when its artifacts are plain files on this machine (a local store, or a
+    server whose artifact root is a local path), else None: then it has to be downloaded."""
+    with mlflow_errors(f"locating {name} version {version}"):
+        uri = make_client(tracking_uri).get_model_version_download_uri(name, str(int(version)))
+    parsed = urlparse(uri)
+    if parsed.scheme != "file":
+        return None
+    path = Path(url2pathname(parsed.path))
+    return path if (path / "MLmodel").is_file() else None
+
+
 def load_bundle(tracking_uri: str, name: str, version: int, dst_dir: Path | None = None) -> ModelBundle:
-    """The version's ModelBundle. Arrays are read into memory, so a temporary download dir is fine."""
+    """The version's ModelBundle. Arrays are read into memory: a local store's files are read where they are
+    (copying a bundle first took 0.07-0.18 s at 200k users), anything else through a temporary download."""
     from als_core.bundle import ModelBundle
 
     if dst_dir is not None:
         return ModelBundle.load(download_bundle(tracking_uri, name, version, dst_dir))
+    local = local_model_dir(tracking_uri, name, version)
+    if local is not None:
+        return ModelBundle.load(_bundle_dir(local, name, version))
     with tempfile.TemporaryDirectory(prefix="als-bundle-") as tmp:
         return ModelBundle.load(download_bundle(tracking_uri, name, version, Path(tmp)))
 

@@ -213,3 +213,49 @@ def test_a_model_that_cannot_serve_is_not_registered(sqlite_only, tmp_path):
     with pytest.raises(registry.RegistryError, match="smoke test"):
         registry.register_bundle(store.tracking_uri, run_id, store.model_name, broken, np.array([1, 2]), {})
     assert client.search_model_versions(f"name = '{store.model_name}'") == []
+
+
+def test_bundles_load_in_place_from_a_local_store_and_through_a_download_from_a_server(store, tmp_path,
+                                                                                       monkeypatch):
+    """A local store's bundle is read where MLflow keeps it (no copy); a server's proxied artifacts are
+    downloaded. Either way the loaded bundle is the one registered."""
+    import scipy.sparse as sp
+
+    from als_core import ALS
+    from als_core.bundle import ModelBundle
+
+    train = sp.random(12, 9, density=0.4, format="csr", dtype=np.float32, random_state=0) * 10
+    bundle = ModelBundle.build(ALS(factors=4, iterations=2, random_state=0).fit(train), np.arange(100, 112),
+                               np.arange(500, 509), train)
+    run_id = registry.start_training_run(store.client(), store.experiment_id(), "in-place", {})
+    ref = registry.register_bundle(store.tracking_uri, run_id, store.model_name, bundle.save(tmp_path / "bundle"),
+                                   bundle.user_ids[:2], {})
+    local = registry.local_model_dir(store.tracking_uri, store.model_name, ref.version)
+    if store.kind == "sqlite":
+        assert local is not None and local.is_relative_to(store.artifact_root)
+
+        def no_download(*args, **kwargs):
+            raise AssertionError("a local store's bundle should not be copied")
+
+        monkeypatch.setattr(registry, "download_bundle", no_download)
+    else:
+        assert local is None  # mlflow-artifacts:/ URIs: only the server knows where the files are
+    loaded = registry.load_bundle(store.tracking_uri, store.model_name, ref.version)
+    np.testing.assert_array_equal(loaded.user_ids, bundle.user_ids)
+    np.testing.assert_array_equal(loaded.model.item_factors, bundle.model.item_factors)
+    np.testing.assert_array_equal(loaded.seen.toarray(), bundle.seen.toarray())
+
+
+@pytest.mark.parametrize("ids", [
+    (np.array([7, -3, 2**62], dtype=np.int64), np.array([10, 11, 12], dtype=np.int64)),
+    (np.array(["u-1", "ü 2", "3"]), np.array(["a", "b\tc", "ç" * 40])),
+], ids=["integer", "text"])
+def test_the_holdout_round_trips_through_the_run(sqlite_only, ids):
+    """Integer ids are stored uncompressed, text compressed; both come back exactly, dtype kind included."""
+    client = sqlite_only.client()
+    run_id = registry.start_training_run(client, sqlite_only.experiment_id(), "holdout", {})
+    registry.log_holdout(client, run_id, *ids)
+    users, items = registry.load_holdout(client, run_id)
+    for stored, given in ((users, ids[0]), (items, ids[1])):
+        assert stored.dtype.kind == given.dtype.kind
+        np.testing.assert_array_equal(stored, given)
