@@ -1,6 +1,7 @@
 """The daily retrain on synthetic events at scale: seconds per asset, ingest speed against bare DuckDB.
 
     .venv/bin/python bench/pipeline.py [--events 10000000 --days 30 --users 200000 --items 20000 --format parquet]
+                                       [--stays-runs 3]
 
 Everything runs in a temporary ALS_PIPELINE_HOME through Dagster's own execution (`execute_in_process` of the
 project's jobs). Events are generated for one day more than --days; the extra day lands later. Prints:
@@ -14,8 +15,8 @@ project's jobs). Events are generated for one day more than --days; the extra da
   yet), then, after the extra day is ingested, the retrain as it runs every day (store and caches warm, a
   champion to re-score). Seconds per step, and "everything around the fit" (all retrain steps minus the ALS
   fit itself) against the fit. Target, on the daily run: no more than the fit. `recommendations` scores only
-  when the champion changed, so the same day runs once more: the same model again, which the gate keeps out,
-  shows what the retrain costs on a day the champion stays.
+  when the champion changed, so the same day runs again (--stays-runs times, median judged): the same model
+  again, which the gate keeps out, shows what the retrain costs on a day the champion stays.
 - the process's peak memory.
 """
 
@@ -25,6 +26,7 @@ import argparse
 import datetime as dt
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -106,7 +108,10 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=200_000)
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--format", default="parquet", choices=["parquet", "csv.gz", "csv"])
+    parser.add_argument("--stays-runs", type=int, default=3, help="retrains of a day the champion stays (median)")
     args = parser.parse_args()
+    if args.stays_runs < 1:
+        parser.error("--stays-runs must be at least 1")
 
     workdir = Path(tempfile.mkdtemp(prefix="als-bench-pipeline-"))
     os.environ["ALS_PIPELINE_HOME"] = str(workdir / "home")
@@ -170,11 +175,19 @@ def main() -> int:
     print(f"  daily retrain: everything around the fit {around:.1f}s vs the fit {fit:.1f}s = {around / fit:.2f}x "
           f"(target <= 1x)  {'ok' if around <= fit else 'MISS'}")
     # The same day once more: the same data and seed give the same model, which does not beat the champion, so
-    # this is a day the champion stays, when `recommendations` has nothing to score.
-    again_ok, fit, around = run_retrain(definitions, instance, quiet, "the same day again (the champion stays)")
-    print(f"  a day the champion stays: everything around the fit {around:.1f}s vs the fit {fit:.1f}s = "
-          f"{around / fit:.2f}x (target <= 1x)  {'ok' if around <= fit else 'MISS'}")
-    daily_ok = daily_ok and again_ok
+    # this is a day the champion stays, when `recommendations` has nothing to score. It can be run several times
+    # (nothing changes between the runs), and the target is judged on the median: one run's ratio moved by
+    # +-0.05x on this machine.
+    ratios = []
+    for repeat in range(args.stays_runs):
+        again_ok, fit, around = run_retrain(definitions, instance, quiet,
+                                            f"the same day again (the champion stays), {repeat + 1}/{args.stays_runs}")
+        daily_ok = daily_ok and again_ok
+        ratios.append(around / fit)
+    median = statistics.median(ratios)
+    print(f"  a day the champion stays: everything around the fit / the fit = "
+          f"{', '.join(f'{r:.2f}x' for r in ratios)}; median {median:.2f}x (target <= 1x)  "
+          f"{'ok' if median <= 1 else 'MISS'}")
     print(f"\npeak memory (this process): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
     return 0 if ok and daily_ok else 1
 
