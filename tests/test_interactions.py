@@ -35,18 +35,18 @@ def _build(duckdb_resource, **config):
 
 
 def _table(settings) -> dict:
-    rows = query(settings, "SELECT user_id, item_id, weight, n_events, last_ts FROM interactions")
-    return {(u, i): (w, n, str(t)) for u, i, w, n, t in rows}
+    rows = query(settings, "SELECT user_id, item_id, weight, n_events FROM interactions")
+    return {(u, i): (w, n) for u, i, w, n in rows}
 
 
 def test_default_weights_over_the_whole_window(three_days, duckdb_resource):
     metadata = _build(duckdb_resource)
     assert _table(three_days) == {
-        ("u1", "i1"): (3 + 10 + 3, 3, "2026-01-02 12:00:00"),
-        ("u2", "i1"): (40, 1, "2026-01-01 12:00:00"),
-        ("u1", "i2"): (3, 1, "2026-01-02 00:00:00"),
-        ("u2", "i2"): (3, 1, "2026-01-03 06:00:00"),
-        ("u3", "i3"): (40, 1, "2026-01-03 23:00:00"),
+        ("u1", "i1"): (3 + 10 + 3, 3),
+        ("u2", "i1"): (40, 1),
+        ("u1", "i2"): (3, 1),
+        ("u2", "i2"): (3, 1),
+        ("u3", "i3"): (40, 1),
     }
     assert (metadata["window_start"].value, metadata["window_end"].value) == ("2025-12-05", "2026-01-03")
     assert metadata["dagster/row_count"].value == 5
@@ -107,7 +107,7 @@ def test_ids_are_stored_as_integers_only_when_nothing_is_lost(settings, ingest_d
     metadata = _build(duckdb_resource)
     assert metadata["id_type"].value == stored_as
     assert _column_types(settings) == [("item_id", stored_as), ("user_id", stored_as)]
-    table = {(str(u), str(i)): w for u, i, w, _, _ in query(settings, "SELECT user_id, item_id, weight, n_events, last_ts FROM interactions")}
+    table = {(str(u), str(i)): w for u, i, w in query(settings, "SELECT user_id, item_id, weight FROM interactions")}
     expected = {("11", "-5"): 3.0, ("9223372036854775807", "12"): 10.0, ("11", "12"): 40.0}
     if odd_id is not None:
         expected[(odd_id, "12")] = 3.0

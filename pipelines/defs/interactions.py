@@ -76,8 +76,8 @@ def build_interactions(con, config: InteractionsConfig) -> dict:
     deps=[events],
     pool="duckdb",
     kinds={"duckdb"},
-    description="DuckDB table `interactions(user_id, item_id, weight, last_ts, n_events, first_ts, "
-                "weight_before_last_day)` over a window; ids BIGINT when every one is an integer, else text.",
+    description="DuckDB table `interactions(user_id, item_id, weight, n_events, weight_before_last_day)` over a "
+                "window; ids BIGINT when every one is an integer, else text.",
 )
 def interactions(
     context: dg.AssetExecutionContext, config: InteractionsConfig, duckdb: DuckDBResource
