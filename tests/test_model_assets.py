@@ -326,14 +326,32 @@ def test_non_finite_factors_block_evaluation_and_register_nothing(settings, monk
 
 
 def test_tuned_parameters_apply_unless_the_run_config_sets_them(settings):
-    assert model_assets.resolve_hyperparameters(model_assets.ChallengerConfig(), settings)[1] == "config"
+    params, sources = model_assets.resolve_hyperparameters(model_assets.ChallengerConfig(), settings)
+    assert set(sources.values()) == {"default"} and params["alpha"] == model_assets.DEFAULT_TUNABLE["alpha"]
     write_best_params(settings, {"params": {"factors": 5, "alpha": 2.0}})
-    params, source = model_assets.resolve_hyperparameters(model_assets.ChallengerConfig(), settings)
-    assert (params["factors"], params["alpha"], params["regularization"], source) == (5, 2.0, 0.01, "tuning")
-    params, _ = model_assets.resolve_hyperparameters(model_assets.ChallengerConfig(factors=7), settings)
-    assert (params["factors"], params["alpha"]) == (7, 2.0)
-    params, source = model_assets.resolve_hyperparameters(model_assets.ChallengerConfig(use_tuned=False), settings)
-    assert (params["factors"], source) == (64, "config")
+    params, sources = model_assets.resolve_hyperparameters(model_assets.ChallengerConfig(), settings)
+    assert (params["factors"], params["alpha"], params["regularization"]) == (5, 2.0, 0.01)
+    assert sources == {"factors": "tuning", "alpha": "tuning", "regularization": "default"}
+    params, sources = model_assets.resolve_hyperparameters(model_assets.ChallengerConfig(factors=7), settings)
+    assert (params["factors"], params["alpha"], sources["factors"]) == (7, 2.0, "config")
+    params, sources = model_assets.resolve_hyperparameters(model_assets.ChallengerConfig(use_tuned=False), settings)
+    assert (params["factors"], sources["factors"]) == (64, "default")
+
+
+def test_a_launchpad_value_equal_to_the_default_still_wins_over_tuning(settings):
+    """Typing `alpha: 40.0` (the default) in the run config must not be replaced by the tuned alpha."""
+    publish_training_data(settings)
+    write_best_params(settings, {"params": {"factors": 6, "alpha": 2.0, "regularization": 3.0}})
+    default_alpha = model_assets.DEFAULT_TUNABLE["alpha"]
+    resource = mlflow_resource(settings)
+    result = materialize([model_assets.challenger], resource, settings,
+                         challenger={"alpha": default_alpha, "iterations": 2})
+    client = registry.make_client(resource.tracking_uri)
+    ref = registry.get_version(client, resource.model_name, metadata_of(result, "challenger")["model_version"])
+    run_params = client.get_run(ref.run_id).data.params
+    assert float(run_params["alpha"]) == default_alpha
+    assert (run_params["factors"], float(run_params["regularization"])) == ("6", 3.0)
+    assert run_params["hyperparameters_from"] == "factors=tuning, alpha=config, regularization=tuning"
 
 
 def test_evaluation_reads_the_champions_lists_from_the_table_and_scores_them_the_same(settings):

@@ -74,32 +74,56 @@ def _score(bundle, holdout: tuple[np.ndarray, np.ndarray], strategy: str = "mode
 # ------------------------------------------------------------------------------------------ challenger
 
 
+# Defaults of the tunable hyperparameters when neither the run config nor a tuning result gives one.
+DEFAULT_TUNABLE = {"factors": 64, "alpha": 40.0, "regularization": 0.01}
+
+
 class ChallengerConfig(dg.Config):
-    factors: int = Field(default=64, ge=1, description="Latent factors.")
+    # The tunable fields default to None, not to a number: Dagster cannot tell a typed value that equals a
+    # field's default from no value at all, so an explicit `alpha: 40.0` would lose to tuning. Empty means
+    # "tuned value, else the default"; any number typed in the launchpad is used as typed.
+    factors: int | None = Field(default=None, ge=1, description=(
+        "Latent factors. Empty: the tuning result when there is one, else 64. A value set here always wins."))
     iterations: int = Field(default=15, ge=1, description="ALS iterations (sweeps over users and items).")
-    alpha: float = Field(default=40.0, ge=0, description="Confidence scale: c_ui = 1 + alpha * r_ui.")
-    regularization: float = Field(default=0.01, ge=0, description="L2 regularization of the factors.")
+    alpha: float | None = Field(default=None, ge=0, description=(
+        "Confidence scale: c_ui = 1 + alpha * r_ui. Empty: the tuning result when there is one, else 40. "
+        "A value set here always wins."))
+    regularization: float | None = Field(default=None, ge=0, description=(
+        "L2 regularization of the factors. Empty: the tuning result when there is one, else 0.01. "
+        "A value set here always wins."))
     solver: Literal["cg", "cholesky"] = Field(default="cg", description="cg: a few conjugate-gradient steps per row; cholesky: exact row solves.")
     cg_steps: int = Field(default=3, ge=1, description="Conjugate-gradient steps per row (solver=cg).")
     seed: int = Field(default=0, description="Seed of the factor initialisation (reproducible retrains).")
     use_tuned: bool = Field(
         default=True,
-        description="Take factors/regularization/alpha from the tuning asset's best_params.json when it exists; "
-                    "a value set explicitly in this run config still wins.",
+        description="Fill factors/regularization/alpha left empty from the tuning asset's best_params.json "
+                    "when it exists (false: empty fields take the defaults).",
     )
 
 
-def resolve_hyperparameters(config: ChallengerConfig, settings: Settings) -> tuple[dict, str]:
-    """ALS keyword arguments and where the tunable ones came from ("config" or "tuning")."""
-    params = {"factors": config.factors, "iterations": config.iterations, "alpha": config.alpha,
-              "regularization": config.regularization, "solver": config.solver, "cg_steps": config.cg_steps,
+def resolve_hyperparameters(config: ChallengerConfig, settings: Settings) -> tuple[dict, dict[str, str]]:
+    """ALS keyword arguments, and where each tunable one came from: "config", "tuning" or "default"."""
+    tuned = (read_best_params(settings) if config.use_tuned else None) or {}
+    params = {"iterations": config.iterations, "solver": config.solver, "cg_steps": config.cg_steps,
               "random_state": config.seed}
-    tuned = read_best_params(settings) if config.use_tuned else None
-    if not tuned:
-        return params, "config"
-    # model_fields_set: what the run config named explicitly (defaults are not in it)
-    params.update({key: value for key, value in tuned.items() if key not in config.model_fields_set})
-    return params, "tuning"
+    sources = {}
+    for key, default in DEFAULT_TUNABLE.items():
+        explicit = getattr(config, key)
+        if explicit is not None:
+            params[key], sources[key] = explicit, "config"
+        elif key in tuned:
+            params[key], sources[key] = tuned[key], "tuning"
+        else:
+            params[key], sources[key] = default, "default"
+    return params, sources
+
+
+def sources_summary(sources: dict[str, str]) -> str:
+    """One word when every tunable parameter came from the same place, else `factors=tuning, alpha=config, ...`."""
+    distinct = set(sources.values())
+    if len(distinct) == 1:
+        return distinct.pop()
+    return ", ".join(f"{key}={source}" for key, source in sources.items())
 
 
 def factors_finite_result(model) -> dg.AssetCheckResult:
@@ -127,7 +151,8 @@ def challenger(context: dg.AssetExecutionContext, config: ChallengerConfig, mlfl
     settings = Settings.from_env()
     snapshot = latest_dir(settings).resolve()  # the stable snapshot behind `latest`, recorded for tracing
     data = TrainingData.load(snapshot)
-    params, source = resolve_hyperparameters(config, settings)
+    params, sources = resolve_hyperparameters(config, settings)
+    source = sources_summary(sources)
     run_id = context.run.run_id
     with mlflow_failure_is_a_run_failure():
         client = mlflow.client()  # checks reachability before minutes of training
@@ -157,7 +182,7 @@ def challenger(context: dg.AssetExecutionContext, config: ChallengerConfig, mlfl
                 "mlflow_run_id": dg.MetadataValue.text(mlflow_run),
                 "fit_seconds": dg.MetadataValue.float(fit_seconds),
                 "final_loss": dg.MetadataValue.float(float(model.loss_history[-1]) if model.loss_history else math.nan),
-                "hyperparameters": dg.MetadataValue.json({**params, "from": source}),
+                "hyperparameters": dg.MetadataValue.json({**params, "from": sources}),
                 **{key: dg.MetadataValue.int(value) for key, value in sizes.items()},
             }
             with tempfile.TemporaryDirectory(prefix="challenger-") as tmp:
