@@ -153,6 +153,18 @@ def test_asset_builds_the_temporal_split_of_the_warehouse(settings, ingest_day, 
     assert (data.window_start, data.window_end) == ("2025-12-06", "2026-01-04")
 
 
+def test_one_ingested_day_fails_the_temporal_split_saying_what_is_missing(settings, ingest_day, duckdb_resource):
+    events = generate_events(n_users=50, n_items=20, n_events=500, n_days=1, seed=5, start="2026-01-05")
+    write_day_files(events, settings.landing_dir, "csv")
+    ingest_day("2026-01-05")
+    result = dg.materialize([interactions, training_data], resources={"duckdb": duckdb_resource},
+                            raise_on_error=False)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.event_specific_data.error.message
+    assert "no events were ingested before it" in message and "Ingest at least one earlier day" in message
+
+
 def test_asset_random_split_by_config(settings, ingest_day, duckdb_resource):
     events = generate_events(n_users=200, n_items=80, n_events=3_000, n_days=2, seed=4, start="2026-01-01")
     write_day_files(events, settings.landing_dir, "csv")

@@ -57,6 +57,16 @@ def build_training_data(con, config: TrainingDataConfig) -> TrainingData:
     )
 
 
+def _no_training_pairs_message(data: TrainingData, config: TrainingDataConfig) -> str:
+    window = f"{data.window_start}..{data.window_end}"
+    if config.split == "temporal":
+        return (f"no training interactions in {window}: the temporal split trains on the days before "
+                f"{data.window_end} and holds that day out, and no events were ingested before it in the window. "
+                "Ingest at least one earlier day of `events` (one run per partition), then `interactions` "
+                "again; or use split=random for a single day")
+    return f"no interactions in {window}: ingest `events` for days in the window, then `interactions` again"
+
+
 def _coded_pairs(con) -> CodedPairs:
     """The pairs of temp table `split_pairs` with a training weight, ids coded by sql/training_encode.sql."""
     sql_files.run(con, "training_encode")
@@ -84,7 +94,7 @@ def training_data(
     with duckdb.connect(read_only=True) as con:
         data = build_training_data(con, config)
     if data.train.nnz == 0:
-        raise dg.Failure(f"no training interactions before {data.window_end}: widen the window")
+        raise dg.Failure(_no_training_pairs_message(data, config))
     if data.holdout_pairs == 0:
         raise dg.Failure(
             f"empty holdout ({data.split} split of {data.window_start}..{data.window_end}): no model could be "
