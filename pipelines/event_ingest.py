@@ -94,12 +94,18 @@ def ingest_day(
     files: list[LandingFile],
     mapping: EventMapping,
     log: Callable[[str], None] = print,
+    *,
+    allow_empty: bool = False,
 ) -> DayResult:
-    """Replace partition `day` with the rows of `files`, all or nothing."""
+    """Replace partition `day` with the rows of `files`, all or nothing.
+
+    Unless `allow_empty`, a file with no rows (0 bytes, a header only) fails the day, and so do
+    files whose rows are all rejected when the day held events: a failed export must not wipe a day."""
     ensure_schema(con)
     result = DayResult(day=day)
     con.execute("BEGIN TRANSACTION")
     try:
+        held = int(sql_files.run(con, "ingest_day_events", {"day": day}).fetchone()[0])
         sql_files.run(con, "ingest_delete_partition", {"day": day})
         loaded_by_hash: dict[str, str] = {}
         for number, landing_file in enumerate(files, start=1):
@@ -109,6 +115,8 @@ def ingest_day(
         sql_files.run(con, "partition_id_types", {"start_day": day, "end_day": day})
         _summarise(con, result)
         _verify(result)
+        if not allow_empty:
+            _refuse_empty(result, held)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -128,6 +136,8 @@ def _ingest_file(
     result = FileResult(landing_file.relative, checksum, landing_file.path.stat().st_size)
     if checksum in loaded_by_hash:
         result.duplicate_of = loaded_by_hash[checksum]
+    elif result.size_bytes == 0:  # no rows, in any format (a 0-byte Parquet file has no footer to read)
+        loaded_by_hash[checksum] = landing_file.relative
     elif landing_file.format == "parquet":
         with _open_parquet(landing_file, mapping) as parquet:
             if is_typed_parquet(parquet.schema_arrow, mapping):
@@ -437,6 +447,25 @@ def _verify(result: DayResult) -> None:
         raise RuntimeError(
             f"partition {result.day}: files gave {loaded} events and {rejected} rejects but the tables "
             f"hold {result.events} and {result.rejected}; nothing committed"
+        )
+
+
+def _refuse_empty(result: DayResult, held: int) -> None:
+    """Fail rather than let a file with no rows, or rows that are all rejected, replace a day."""
+    how = "set allow_empty: true in the events run config (ops: events: config: allow_empty: true)"
+    empty = [f.source_file for f in result.files if f.duplicate_of is None and f.rows_loaded + f.rows_rejected == 0]
+    if empty:
+        raise LandingFileError(
+            f"{', '.join(empty)}: no rows (an empty file, or a header only); {result.day} was kept as it was. "
+            f"A file without rows is taken for a failed export: land it again, or, if it really has no events, {how}"
+        )
+    if result.events == 0 and held > 0:
+        reasons = ", ".join(f"{reason}: {n:,}" for reason, n in result.rejected_by_reason.items())
+        files = ", ".join(f.source_file for f in result.files)
+        raise LandingFileError(
+            f"{result.day}: all {result.rejected:,} rows of {files} were rejected ({reasons}); the day's {held:,} "
+            f"events were kept as they were. Check the mapping (preset, columns, time unit), or, to replace the "
+            f"day with no events, {how}"
         )
 
 

@@ -34,6 +34,11 @@ class EventsConfig(dg.Config):
     header: bool | None = Field(default=None, description="Whether CSV files start with a header line.")
     column_names: list[str] | None = Field(default=None, description="Columns of header-less CSV files, in order.")
     delimiter: str | None = Field(default=None, description="CSV field delimiter.")
+    allow_empty: bool = Field(
+        default=False,
+        description="Let landing files with no rows (0 bytes, a header only), or rows that are all rejected, "
+        "replace what the day holds. Off: such a run fails, names the file and keeps the day as it was.",
+    )
 
     def mapping(self) -> EventMapping:
         base = preset(self.preset or os.environ.get("ALS_PIPELINE_EVENT_PRESET") or "default")
@@ -98,7 +103,9 @@ def build_events_asset(partitions_def: dg.DailyPartitionsDefinition) -> dg.Asset
                 f"no landing files for {day} in {settings.landing_dir} (names must contain {day}); nothing changed"
             )
         with duckdb.connect() as con:
-            result = event_ingest.ingest_day(con, day, files, mapping, log=context.log.info)
+            result = event_ingest.ingest_day(
+                con, day, files, mapping, log=context.log.info, allow_empty=config.allow_empty
+            )
             preview = event_ingest.preview(con, day)
         context.log.info(
             f"{day}: {result.events:,} events, {result.rejected:,} rejected {result.rejected_by_reason}, "
