@@ -15,12 +15,14 @@ from typing import Annotated
 
 from fastapi import Body, FastAPI, HTTPException, Path, Query
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from threadpoolctl import threadpool_limits
 
 from serving.config import ServingConfig
 from serving.fold_in import WarehouseEvents
+from serving.limits import validation_errors
 from serving.model_source import BundleDirSource, MlflowChampionSource, ModelSource, ModelWatcher
 from serving.schemas import (
     ID_PATTERN,
@@ -98,6 +100,10 @@ def create_app(config: ServingConfig | None = None, source: ModelSource | None =
     app.state.watcher = watcher
     app.state.events = events
     app.state.service = service
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": validation_errors(exc)}, status_code=422)
 
     @app.exception_handler(NotReady)
     async def not_ready(request, exc: NotReady) -> JSONResponse:

@@ -1,0 +1,85 @@
+"""Bodies the API will not serve, sent to the app under a real uvicorn server on 127.0.0.1: invalid ones get a
+short 4xx that names the field and never echoes the input (non-finite numbers, lone surrogates, junk bytes
+included), and no body gives a 5xx."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from serving.config import ServingConfig
+from test_serving_api import serving
+from test_serving_scoring import random_bundle
+
+MAX_ANSWER = 4096  # bytes: at most MAX_ERRORS errors of short loc/msg
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bodies")
+    random_bundle(40, 50, 4, 0.1, seed=5).save(root / "bundle")
+    config = ServingConfig(model_name="bodies", tracking_uri=f"sqlite:///{root / 'unused.db'}",
+                           duckdb_path=root / "warehouse.duckdb", bundle_dir=root / "bundle", poll_seconds=60,
+                           max_n=30, max_batch=1000, fold_in=False)
+    with serving(config) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/ready").json()
+            time.sleep(0.05)
+        yield client
+
+
+def post_batch(api: httpx.Client, content: bytes | str, content_type: str = "application/json") -> httpx.Response:
+    # a new connection each time: a server error closes the connection it happened on
+    return httpx.post(f"{api.base_url}/recommendations/batch", content=content,
+                      headers={"content-type": content_type}, timeout=30)
+
+
+def assert_short_422(response: httpx.Response, loc_prefix: list) -> None:
+    assert response.status_code == 422, (response.status_code, response.text[:300])
+    assert len(response.content) <= MAX_ANSWER, len(response.content)
+    errors = response.json()["detail"]
+    assert errors and all(set(e) == {"loc", "msg", "type"} for e in errors), errors
+    assert any(e["loc"][:len(loc_prefix)] == loc_prefix for e in errors), errors
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ('{"user_ids": [NaN]}', ["body", "user_ids", 0]),
+    ('{"user_ids": [-Infinity]}', ["body", "user_ids", 0]),
+    ('{"user_ids": [1e400]}', ["body", "user_ids", 0]),
+    ('{"user_ids": [3], "n": Infinity}', ["body", "n"]),
+    ('{"user_ids": [3], "n": NaN}', ["body", "n"]),
+    ('{"user_ids": [3], "n": 1e400}', ["body", "n"]),
+    ('{"user_ids": ["\\ud800"]}', ["body", "user_ids", 0]),      # a lone surrogate: not text that can be an id
+    ('{"user_ids": [3], "\\udfff": 1}', ["body"]),                 # ... as a field name
+    ('"\\ud800"', ["body"]),
+    ('{"user_ids": [{"a": {"b": [1.5]}}]}', ["body", "user_ids", 0]),
+    ('{"user_ids": [3]', ["body"]),                              # cut short
+])
+def test_a_bad_json_body_gets_a_short_422_naming_the_field(api, body, field):
+    assert_short_422(post_batch(api, body), field)
+
+
+def test_a_large_bad_body_is_not_echoed(api):
+    """Under the body limit, but large: the answer stays short however big the rejected value."""
+    huge_id = "a" * 600_000
+    response = post_batch(api, '{"user_ids": ["%s"]}' % huge_id)
+    assert_short_422(response, ["body", "user_ids", 0])
+    assert huge_id[:1000] not in response.text
+    junk = post_batch(api, '{"user_ids": [%s]}' % ",".join(["[]"] * 50_000))
+    assert_short_422(junk, ["body", "user_ids"])
+    assert len(junk.json()["detail"]) <= 10
+
+
+@pytest.mark.parametrize(("content", "content_type", "status"), [
+    (b'{"user_ids": ["\xff\xfe"]}', "application/json", 400),          # not UTF-8
+    (b'{"user_ids": [' + b"9" * 5000 + b"]}", "application/json", 400),  # past Python's int-digit limit
+    (b"[" * 100_000 + b"]" * 100_000, "application/json", 400),       # nesting past the recursion limit
+    (b"\xff\x00 not json", "text/plain", 422),                        # not JSON: the body is not an object
+])
+def test_undecodable_bodies_get_a_short_4xx(api, content, content_type, status):
+    response = post_batch(api, content, content_type)
+    assert response.status_code == status, (response.status_code, response.text[:300])
+    assert len(response.content) <= MAX_ANSWER
