@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 
 from serving.config import ServingConfig
 from serving.fold_in import WarehouseEvents
-from serving.limits import validation_errors
+from serving.limits import BodyLimit, validation_errors
 from serving.model_source import BundleDirSource, MlflowChampionSource, ModelSource, ModelWatcher
 from serving.schemas import (
     ID_PATTERN,
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = "5"
 NOT_READY = {503: {"model": ErrorResponse, "description": "No model loaded yet; the detail says why."}}
+TOO_LARGE = {413: {"model": ErrorResponse, "description": "Body over ALS_SERVING_MAX_BODY_BYTES (default 1 MiB)."}}
 
 
 def default_source(config: ServingConfig) -> ModelSource:
@@ -96,6 +97,7 @@ def create_app(config: ServingConfig | None = None, source: ModelSource | None =
         summary="Top-N recommendations and similar items from the MLflow champion.",
         lifespan=lifespan,
     )
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     app.state.config = config
     app.state.watcher = watcher
     app.state.events = events
@@ -137,7 +139,8 @@ def create_app(config: ServingConfig | None = None, source: ModelSource | None =
             user_id=result.user_id, source=result.source, model=model_ref(model),
             recommendations=[{"item_id": i, "score": s} for i, s in zip(result.item_ids, result.scores)]))
 
-    @app.post("/recommendations/batch", response_model=BatchResponse, responses=NOT_READY, tags=["recommendations"])
+    @app.post("/recommendations/batch", response_model=BatchResponse, responses={**NOT_READY, **TOO_LARGE},
+              tags=["recommendations"])
     def recommendations_batch(request: Annotated[BatchRequest, Body()]) -> Response:
         """Top-n for up to `max_batch` users in one request (same rules as the single-user endpoint)."""
         model = service.model()

@@ -43,6 +43,7 @@ class ServingConfig:
     poll_seconds: float = 30.0
     max_n: int = 100
     max_batch: int = 1000
+    max_body_bytes: int = 1 << 20  # larger request bodies get 413 before they are parsed
     fold_in: bool = True
     fold_in_refresh_seconds: float = 10.0
     fold_in_lookback_days: int = 3
@@ -69,6 +70,7 @@ class ServingConfig:
             poll_seconds=_number(env, "ALS_SERVING_POLL_SECONDS", 30.0, float, 0.05),
             max_n=_number(env, "ALS_SERVING_MAX_N", 100, int, 1),
             max_batch=_number(env, "ALS_SERVING_MAX_BATCH", 1000, int, 1),
+            max_body_bytes=_number(env, "ALS_SERVING_MAX_BODY_BYTES", 1 << 20, int, 1),
             fold_in=_flag(env, "ALS_SERVING_FOLD_IN", True),
             fold_in_refresh_seconds=_number(env, "ALS_SERVING_FOLD_IN_REFRESH_SECONDS", 10.0, float, 0.05),
             fold_in_lookback_days=_number(env, "ALS_SERVING_FOLD_IN_LOOKBACK_DAYS", 3, int, 1),

@@ -1,13 +1,75 @@
-"""What the API does with bodies it will not serve: invalid ones get a short 422 that names the fields, never
-the input back."""
+"""What the API does with bodies it will not serve: too large (413, before any of it is parsed) or invalid (a
+short 422 that names the fields, never the input back)."""
 
 from __future__ import annotations
 
+import json
+
 from fastapi.exceptions import RequestValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_ERRORS = 10  # a 1,000-id batch of junk would otherwise list 2,000 errors
 MAX_TEXT = 200
 MAX_LOC = 8
+
+
+class BodyLimit:
+    """Answer 413 to a request whose body is over ``max_bytes``, before the app sees any of it.
+
+    A declared Content-Length over the limit is refused before a byte of the body is read. Otherwise the body
+    is read here, counting the bytes as they stream in (a chunked body has no Content-Length), and handed to
+    the app only once it has ended within the limit; a body that passes the limit is cut off there. Pure ASGI,
+    so nothing is buffered beyond ``max_bytes`` and no framework code runs on a refused body."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, setting: str = "ALS_SERVING_MAX_BODY_BYTES") -> None:
+        self.app = app
+        self.max_bytes = int(max_bytes)
+        self.setting = setting
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await self._refuse(send)
+            return
+        messages: list[Message] = []
+        total = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":  # the client went away: let the app see that
+                break
+            total += len(message.get("body", b""))
+            if total > self.max_bytes:
+                await self._refuse(send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes ({self.setting})"}).encode()
+        # the rest of the body is never read, so the connection cannot carry another request
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # the server rejects a malformed length itself; the bytes are counted anyway
+    return None
 
 
 def _short(part) -> str | int:

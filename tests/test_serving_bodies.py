@@ -1,9 +1,12 @@
 """Bodies the API will not serve, sent to the app under a real uvicorn server on 127.0.0.1: invalid ones get a
 short 4xx that names the field and never echoes the input (non-finite numbers, lone surrogates, junk bytes
-included), and no body gives a 5xx."""
+included), bodies over the size limit get 413 before they are parsed, and no body gives a 5xx."""
 
 from __future__ import annotations
 
+import contextlib
+import select
+import socket
 import time
 
 import httpx
@@ -83,3 +86,55 @@ def test_undecodable_bodies_get_a_short_4xx(api, content, content_type, status):
     response = post_batch(api, content, content_type)
     assert response.status_code == status, (response.status_code, response.text[:300])
     assert len(response.content) <= MAX_ANSWER
+
+
+def test_the_body_limit_is_a_serving_setting():
+    assert ServingConfig.from_env({}).max_body_bytes == 1 << 20
+    assert ServingConfig.from_env({"ALS_SERVING_MAX_BODY_BYTES": "4096"}).max_body_bytes == 4096
+    with pytest.raises(ValueError, match="ALS_SERVING_MAX_BODY_BYTES"):
+        ServingConfig.from_env({"ALS_SERVING_MAX_BODY_BYTES": "1MB"})
+
+
+def raw_post(port: int, headers: bytes, chunks, max_sent: int) -> tuple[int, bytes]:
+    """Send ``headers`` then ``chunks`` until the server answers (or ``max_sent`` bytes went out); returns the
+    bytes sent and the answer's head. A plain socket, so nothing waits for the body to end before reading."""
+    sent, answer = 0, b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(headers)
+        for chunk in chunks:
+            if sent >= max_sent or select.select([sock], [], [], 0.005)[0]:
+                break
+            try:
+                sock.sendall(chunk)
+            except OSError:  # the server answered and closed meanwhile
+                break
+            sent += len(chunk)
+        with contextlib.suppress(OSError):
+            while b"\r\n\r\n" not in answer and (data := sock.recv(65536)):
+                answer += data
+    return sent, answer
+
+
+def test_a_body_over_the_limit_gets_413_before_it_is_read(api):
+    """Default limit, 1 MiB: a body of exactly 1 MiB is served; one byte more gets 413, whether the size is
+    declared (Content-Length: refused before any of the body is sent) or streamed in chunks (cut off)."""
+    limit = 1 << 20
+    head = b'{"user_ids": [3]}'
+    assert post_batch(api, head + b" " * (limit - len(head))).status_code == 200
+    over = post_batch(api, head + b" " * (limit + 1 - len(head)))
+    assert over.status_code == 413, over.text[:300]
+    assert "ALS_SERVING_MAX_BODY_BYTES" in over.json()["detail"]
+
+    port = api.base_url.port
+    request = b"POST /recommendations/batch HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+    started = time.monotonic()
+    sent, answer = raw_post(port, request + b"content-length: %d\r\n\r\n" % (100 << 20), [], 0)
+    assert answer.startswith(b"HTTP/1.1 413"), answer  # with none of the 100 MB sent
+    assert time.monotonic() - started < 5
+
+    piece = b" " * 65536
+    chunked = (b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(1000))
+    sent, answer = raw_post(port, request + b"transfer-encoding: chunked\r\n\r\n", chunked, max_sent=16 << 20)
+    assert answer.startswith(b"HTTP/1.1 413"), (sent, answer)
+    assert sent < 4 * limit, sent  # cut off near the limit, not read to the end
+    assert api.get("/health").status_code == 200
