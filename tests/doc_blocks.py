@@ -33,8 +33,9 @@ class ShellBlock:
         return f"{self.doc}:{self.line}"
 
     def commands(self) -> list[str]:
-        """Non-empty lines that are not only a comment."""
-        return [line for line in self.text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        """The block's commands: lines joined where they end in a backslash, empty and comment lines left out."""
+        joined = self.text.replace("\\\n", " ")
+        return [line for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
 def documents() -> list[str]:
