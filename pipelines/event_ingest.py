@@ -102,6 +102,7 @@ def ingest_day(
     Unless `allow_empty`, a file with no rows (0 bytes, a header only) fails the day, and so do
     files whose rows are all rejected when the day held events: a failed export must not wipe a day."""
     ensure_schema(con)
+    sql_files.run(con, "ingest_id_rule")
     result = DayResult(day=day)
     con.execute("BEGIN TRANSACTION")
     try:
@@ -292,9 +293,40 @@ def _open_parquet(landing_file: LandingFile, mapping: EventMapping) -> pq.Parque
     return parquet
 
 
+def id_kind(t: pa.DataType) -> str | None:
+    """What an id column of this Arrow type holds when it is no integer or text ('a float', 'a struct'),
+    for the reject's detail; None for integers, text, and text or integers dictionary-encoded."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if _is_id_type(t) or pa.types.is_null(t):
+        return None
+    if pa.types.is_decimal(t):
+        return None if t.scale == 0 else "a decimal"
+    for test, kind in (
+        (pa.types.is_floating, "a float"),
+        (pa.types.is_boolean, "a boolean"),
+        (pa.types.is_struct, "a struct"),
+        (pa.types.is_map, "a map"),  # before the lists: a map is a list of pairs to Arrow
+        (lambda t: pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+         or pa.types.is_list_view(t) or pa.types.is_large_list_view(t), "a list"),
+        (lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
+         or pa.types.is_binary_view(t), "binary"),
+        (pa.types.is_temporal, "a date or time"),
+    ):
+        if test(t):
+            return kind
+    return f"of Arrow type {t}"
+
+
 def _stage_parquet(con: duckdb.DuckDBPyConnection, parquet: pq.ParquetFile, mapping: EventMapping) -> None:
-    """The text path for Parquet: every mapped column staged as text (see is_typed_parquet)."""
+    """The text path for Parquet: every mapped column staged as text (see is_typed_parquet); an id
+    column that is no integer or text stages its kind, and each of its values is rejected with it."""
     sql_files.run(con, "ingest_stage_empty")
+    schema = parquet.schema_arrow
+    kinds = {
+        "user_kind": id_kind(schema.field(mapping.user_column).type),
+        "item_kind": id_kind(schema.field(mapping.item_column).type),
+    }
     offset = 0
     for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=list(mapping.mapped_columns())):
         lines = pa.array(range(offset + 1, offset + batch.num_rows + 1), type=pa.int64())
@@ -304,7 +336,7 @@ def _stage_parquet(con: duckdb.DuckDBPyConnection, parquet: pq.ParquetFile, mapp
         )
         con.register("arrow_batch", arrow_batch)
         try:
-            sql_files.run(con, "ingest_stage_arrow")
+            sql_files.run(con, "ingest_stage_arrow", kinds)
         finally:
             con.unregister("arrow_batch")
         offset += batch.num_rows
@@ -325,7 +357,8 @@ def is_typed_parquet(schema: pa.Schema, mapping: EventMapping) -> bool:
     """Whether the mapped columns can be validated in their own types (else they are staged as text):
     ids integer or string, the event name a string, and the time an Arrow timestamp read as ISO
     (naive = UTC) or an integer read as epoch_s / epoch_ms. Anything else (a float id, a time held as
-    text, a 'format' time, ...) keeps the text path, which decides as it always did."""
+    text, a 'format' time, ...) keeps the text path, which decides as it always did; a float or
+    nested id is rejected there row by row (see id_kind)."""
     user, item, event, time = (schema.field(name).type for name in mapping.mapped_columns())
     if not (_is_id_type(user) and _is_id_type(item) and _is_string_type(event)):
         return False

@@ -40,9 +40,11 @@ WITH gaps AS (
 SELECT $header_lines + r.record + coalesce(g.rejects_so_far, 0) AS line,
        r.user_raw, r.item_raw, r.event_raw, r.ts_raw,
        NULL::VARCHAR AS raw,
-       NULL::VARCHAR AS malformed
+       NULL::VARCHAR AS malformed,
+       NULL::VARCHAR AS user_kind,  -- CSV fields are text
+       NULL::VARCHAR AS item_kind
 FROM csv_records AS r
 ASOF LEFT JOIN gaps AS g ON r.record > g.good_before
 UNION ALL
-SELECT line, NULL, NULL, NULL, NULL, trim(csv_line, E'\r\n'), problem
+SELECT line, NULL, NULL, NULL, NULL, trim(csv_line, E'\r\n'), problem, NULL, NULL
 FROM csv_rejects;

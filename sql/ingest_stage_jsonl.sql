@@ -1,6 +1,8 @@
 -- Stage one JSON-lines file: each physical line is read as one text value (the delimiter is a
 -- control character that valid JSON never holds unescaped), then fields are extracted by path.
--- Blank lines are skipped; a line that is not a JSON object is staged as malformed.
+-- Blank lines are skipped; a line that is not a JSON object is staged as malformed. An id that JSON
+-- types as no integer or text (a fraction, an object, an array, true/false) gets its kind
+-- (json_id_kind, sql/ingest_id_rule.sql).
 DROP TABLE IF EXISTS reject_errors;
 DROP TABLE IF EXISTS reject_scans;
 
@@ -30,16 +32,23 @@ objects AS (  -- extraction raises on invalid JSON: only objects reach it (CASE 
     FROM checked
 )
 SELECT line,
-       json_extract_string(object, $user_path) AS user_raw,
-       json_extract_string(object, $item_path) AS item_raw,
+       user_raw,
+       item_raw,
        json_extract_string(object, $event_path) AS event_raw,
        json_extract_string(object, $ts_path) AS ts_raw,
        doc AS raw,
-       CASE WHEN NOT is_object THEN 'not a JSON object' END AS malformed
-FROM objects;
+       CASE WHEN NOT is_object THEN 'not a JSON object' END AS malformed,
+       json_id_kind(json_type(object, $user_path), user_raw) AS user_kind,
+       json_id_kind(json_type(object, $item_path), item_raw) AS item_kind
+FROM (
+    SELECT *,
+           json_extract_string(object, $user_path) AS user_raw,
+           json_extract_string(object, $item_path) AS item_raw
+    FROM objects
+);
 
 -- a line holding the delimiter character is not valid JSON either
 INSERT INTO staged_rows
-SELECT line, NULL, NULL, NULL, NULL, trim(arg_min(csv_line, column_idx), E'\r\n'), 'not a JSON object'
+SELECT line, NULL, NULL, NULL, NULL, trim(arg_min(csv_line, column_idx), E'\r\n'), 'not a JSON object', NULL, NULL
 FROM reject_errors
 GROUP BY line;

@@ -7,6 +7,8 @@ SELECT $day,
        reason,
        CASE
            WHEN reason IN ('missing user id', 'missing item id') THEN NULL
+           WHEN reason = 'bad user id' THEN 'user id ' || user_problem
+           WHEN reason = 'bad item id' THEN 'item id ' || item_problem
            WHEN event_type IS NULL THEN 'event type ' || coalesce('''' || event_raw || '''', 'missing')
            WHEN ts IS NULL THEN 'timestamp ' || coalesce('''' || CAST(ts_raw AS VARCHAR) || '''', 'missing')
            ELSE 'event on ' || CAST(CAST(ts AS DATE) AS VARCHAR) || ', partition is ' || CAST($day AS VARCHAR)

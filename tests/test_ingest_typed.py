@@ -347,7 +347,7 @@ def test_rerun_duplicates_and_failures_on_the_typed_path(settings):
         ((pa.int64(), pa.int64(), pa.large_string(), pa.timestamp("us")), "default", True),
         ((pa.string(), pa.uint32(), pa.string_view(), pa.timestamp("ns", tz="Asia/Tokyo")), "default", True),
         ((pa.int64(), pa.int64(), pa.string(), pa.int64()), "retailrocket", True),
-        ((pa.float64(), pa.string(), pa.string(), pa.timestamp("us")), "default", False),  # a float id: as written
+        ((pa.float64(), pa.string(), pa.string(), pa.timestamp("us")), "default", False),  # a float id: rejected per row
         ((pa.int64(), pa.int64(), pa.string(), pa.string()), "default", False),  # time as text
         ((pa.int64(), pa.int64(), pa.string(), pa.int64()), "default", False),  # integer time read as ISO
         ((pa.int64(), pa.int64(), pa.string(), pa.timestamp("ms")), "retailrocket", False),  # timestamp read as epoch
