@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import getpass
 import json
 import math
 import os
@@ -55,9 +56,31 @@ TAG_DAGSTER_RUN_ID = "dagster_run_id"
 TAG_HOLDOUT_FINGERPRINT = "holdout_fingerprint"
 TAG_EVAL_PREFIX = "eval."
 TAG_GATE_PREFIX = "gate."
+TAG_EVAL_CHAMPION_VERSION = "eval.champion_version"
+TAG_EVAL_CHAMPION_NDCG = "eval.champion_ndcg_at_10"
+# the champion the evaluation could not load or score, and why (empty: it was scored, or there was none)
+TAG_EVAL_CHAMPION_LOAD_ERROR = "eval.champion_load_error"
+TAG_GATE_DECISION = "gate.decision"
+TAG_GATE_RULE = "gate.rule"  # one of RULES: which comparison decided
+TAG_GATE_CHAMPION_LOAD_ERROR = "gate.champion_load_error"
+# a promotion by hand (`python -m pipelines registry promote`), on the version it made champion
+TAG_MANUAL_PROMOTED_BY = "manual.promoted_by"
+TAG_MANUAL_PROMOTED_AT = "manual.promoted_at"
+TAG_MANUAL_REASON = "manual.reason"
+TAG_MANUAL_REPLACED = "manual.replaced_champion"
+# set on an MLflow run a dead Dagster run left RUNNING, by the challenger that closed it
+TAG_CLOSED_BY = "closed_by_dagster_run_id"
+
+RULE_FIRST_MODEL = "first_model"  # no champion: beat popularity
+RULE_BEATS_CHAMPION = "beats_champion"  # beat the champion by more than the margin, and popularity
+RULE_CHAMPION_UNSCORABLE = "champion_unscorable"  # the champion could not be loaded or scored: beat popularity
+RULE_ALREADY_CHAMPION = "already_champion"
+RULES = (RULE_FIRST_MODEL, RULE_BEATS_CHAMPION, RULE_CHAMPION_UNSCORABLE, RULE_ALREADY_CHAMPION)
 
 REACHABILITY_TIMEOUT_S = 5.0
 LOCK_TIMEOUT_S = 600.0
+# an MLflow run still RUNNING whose Dagster run this instance does not know is closed after this long
+ABANDONED_RUN_AGE_S = 24 * 3600.0
 
 # mlflow.pyfunc.log_model only talks to the process-global tracking URI; this lock keeps our own callers
 # from switching it under each other.
@@ -72,7 +95,36 @@ class MlflowUnavailable(RegistryError):
     """MLflow could not be reached, or failed, while the pipeline needed it."""
 
 
+class BundleUnloadable(RegistryError):
+    """A registered version whose model cannot be loaded (its files gone or broken) while MLflow answers."""
+
+    def __init__(self, name: str, version: int, cause: str):
+        super().__init__(f"{name} version {version} cannot be loaded: {cause}")
+        self.name, self.version, self.cause = name, int(version), cause
+
+
+# MLflow's defaults (7 retries with exponential backoff, 120 s per request) hold a step for minutes against a
+# dead tracking server. A variable the environment sets already wins.
+MLFLOW_HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": 2, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": 1,
+                      "MLFLOW_HTTP_REQUEST_TIMEOUT": 15}
+
 # --------------------------------------------------------------------------------------------- connection
+
+
+def bound_mlflow_http(limits: Mapping[str, int] = MLFLOW_HTTP_LIMITS) -> dict[str, str]:
+    """Set the MLflow HTTP retry and timeout variables the environment leaves unset (MLflow reads them on
+    every request). Returns what it set, for `unbound_mlflow_http`."""
+    applied = {}
+    for key, value in limits.items():
+        if key not in os.environ:
+            os.environ[key] = applied[key] = str(value)
+    return applied
+
+
+def unbound_mlflow_http(applied: Mapping[str, str]) -> None:
+    for key, value in applied.items():
+        if os.environ.get(key) == value:
+            del os.environ[key]
 
 
 def validate_tracking_uri(tracking_uri: str) -> str:
@@ -453,6 +505,8 @@ def _bundle_dir(model_dir: Path, name: str, version: int) -> Path:
     """The bundle directory inside a logged model's directory (where its MLmodel says)."""
     from mlflow.models import Model
 
+    if not (model_dir / "MLmodel").is_file():  # MLflow's own error names the temporary download directory
+        raise RegistryError(f"{name} version {version} has no MLmodel file in its artifacts")
     pyfunc_conf = Model.load(str(model_dir / "MLmodel")).flavors["python_function"]
     bundle_dir = model_dir / pyfunc_conf["artifacts"][BUNDLE_ARTIFACT_KEY]["path"]
     if not bundle_dir.is_dir():
@@ -486,6 +540,35 @@ def load_bundle(tracking_uri: str, name: str, version: int, dst_dir: Path | None
         return ModelBundle.load(download_bundle(tracking_uri, name, version, Path(tmp)))
 
 
+def load_version_bundle(tracking_uri: str, name: str, version: int) -> ModelBundle:
+    """`load_bundle`, with a version that cannot be loaded told apart from MLflow being down: raises
+    BundleUnloadable (version, cause) when the store answers but the model does not load, MlflowUnavailable
+    when the store itself does not answer."""
+    try:
+        return load_bundle(tracking_uri, name, version)
+    except Exception as exc:
+        check_reachable(tracking_uri)
+        get_version(make_client(tracking_uri), name, version)  # MlflowUnavailable if MLflow is what failed
+        raise BundleUnloadable(name, version, _load_failure(tracking_uri, name, version, exc)) from exc
+
+
+def _load_failure(tracking_uri: str, name: str, version: int, exc: Exception) -> str:
+    """Why a version did not load, in words: the missing directory of a local store rather than the temporary
+    directory MLflow's download left empty."""
+    cause = str(exc) if isinstance(exc, RegistryError) else f"{type(exc).__name__}: {exc}"
+    with contextlib.suppress(Exception):
+        uri = make_client(tracking_uri).get_model_version_download_uri(name, str(int(version)))
+        parsed = urlparse(uri)
+        if parsed.scheme != "file":
+            return f"{cause} (artifacts: {uri})"
+        path = Path(url2pathname(parsed.path))
+        if not path.exists():
+            return f"its model directory {path} is missing"
+        if not (path / "MLmodel").is_file():
+            return f"its model directory {path} has no MLmodel file"
+    return cause
+
+
 def load_champion_bundle(
     tracking_uri: str, name: str, dst_dir: Path | None = None
 ) -> tuple[VersionRef, ModelBundle] | None:
@@ -509,17 +592,21 @@ class GateDecision:
     champion_ndcg: float | None
     popularity_ndcg: float
     margin: float
+    rule: str = RULE_BEATS_CHAMPION
+    champion_load_error: str | None = None
 
     def tags(self) -> dict[str, str]:
         """Version tags (and asset metadata) describing the decision."""
         return {
-            f"{TAG_GATE_PREFIX}decision": "promoted" if self.promote else "rejected",
+            TAG_GATE_DECISION: "promoted" if self.promote else "rejected",
+            TAG_GATE_RULE: self.rule,
             f"{TAG_GATE_PREFIX}reason": self.reason,
             f"{TAG_GATE_PREFIX}challenger_ndcg_at_10": _fmt(self.challenger_ndcg),
             f"{TAG_GATE_PREFIX}champion_version": "" if self.champion_version is None else str(self.champion_version),
             f"{TAG_GATE_PREFIX}champion_ndcg_at_10": _fmt(self.champion_ndcg),
             f"{TAG_GATE_PREFIX}popularity_ndcg_at_10": _fmt(self.popularity_ndcg),
             f"{TAG_GATE_PREFIX}margin": _fmt(self.margin),
+            TAG_GATE_CHAMPION_LOAD_ERROR: self.champion_load_error or "",
         }
 
 
@@ -534,31 +621,46 @@ def decide(
     champion_ndcg: float | None,
     popularity_ndcg: float,
     margin: float = 0.0,
+    champion_load_error: str | None = None,
 ) -> GateDecision:
-    """The rule: with a champion, promote iff challenger NDCG@10 > champion NDCG@10 + margin (same holdout);
-    without one, promote iff the challenger beats popularity. NaN never wins."""
+    """The rule, always on the challenger's holdout: the challenger must beat popularity, and
+
+    - ``first_model`` (no champion): that is all;
+    - ``beats_champion``: it must also beat the champion's NDCG@10 + margin (a tie keeps the champion);
+    - ``champion_unscorable`` (the champion could not be loaded or scored): beating popularity is all it can
+      be judged on, so a broken champion never blocks promotions, and never lets a weak model through.
+
+    NaN never wins."""
     common = dict(challenger_version=challenger_version, challenger_ndcg=challenger_ndcg,
                   champion_version=champion_version, champion_ndcg=champion_ndcg,
-                  popularity_ndcg=popularity_ndcg, margin=margin)
-    if not math.isfinite(challenger_ndcg):
-        return GateDecision(False, f"challenger NDCG@10 is {challenger_ndcg}", **common)
-    if champion_version == challenger_version:
-        return GateDecision(False, "challenger is already the champion", **common)
+                  popularity_ndcg=popularity_ndcg, margin=margin, champion_load_error=champion_load_error)
     if champion_version is None:
-        wins = challenger_ndcg > popularity_ndcg
-        relation = ">" if wins else "<="
-        reason = (f"first model: challenger NDCG@10 {challenger_ndcg:.5f} {relation} "
-                  f"popularity {popularity_ndcg:.5f}")
-        return GateDecision(wins, reason, **common)
-    if champion_ndcg is None or not math.isfinite(champion_ndcg):
-        # a champion we cannot score would otherwise block every promotion forever
-        return GateDecision(True, f"champion v{champion_version} could not be scored ({champion_ndcg})",
-                            **common)
-    wins = challenger_ndcg > champion_ndcg + margin
-    relation = ">" if wins else "<="
-    reason = (f"challenger NDCG@10 {challenger_ndcg:.5f} {relation} champion v{champion_version} "
-              f"{champion_ndcg:.5f} + margin {margin:g}")
-    return GateDecision(wins, reason, **common)
+        rule = RULE_FIRST_MODEL
+    elif champion_version == challenger_version:
+        rule = RULE_ALREADY_CHAMPION
+    elif champion_ndcg is None or not math.isfinite(champion_ndcg):
+        rule = RULE_CHAMPION_UNSCORABLE
+    else:
+        rule = RULE_BEATS_CHAMPION
+    if not math.isfinite(challenger_ndcg):
+        return GateDecision(False, f"challenger NDCG@10 is {challenger_ndcg}", rule=rule, **common)
+    if rule == RULE_ALREADY_CHAMPION:
+        return GateDecision(False, "challenger is already the champion", rule=rule, **common)
+    beats_popularity = challenger_ndcg > popularity_ndcg
+    versus_popularity = (f"challenger NDCG@10 {challenger_ndcg:.5f} {'>' if beats_popularity else '<='} "
+                         f"popularity {popularity_ndcg:.5f}")
+    if rule == RULE_FIRST_MODEL:
+        return GateDecision(beats_popularity, f"first model: {versus_popularity}", rule=rule, **common)
+    if rule == RULE_CHAMPION_UNSCORABLE:
+        cause = champion_load_error or f"NDCG@10 {champion_ndcg}"
+        return GateDecision(beats_popularity, f"champion v{champion_version} could not be scored ({cause}): "
+                                              f"{versus_popularity}", rule=rule, **common)
+    beats_champion = challenger_ndcg > champion_ndcg + margin
+    reason = (f"challenger NDCG@10 {challenger_ndcg:.5f} {'>' if beats_champion else '<='} champion "
+              f"v{champion_version} {champion_ndcg:.5f} + margin {margin:g}")
+    if beats_champion and not beats_popularity:
+        reason += f", but {versus_popularity}"
+    return GateDecision(beats_champion and beats_popularity, reason, rule=rule, **common)
 
 
 def lock_path_for(tracking_uri: str, fallback_dir: Path) -> Path:
@@ -603,6 +705,7 @@ def promote_if_better(
     lock_path: Path,
     margin: float = 0.0,
     extra_tags: Mapping[str, str] | None = None,
+    champion_load_error: str | None = None,
 ) -> GateDecision:
     """Move ``champion`` to the challenger if it wins; the replaced version becomes ``previous_champion``.
 
@@ -610,31 +713,60 @@ def promote_if_better(
     changed since evaluation (another retrain promoted meanwhile) the new champion is re-scored with
     ``score_champion(version)`` on the challenger's holdout before deciding. So two racing retrains end with
     the better model as champion. The decision and scores become tags of the challenger version.
+
+    ``champion_load_error``: why the evaluated champion could not be scored (its NDCG is then None);
+    ``score_champion`` raises BundleUnloadable for a champion that cannot be loaded. Either way the
+    `champion_unscorable` rule decides.
     """
     evaluated_version, evaluated_ndcg = evaluated_champion
     with promotion_lock(lock_path):
         current = aliases(client, name).get(CHAMPION)
+        load_error = None
         if current is None or current == challenger_version:
             champion_ndcg = None
         elif current == evaluated_version:
-            champion_ndcg = evaluated_ndcg
+            champion_ndcg, load_error = evaluated_ndcg, champion_load_error
         else:
-            champion_ndcg = score_champion(current)
-        decision = decide(challenger_version, challenger_ndcg, current, champion_ndcg, popularity_ndcg, margin)
-        with mlflow_errors(f"moving the {CHAMPION} alias of {name!r}"):
-            if decision.promote:
-                if current is not None:
-                    client.set_registered_model_alias(name, PREVIOUS_CHAMPION, str(current))
-                client.set_registered_model_alias(name, CHAMPION, str(challenger_version))
-        tags = {**decision.tags(), f"{TAG_GATE_PREFIX}decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            try:
+                champion_ndcg = score_champion(current)
+            except BundleUnloadable as exc:
+                champion_ndcg, load_error = None, exc.cause
+        decision = decide(challenger_version, challenger_ndcg, current, champion_ndcg, popularity_ndcg, margin,
+                          champion_load_error=load_error)
+        if decision.promote:
+            moves = {CHAMPION: challenger_version} if current is None else \
+                {PREVIOUS_CHAMPION: current, CHAMPION: challenger_version}
+            move_aliases(client, name, moves)
+        tags = {**decision.tags(), f"{TAG_GATE_PREFIX}decided_at": _utc_now()}
         tags.update(extra_tags or {})
         set_version_tags(client, VersionRef(name, challenger_version, None, {}), tags)
     return decision
 
 
+def move_aliases(client: MlflowClient, name: str, moves: Mapping[str, int]) -> None:
+    """Set ``moves`` ({alias: version}, in order) as one step: if MLflow fails half-way, the aliases already
+    moved are put back where they were (MLflow has no transaction across aliases). Call under the lock."""
+    before = aliases(client, name)
+    done: list[str] = []
+    try:
+        with mlflow_errors(f"moving the aliases of {name!r}"):
+            for alias, version in moves.items():
+                client.set_registered_model_alias(name, alias, str(int(version)))
+                done.append(alias)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            for alias in reversed(done):
+                if alias in before:
+                    client.set_registered_model_alias(name, alias, str(before[alias]))
+                else:
+                    client.delete_registered_model_alias(name, alias)
+        raise
+
+
 def rollback(client: MlflowClient, name: str, lock_path: Path | None = None) -> tuple[int, int]:
     """Point ``champion`` back at ``previous_champion``; the demoted version becomes ``previous_champion``,
-    so a second rollback undoes the first. Returns (demoted version, restored version)."""
+    so a second rollback undoes the first. Returns (demoted version, restored version). Refuses (nothing
+    changed) when there is no ``previous_champion`` or it is the champion itself."""
     lock = promotion_lock(lock_path) if lock_path is not None else contextlib.nullcontext()
     with lock:
         current = aliases(client, name)
@@ -642,46 +774,191 @@ def rollback(client: MlflowClient, name: str, lock_path: Path | None = None) -> 
             raise RegistryError(f"model {name!r} has no `{PREVIOUS_CHAMPION}` alias: nothing to roll back to")
         restored = current[PREVIOUS_CHAMPION]
         demoted = current.get(CHAMPION)
-        with mlflow_errors(f"rolling back {name!r}"):
-            client.set_registered_model_alias(name, CHAMPION, str(restored))
-            if demoted is not None and demoted != restored:
-                client.set_registered_model_alias(name, PREVIOUS_CHAMPION, str(demoted))
-                client.set_model_version_tag(name, str(demoted), f"{TAG_GATE_PREFIX}rolled_back_at",
-                                             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        if demoted == restored:
+            raise RegistryError(f"model {name!r}: `{PREVIOUS_CHAMPION}` is the champion itself (v{restored}): "
+                                f"nothing to roll back to")
+        if demoted is None:
+            move_aliases(client, name, {CHAMPION: restored})
+        else:
+            move_aliases(client, name, {PREVIOUS_CHAMPION: demoted, CHAMPION: restored})
+            with mlflow_errors(f"tagging {name} version {demoted}"):
+                client.set_model_version_tag(name, str(demoted), f"{TAG_GATE_PREFIX}rolled_back_at", _utc_now())
     return (demoted if demoted is not None else restored), restored
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def operator_name() -> str:
+    """Who runs this command: the login name (getpass: $LOGNAME, $USER, ..., then the password database)."""
+    try:
+        return getpass.getuser()
+    except Exception:  # no such variable and no passwd entry (a bare container)
+        return os.environ.get("USER") or "unknown"
+
+
+def _model_version_or_none(client: MlflowClient, name: str, version: int):
+    from mlflow.exceptions import MlflowException
+
+    with mlflow_errors(f"reading {name} version {version}"):
+        try:
+            return client.get_model_version(name, str(int(version)))
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+
+
+def promote_by_hand(tracking_uri: str, name: str, version: int, lock_path: Path, who: str,
+                    reason: str | None = None) -> int | None:
+    """Make ``version`` the champion by an operator's decision, with the bookkeeping the gate keeps: the old
+    champion becomes ``previous_champion``, both aliases move under the promotion lock in one step, and the
+    version's tags record who, when, why and which champion it replaced. Returns the replaced champion (None
+    if there was none).
+
+    Refuses with RegistryError, the registry left exactly as it was, when the version does not exist, is not
+    READY, its bundle does not load, or it is already the champion."""
+    client = make_client(tracking_uri)
+    mv = _model_version_or_none(client, name, version)
+    if mv is None:
+        raise RegistryError(f"model {name!r} has no version {version}: nothing changed")
+    if mv.status != "READY":
+        raise RegistryError(f"{name} version {version} is {mv.status}, not READY: nothing changed")
+    try:
+        load_version_bundle(tracking_uri, name, version)
+    except BundleUnloadable as exc:
+        raise RegistryError(f"{exc}: nothing changed") from exc
+    with promotion_lock(lock_path):
+        replaced = aliases(client, name).get(CHAMPION)
+        if replaced == int(version):
+            raise RegistryError(f"{name} version {version} is already the champion: nothing changed")
+        moves = {CHAMPION: version} if replaced is None else {PREVIOUS_CHAMPION: replaced, CHAMPION: version}
+        move_aliases(client, name, moves)
+        set_version_tags(client, VersionRef(name, int(version), None, {}), {
+            TAG_MANUAL_PROMOTED_BY: who, TAG_MANUAL_PROMOTED_AT: _utc_now(), TAG_MANUAL_REASON: reason or "",
+            TAG_MANUAL_REPLACED: "" if replaced is None else str(replaced)})
+    return replaced
+
+
+def close_abandoned_runs(client: MlflowClient, experiment_id: str, dagster_run_alive: Callable[[str], bool | None],
+                         current_dagster_run_id: str) -> list[str]:
+    """Mark KILLED the runs of the experiment still RUNNING although the Dagster run that opened them is over
+    (a killed process, or a failure while MLflow was down, cannot close its own run). ``dagster_run_alive``
+    says whether a Dagster run is still going (None: this instance does not know it; such a run is closed
+    once it is ABANDONED_RUN_AGE_S old). Returns the closed MLflow run ids."""
+    from mlflow.entities import ViewType
+
+    with mlflow_errors("looking for training runs left RUNNING"):
+        runs = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                  run_view_type=ViewType.ACTIVE_ONLY, max_results=1000)
+    closed = []
+    now_ms = time.time() * 1000
+    for run in runs:
+        owner = run.data.tags.get(TAG_DAGSTER_RUN_ID)
+        if not owner or owner == current_dagster_run_id:
+            continue
+        alive = dagster_run_alive(owner)
+        if alive is None:
+            alive = now_ms - (run.info.start_time or 0) < ABANDONED_RUN_AGE_S * 1000
+        if alive:
+            continue
+        with mlflow_errors(f"closing run {run.info.run_id} left RUNNING by Dagster run {owner}"):
+            client.set_tag(run.info.run_id, TAG_CLOSED_BY, current_dagster_run_id)
+            client.set_terminated(run.info.run_id, status="KILLED")
+        closed.append(run.info.run_id)
+    return closed
 
 
 # --------------------------------------------------------------------------------------------- CLI
 
 
-def _describe(client: MlflowClient, name: str) -> dict[str, Any]:
+def _float_tag(tags: Mapping[str, str], key: str) -> float | None:
+    value = tags.get(key) or ""
+    return float(value) if value else None
+
+
+def _version_entry(mv, aliases_of: Mapping[int, list[str]]) -> dict[str, Any]:
+    tags = dict(mv.tags or {})
+    gate = {key[len(TAG_GATE_PREFIX):]: value for key, value in tags.items() if key.startswith(TAG_GATE_PREFIX)}
+    ndcg = _float_tag(tags, f"{TAG_GATE_PREFIX}challenger_ndcg_at_10")
+    entry = {
+        "version": int(mv.version),
+        "aliases": aliases_of.get(int(mv.version), []),
+        "status": mv.status,
+        "run_id": mv.run_id,
+        "ndcg_at_10": ndcg if ndcg is not None else _float_tag(tags, "eval.challenger_ndcg_at_10"),
+        "popularity_ndcg_at_10": _float_tag(tags, "eval.popularity_ndcg_at_10"),
+        "decision": gate.get("decision"),  # None: never gated
+        "rule": gate.get("rule"),
+        "compared_with_version": int(gate["champion_version"]) if gate.get("champion_version") else None,
+        "champion_ndcg_at_10": _float_tag(tags, f"{TAG_GATE_PREFIX}champion_ndcg_at_10"),
+        "champion_load_error": gate.get("champion_load_error") or tags.get(TAG_EVAL_CHAMPION_LOAD_ERROR) or None,
+        "decided_at": gate.get("decided_at"),
+    }
+    if tags.get(TAG_MANUAL_PROMOTED_BY):
+        entry["promoted_by_hand"] = {"by": tags[TAG_MANUAL_PROMOTED_BY], "at": tags.get(TAG_MANUAL_PROMOTED_AT),
+                                     "reason": tags.get(TAG_MANUAL_REASON) or None,
+                                     "replaced_version": int(tags[TAG_MANUAL_REPLACED])
+                                     if tags.get(TAG_MANUAL_REPLACED) else None}
+    return entry
+
+
+def describe(client: MlflowClient, name: str, limit: int = 10) -> dict[str, Any]:
+    """What `registry show` prints: each alias with its version's record, then the newest ``limit`` versions
+    (NDCG@10 of challenger, champion compared with and popularity, the gate's decision and rule, a champion
+    that could not be loaded, a promotion by hand)."""
+    current = aliases(client, name)
+    aliases_of: dict[int, list[str]] = {}
+    for alias, version in sorted(current.items()):
+        aliases_of.setdefault(version, []).append(alias)
     out: dict[str, Any] = {"model": name, "tracking_uri": client.tracking_uri}
-    for alias, version in sorted(aliases(client, name).items()):
-        ref = get_version(client, name, version)
-        ndcg = ref.tags.get(f"{TAG_GATE_PREFIX}challenger_ndcg_at_10")
-        out[alias] = {"version": version, "run_id": ref.run_id, "ndcg_at_10": float(ndcg) if ndcg else None,
-                      "decided_at": ref.tags.get(f"{TAG_GATE_PREFIX}decided_at")}
+    for alias in (CHAMPION, PREVIOUS_CHAMPION):
+        out[alias] = None
+        if alias in current:
+            with mlflow_errors(f"reading {name} version {current[alias]}"):
+                out[alias] = _version_entry(client.get_model_version(name, str(current[alias])), aliases_of)
+    with mlflow_errors(f"listing versions of {name!r}"):
+        found = client.search_model_versions(f"name = '{_quoted(name)}'", max_results=limit,
+                                             order_by=["version_number DESC"]) if limit > 0 else []
+    out["versions"] = [_version_entry(mv, aliases_of) for mv in found]
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m pipelines.registry show|rollback` against the pipeline's settings (env)."""
+    """`python -m pipelines registry show|rollback|promote VERSION` against the pipeline's settings (env)."""
     from pipelines.settings import Settings
 
     settings = Settings.from_env()
-    parser = argparse.ArgumentParser(prog="python -m pipelines.registry", description=main.__doc__)
-    parser.add_argument("command", choices=["show", "rollback"])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines registry",
+        description="show: the aliases and the newest versions with their scores and gate decisions (JSON); "
+                    "rollback: champion <- previous_champion; promote VERSION: make VERSION the champion "
+                    "(it must exist, be READY and load; the old champion becomes previous_champion).")
+    parser.add_argument("command", choices=["show", "rollback", "promote"])
+    parser.add_argument("version", nargs="?", type=int, help="promote: the version to make champion")
+    parser.add_argument("--reason", default=None, help="promote: why, recorded in the version's tags")
+    parser.add_argument("--limit", type=int, default=10, help="show: how many of the newest versions to list")
     parser.add_argument("--model-name", default=settings.model_name)
     parser.add_argument("--tracking-uri", default=settings.mlflow_tracking_uri)
     args = parser.parse_args(argv)
+    if (args.command == "promote") != (args.version is not None):
+        parser.error("VERSION goes with `promote`, and only with it")
+    bound_mlflow_http()  # a dead server answers in seconds, not after MLflow's minutes of retries
+    name, uri = args.model_name, args.tracking_uri
     try:
-        check_reachable(args.tracking_uri)
-        client = make_client(args.tracking_uri)
+        check_reachable(uri)
+        client = make_client(uri)
+        lock = lock_path_for(uri, settings.home)
         if args.command == "rollback":
-            demoted, restored = rollback(client, args.model_name,
-                                         lock_path_for(args.tracking_uri, settings.home))
-            print(f"{args.model_name}: champion v{demoted} -> v{restored} (v{demoted} is now {PREVIOUS_CHAMPION})")
-        print(json.dumps(_describe(client, args.model_name), indent=2))
+            demoted, restored = rollback(client, name, lock)
+            print(f"{name}: champion v{demoted} -> v{restored} (v{demoted} is now {PREVIOUS_CHAMPION})")
+        elif args.command == "promote":
+            replaced = promote_by_hand(uri, name, args.version, lock, operator_name(), args.reason)
+            was = "none" if replaced is None else f"v{replaced}"
+            print(f"{name}: champion {was} -> v{args.version}"
+                  + ("" if replaced is None else f" (v{replaced} is now {PREVIOUS_CHAMPION})"))
+        print(json.dumps(describe(client, name, args.limit), indent=2))
     except RegistryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -7,12 +7,14 @@ server.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -66,11 +68,30 @@ def stop(process: subprocess.Popen) -> None:
         pass
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory) -> str:
-    """Start `mlflow server` (sqlite backend, proxied artifacts, one worker); yield its http URI."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
+@dataclass
+class Server:
+    """A running `mlflow server`: its URI, process (own process group) and root (store, artifacts, log)."""
+
+    uri: str
+    process: subprocess.Popen
+    root: Path
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "mlartifacts"
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (a crashed server, not a shutdown), and wait for it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+
+def start_server(root: Path, port: int | None = None) -> Server:
+    """Start `mlflow server` on 127.0.0.1 over ``root`` (sqlite backend ``root/mlflow.db``, proxied artifacts
+    in ``root/mlartifacts``, one worker); a second start over the same root serves the same store."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
     uri = f"http://127.0.0.1:{port}"
     log_path = root / "server.log"
     command = [
@@ -82,7 +103,7 @@ def mlflow_server(tmp_path_factory) -> str:
         "--port", str(port),
         "--workers", "1",
     ]
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         process = subprocess.Popen(
             command, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             # the async job runner (GenAI jobs) adds worker processes this registry never uses
@@ -94,7 +115,29 @@ def mlflow_server(tmp_path_factory) -> str:
         stop(process)
         tail = log_path.read_text(errors="replace")[-3000:]
         pytest.fail(f"could not start mlflow server: {exc}\n--- server log ---\n{tail}")
+    return Server(uri, process, root)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> str:
+    """Start `mlflow server` (sqlite backend, proxied artifacts, one worker); yield its http URI."""
+    server = start_server(tmp_path_factory.mktemp("mlflow-server"))
     try:
-        yield uri
+        yield server.uri
     finally:
-        stop(process)
+        stop(server.process)
+
+
+@pytest.fixture
+def own_mlflow_server(tmp_path):
+    """``start(port=None) -> Server``: servers of this test alone (it may kill them), over one store in
+    tmp_path; each is stopped at the end of the test."""
+    servers: list[Server] = []
+
+    def start(port: int | None = None) -> Server:
+        servers.append(start_server(tmp_path / "mlflow-server", port))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        stop(server.process)

@@ -5,7 +5,11 @@ Test modules opt in with ``pytest_plugins = ["mlflow_server", "registry_stores"]
 
 from __future__ import annotations
 
+import multiprocessing
+import sys
 import tempfile
+import time
+import traceback
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,3 +86,45 @@ def _register_placeholder(store: Store, tags: dict[str, str] | None = None) -> i
     mv = client.create_model_version(store.model_name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id,
                                      tags=tags or {})
     return int(mv.version)
+
+
+def spawn_context():
+    """Processes started fresh (no fork of a process holding MLflow's and Dagster's threads and sqlite handles)."""
+    return multiprocessing.get_context("spawn")
+
+
+def promote_in_another_process(tracking_uri: str, model_name: str, lock_path: str, version: int,
+                               ndcg: dict[int, float], popularity: float, barrier) -> None:
+    """Target of a spawned process: the gate for ``version`` evaluated while there was no champion, with a
+    champion re-scored from ``ndcg`` (slowly, to widen the race). Exits non-zero on any error."""
+    try:
+        from pipelines import registry
+
+        client = registry.make_client(tracking_uri)
+
+        def slow_score(champion_version: int) -> float:
+            time.sleep(0.05)
+            return ndcg[champion_version]
+
+        barrier.wait(timeout=60)
+        registry.promote_if_better(client, model_name, version, ndcg[version], popularity, (None, None), slow_score,
+                                   lock_path)
+    except BaseException:
+        traceback.print_exc()
+        sys.exit(1)
+
+
+def run_processes(ctx, target, arg_sets, timeout_s: float = 120.0) -> None:
+    """Start one process per argument tuple, wait for all; fail naming the ones that did not exit 0."""
+    processes = [ctx.Process(target=target, args=args) for args in arg_sets]
+    for process in processes:
+        process.start()
+    deadline = time.monotonic() + timeout_s
+    for process in processes:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+            process.join()
+    failed = [(args, process.exitcode) for args, process in zip(arg_sets, processes) if process.exitcode != 0]
+    assert not failed, f"processes failed (see their stderr above): {failed}"

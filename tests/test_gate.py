@@ -7,15 +7,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from model_half import BETTER, GATE_ASSETS, GOOD, WEAK, materialize, metadata_of, mlflow_resource, \
     publish_training_data
 from pipelines import registry
 from pipelines.defs import model_assets
+from pipelines.defs.resources import DuckDBResource
 
 pytest_plugins = ["mlflow_server", "registry_stores"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +78,73 @@ def test_first_model_that_loses_to_popularity_is_not_champion(settings, gate):
     assert metadata_of(result, "recommendations")["champion_version"] == "none"
 
 
+def test_a_champion_whose_files_are_gone_is_reported_and_the_gate_goes_on(settings, sqlite_only):
+    """The champion's model directory is moved out of mlartifacts/: evaluation reports it (version, cause) in
+    its log, metadata and the version's tags instead of failing, and the gate promotes only a challenger that
+    beats popularity, saying which rule applied."""
+    import shutil
+
+    publish_training_data(settings)
+    resource = mlflow_resource(settings, tracking_uri=sqlite_only.tracking_uri, model_name=sqlite_only.model_name)
+    client = registry.make_client(resource.tracking_uri)
+    name = resource.model_name
+    v1, *_ = retrain(settings, resource, GOOD)
+    model_dir = registry.local_model_dir(resource.tracking_uri, name, v1)
+    shutil.move(model_dir, settings.home / "moved-away")
+
+    with dg.instance_for_test() as instance:  # a kept instance, to read the run's log back
+        weak_run = dg.materialize(GATE_ASSETS, instance=instance, resources={
+            "mlflow": resource, "duckdb": DuckDBResource(database=str(settings.duckdb_path))},
+            run_config={"ops": {"challenger": {"config": WEAK}}})
+        logged = [entry.user_message for entry in instance.all_logs(weak_run.run_id)
+                  if entry.step_key == "evaluation" and "could not be scored" in entry.user_message]
+    v2 = metadata_of(weak_run, "challenger")["model_version"]
+    weak_eval, weak = metadata_of(weak_run, "evaluation"), metadata_of(weak_run, "champion")
+    assert logged and f"champion v{v1} could not be scored (its model directory {model_dir}" in logged[0]
+    assert weak_eval["champion_version"] == v1 and "champion_ndcg_at_10" not in weak_eval
+    assert weak_eval["champion_load_error"].startswith(f"v{v1}: ") and str(model_dir) in weak_eval["champion_load_error"]
+    assert weak_eval["challenger_ndcg_at_10"] < weak_eval["popularity_ndcg_at_10"]
+    assert weak["decision"] == "rejected" and weak["rule"] == "champion_unscorable"
+    assert str(model_dir) in weak["champion_load_error"]
+    tags = registry.get_version(client, name, v2).tags
+    assert tags[registry.TAG_EVAL_CHAMPION_VERSION] == str(v1)
+    assert "is missing" in tags[registry.TAG_EVAL_CHAMPION_LOAD_ERROR]
+    assert tags[registry.TAG_GATE_RULE] == "champion_unscorable" and tags[registry.TAG_GATE_CHAMPION_LOAD_ERROR]
+    assert registry.aliases(client, name) == {"champion": v1}
+
+    v3, better_eval, better, _ = retrain(settings, resource, BETTER)
+    assert better_eval["challenger_ndcg_at_10"] > better_eval["popularity_ndcg_at_10"]
+    assert better["decision"] == "promoted" and better["rule"] == "champion_unscorable"
+    assert registry.aliases(client, name) == {"champion": v3, "previous_champion": v1}
+
+
+def test_the_champion_is_rescored_on_the_challengers_holdout_not_its_own(settings, sqlite_only):
+    """The champion is trained and scored on one data set; the next retrain's data is another. Its recorded
+    NDCG@10 is far above what it scores on the new holdout, and the challenger sits in between (and above
+    popularity): it is promoted only because the champion was really re-scored on its holdout."""
+    from als_core.bundle import evaluate_on_holdout
+    from model_half import small_training_data
+
+    resource = mlflow_resource(settings, tracking_uri=sqlite_only.tracking_uri, model_name=sqlite_only.model_name)
+    client = registry.make_client(resource.tracking_uri)
+    publish_training_data(settings, small_training_data(seed=1))
+    v1, first_eval, first, _ = retrain(settings, resource, BETTER)
+    assert first["decision"] == "promoted"
+    recorded = first_eval["challenger_ndcg_at_10"]
+
+    new_data = publish_training_data(settings, small_training_data(seed=2))
+    v2, evaluation, champion, _ = retrain(settings, resource, GOOD)
+    old_on_new = evaluate_on_holdout(registry.load_bundle(resource.tracking_uri, resource.model_name, v1),
+                                     new_data.holdout_user_ids, new_data.holdout_item_ids, k=10)["ndcg@10"]
+    assert evaluation["champion_version"] == v1
+    assert evaluation["champion_ndcg_at_10"] == pytest.approx(old_on_new)
+    assert old_on_new < evaluation["challenger_ndcg_at_10"] < recorded  # the decision depends on which is used
+    assert evaluation["challenger_ndcg_at_10"] > evaluation["popularity_ndcg_at_10"]
+    assert champion["decision"] == "promoted" and champion["rule"] == "beats_champion"
+    assert champion["champion_ndcg_at_10"] == pytest.approx(old_on_new)
+    assert registry.aliases(client, resource.model_name) == {"champion": v2, "previous_champion": v1}
+
+
 def test_margin_then_regating_the_newest_version_on_its_own(settings, sqlite_only):
     publish_training_data(settings)
     resource = mlflow_resource(settings, tracking_uri=sqlite_only.tracking_uri, model_name=sqlite_only.model_name)
@@ -92,12 +160,32 @@ def test_margin_then_regating_the_newest_version_on_its_own(settings, sqlite_onl
     assert registry.aliases(client, resource.model_name) == {"champion": v2, "previous_champion": v1}
 
 
-def test_racing_promotions_end_with_the_better_model(settings, sqlite_only):
-    """Two retrains evaluated while there was no champion run their `champion` steps at the same time (two
-    threads, two Dagster runs): the lock serialises them and the second re-scores the first's champion."""
-    publish_training_data(settings)
-    resource = mlflow_resource(settings, tracking_uri=sqlite_only.tracking_uri, model_name=sqlite_only.model_name)
-    client = registry.make_client(resource.tracking_uri)
+def gate_in_another_process(home: str, tracking_uri: str, model_name: str, version: int, barrier) -> None:
+    """Target of a spawned process: materialise `champion` for ``version`` (its own Dagster run) once every
+    process is ready. Exits non-zero on any error."""
+    import traceback
+
+    try:
+        os.environ["ALS_PIPELINE_HOME"] = home
+        from pipelines.settings import Settings
+
+        settings = Settings.from_env()
+        resource = mlflow_resource(settings, tracking_uri=tracking_uri, model_name=model_name)
+        barrier.wait(timeout=120)
+        materialize([model_assets.champion], resource, settings, champion={"version": version})
+    except BaseException:
+        traceback.print_exc()
+        sys.exit(1)
+
+
+@pytest.mark.slow  # two spawned processes, each importing Dagster and MLflow
+def test_racing_promotions_end_with_the_better_model(settings, gate):
+    """Two retrains evaluated while there was no champion run their `champion` steps at the same time, in two
+    processes (two Dagster runs), on a sqlite store and on a tracking server: the lock serialises them and
+    the second re-scores the first's champion."""
+    from registry_stores import run_processes, spawn_context
+
+    _, resource, client = gate
     evaluated = {}
     for hyperparameters in (GOOD, BETTER):
         result = materialize([model_assets.challenger, model_assets.evaluation], resource, settings,
@@ -105,25 +193,18 @@ def test_racing_promotions_end_with_the_better_model(settings, sqlite_only):
         evaluated[metadata_of(result, "challenger")["model_version"]] = metadata_of(result, "evaluation")
     assert all(e["champion_version"] == "none" for e in evaluated.values())
     better = max(evaluated, key=lambda v: evaluated[v]["challenger_ndcg_at_10"])
-    barrier = threading.Barrier(len(evaluated))
-    results, errors = {}, []
-
-    def gate_version(version):
-        try:
-            barrier.wait(timeout=30)
-            results[version] = materialize([model_assets.champion], resource, settings, champion={"version": version})
-        except Exception as exc:  # re-raised in the main thread below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=gate_version, args=(v,)) for v in evaluated]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not errors, errors
+    ctx = spawn_context()
+    barrier = ctx.Barrier(len(evaluated))
+    run_processes(ctx, gate_in_another_process, [
+        (str(settings.home), resource.tracking_uri, resource.model_name, version, barrier) for version in evaluated],
+        timeout_s=240)
     assert registry.champion_ref(client, resource.model_name).version == better
-    decisions = {v: metadata_of(r, "champion")["decision"] for v, r in results.items()}
-    assert decisions[better] == "promoted"
+    tags = {v: registry.get_version(client, resource.model_name, v).tags for v in evaluated}
+    assert tags[better]["gate.decision"] == "promoted"
+    worse = next(v for v in evaluated if v != better)
+    if tags[worse]["gate.decision"] == "promoted":  # it went first: the better one then re-scored it
+        assert int(tags[better]["gate.champion_version"]) == worse
+        assert registry.aliases(client, resource.model_name)["previous_champion"] == worse
 
 
 @pytest.mark.slow

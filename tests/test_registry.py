@@ -53,6 +53,31 @@ def test_nan_never_wins_and_an_unscorable_champion_does_not_block_forever():
     assert registry.decide(2, 0.2, 1, math.nan, 0.1).promote
 
 
+def test_a_challenger_below_popularity_is_never_promoted():
+    """Beating the champion is not enough: the challenger must beat popularity on the same holdout too."""
+    beats_champion_only = registry.decide(2, 0.25, 1, 0.20, popularity_ndcg=0.30)
+    assert not beats_champion_only.promote and beats_champion_only.rule == "beats_champion"
+    assert "popularity" in beats_champion_only.reason
+    assert registry.decide(2, 0.35, 1, 0.20, popularity_ndcg=0.30).promote
+
+
+@pytest.mark.parametrize("champion_ndcg", [None, math.nan])
+def test_an_unscorable_champion_lets_through_only_a_challenger_that_beats_popularity(champion_ndcg):
+    loses = registry.decide(2, 0.25, 1, champion_ndcg, popularity_ndcg=0.30, champion_load_error="files gone")
+    assert not loses.promote
+    assert loses.tags()["gate.rule"] == "champion_unscorable"
+    assert loses.tags()["gate.champion_load_error"] == "files gone" and "files gone" in loses.reason
+    wins = registry.decide(2, 0.35, 1, champion_ndcg, popularity_ndcg=0.30)
+    assert wins.promote and wins.tags()["gate.rule"] == "champion_unscorable"
+
+
+def test_the_rule_that_decided_is_named():
+    assert registry.decide(1, 0.3, None, None, 0.2).tags()["gate.rule"] == "first_model"
+    assert registry.decide(2, 0.4, 1, 0.3, 0.2).tags()["gate.rule"] == "beats_champion"
+    assert registry.decide(2, 0.4, 2, 0.3, 0.2).tags()["gate.rule"] == "already_champion"
+    assert set(registry.RULES) >= {"first_model", "beats_champion", "champion_unscorable"}
+
+
 def test_decision_tags_carry_both_scores():
     tags = registry.decide(3, 0.4, 2, 0.3, 0.1, margin=0.01).tags()
     assert tags["gate.decision"] == "promoted"
@@ -123,6 +148,43 @@ def test_rollback_without_previous_champion_is_a_clear_error(store, register_pla
         registry.rollback(client, store.model_name)
 
 
+def test_rollback_to_the_champion_itself_is_refused_and_changes_nothing(store, register_placeholder):
+    """previous_champion == champion (what a half-done hand promotion used to leave): nothing to roll back to."""
+    client = store.client()
+    v1 = register_placeholder(store)
+    for alias in ("champion", "previous_champion"):
+        client.set_registered_model_alias(store.model_name, alias, str(v1))
+    with pytest.raises(registry.RegistryError, match="nothing to roll back to"):
+        registry.rollback(client, store.model_name, store.lock_path)
+    assert registry.aliases(client, store.model_name) == {"champion": v1, "previous_champion": v1}
+    assert "gate.rolled_back_at" not in registry.get_version(client, store.model_name, v1).tags
+
+
+def test_a_champion_that_cannot_be_loaded_at_the_gate_is_judged_by_popularity(sqlite_only, register_placeholder):
+    """The champion changed since evaluation and the new one does not load: the gate records why and promotes
+    only a challenger that beats popularity."""
+    store = sqlite_only
+    client = store.client()
+    v1, v2, v3 = (register_placeholder(store) for _ in range(3))
+    client.set_registered_model_alias(store.model_name, "champion", str(v1))
+
+    def unloadable(version):
+        raise registry.BundleUnloadable(store.model_name, version, "its model directory /x is missing")
+
+    weak = registry.promote_if_better(client, store.model_name, v2, 0.20, 0.30, (None, None), unloadable,
+                                      store.lock_path)
+    assert not weak.promote and weak.rule == "champion_unscorable"
+    tags = registry.get_version(client, store.model_name, v2).tags
+    assert tags["gate.rule"] == "champion_unscorable" and "is missing" in tags["gate.champion_load_error"]
+    assert registry.aliases(client, store.model_name) == {"champion": v1}
+    # the evaluation's own record of an unloadable champion is used as it is (no re-scoring)
+    strong = registry.promote_if_better(client, store.model_name, v3, 0.40, 0.30, (v1, None), never_called,
+                                        store.lock_path, champion_load_error="gone")
+    assert strong.promote and strong.rule == "champion_unscorable"
+    assert registry.get_version(client, store.model_name, v3).tags["gate.champion_load_error"] == "gone"
+    assert registry.aliases(client, store.model_name) == {"champion": v3, "previous_champion": v1}
+
+
 def test_champion_changed_since_evaluation_is_rescored(sqlite_only, register_placeholder):
     """v3 was evaluated against champion v1, but another retrain promoted v2 meanwhile: the gate must
     re-score v2 on v3's holdout before deciding, not trust the stale comparison with v1."""
@@ -149,38 +211,28 @@ def test_champion_changed_since_evaluation_is_rescored(sqlite_only, register_pla
     assert registry.aliases(client, store.model_name) == {"champion": v4, "previous_champion": v2}
 
 
-def test_racing_promotions_end_with_the_better_model(sqlite_only, register_placeholder):
-    """Two retrains both evaluated while there was no champion; whichever order the lock gives them,
-    the better one must end as champion (the later one re-scores the earlier's promotion)."""
-    store = sqlite_only
+@pytest.mark.slow  # four spawned processes, each importing MLflow
+def test_racing_promotions_end_with_the_better_model(store, register_placeholder):
+    """Two retrains both evaluated while there was no champion reach the gate at once, in two processes (as two
+    Dagster step processes would), against a sqlite file and against a tracking server (then the lock is
+    `<home>/promotion.lock`); whichever order the lock gives them, the better one ends as champion (the later
+    one re-scores the earlier's promotion)."""
+    from registry_stores import promote_in_another_process, run_processes, spawn_context
+
     client = store.client()
     weak, strong = register_placeholder(store), register_placeholder(store)
     ndcg = {weak: 0.30, strong: 0.45}
-    barrier = threading.Barrier(2)
-    errors = []
-
-    def retrain(version):
-        def slow_score(champion_version):
-            time.sleep(0.05)
-            return ndcg[champion_version]
-
-        try:
-            barrier.wait(timeout=10)
-            registry.promote_if_better(registry.make_client(store.tracking_uri), store.model_name, version,
-                                       ndcg[version], 0.1, (None, None), slow_score, store.lock_path)
-        except Exception as exc:  # surfaced below: an exception in a thread would pass silently
-            errors.append(exc)
-
+    ctx = spawn_context()
     for order in ([weak, strong], [strong, weak]):
         if "champion" in registry.aliases(client, store.model_name):
             client.delete_registered_model_alias(store.model_name, "champion")
-        threads = [threading.Thread(target=retrain, args=(v,)) for v in order]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
-        assert not errors
+        barrier = ctx.Barrier(len(order))
+        run_processes(ctx, promote_in_another_process, [
+            (store.tracking_uri, store.model_name, str(store.lock_path), version, ndcg, 0.1, barrier)
+            for version in order])
         assert registry.champion_ref(client, store.model_name).version == strong
+        decisions = {v: registry.get_version(client, store.model_name, v).tags["gate.decision"] for v in order}
+        assert decisions[strong] == "promoted"
 
 
 def test_lock_excludes_a_second_holder(tmp_path):

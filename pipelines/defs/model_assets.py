@@ -56,6 +56,12 @@ def target_version(client, mlflow: MLflowResource, context: dg.AssetExecutionCon
     return registry.find_version(client, mlflow.model_name, context.run.run_id)
 
 
+def dagster_run_alive(instance, run_id: str) -> bool | None:
+    """Whether a Dagster run is still going; None when this instance does not know it."""
+    run = instance.get_run_by_id(run_id)
+    return None if run is None else not run.is_finished
+
+
 def table_model(ref, n: int) -> recommendations_table.TableModel:
     """What `recommendations` records about a model version writing ``n`` lists per user."""
     return recommendations_table.TableModel(ref.name, int(ref.version), ref.run_id, int(n))
@@ -157,6 +163,11 @@ def challenger(context: dg.AssetExecutionContext, config: ChallengerConfig, mlfl
     with mlflow_failure_is_a_run_failure():
         client = mlflow.client()  # checks reachability before minutes of training
         experiment_id = mlflow.experiment_id(client)
+        closed = registry.close_abandoned_runs(client, experiment_id,
+                                               lambda other: dagster_run_alive(context.instance, other), run_id)
+        if closed:
+            context.log.warning(f"marked KILLED {len(closed)} MLflow run(s) left RUNNING by Dagster runs that are "
+                                f"over: {', '.join(closed)}")
         identity = {registry.TAG_DAGSTER_RUN_ID: run_id, registry.TAG_HOLDOUT_FINGERPRINT: data.holdout_fingerprint,
                     "training_window": f"{data.window_start}..{data.window_end}", "training_split": data.split,
                     "training_snapshot": str(snapshot), "hyperparameters_from": source}
@@ -285,24 +296,36 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, mlfl
             kept = keep_challenger_lists(Settings.from_env(), ref.run_id, bundle, users, lists)
             context.log.info(f"kept {kept} users' top {config.keep_n} for `recommendations`")
         champion = registry.champion_ref(client, ref.name)
-        champion_from = "none"
+        champion_from, champion_error = "none", None
         if champion is not None:
-            if champion.version == ref.version:
-                champion_bundle, champion_lists, champion_from = bundle, lists, "the challenger's lists"
-            else:
-                champion_bundle = registry.load_bundle(mlflow.tracking_uri, ref.name, champion.version)
-                champion_lists = stored_champion_lists(duckdb, champion, champion_bundle, users, context.log.warning)
-                champion_from = "scored" if champion_lists is None else "table recommendations"
-            context.log.info(f"champion v{champion.version} on the same holdout: lists {champion_from}")
-            scores["champion"] = _score(champion_bundle, holdout, lists=champion_lists)
+            try:
+                if champion.version == ref.version:
+                    champion_bundle, champion_lists, champion_from = bundle, lists, "the challenger's lists"
+                else:
+                    champion_bundle = registry.load_version_bundle(mlflow.tracking_uri, ref.name, champion.version)
+                    champion_lists = stored_champion_lists(duckdb, champion, champion_bundle, users,
+                                                           context.log.warning)
+                    champion_from = "scored" if champion_lists is None else "table recommendations"
+                context.log.info(f"champion v{champion.version} on the same holdout: lists {champion_from}")
+                try:
+                    scores["champion"] = _score(champion_bundle, holdout, lists=champion_lists)
+                except Exception as exc:  # loaded but not scorable on this holdout: judged as if unloadable
+                    champion_error = f"scoring failed: {type(exc).__name__}: {exc}"
+            except registry.BundleUnloadable as exc:
+                champion_error = exc.cause
+            if champion_error is not None:
+                champion_from = "not scored"
+                context.log.error(f"champion v{champion.version} could not be scored ({champion_error}): the gate "
+                                  f"promotes the challenger only if it beats popularity")
         registry.log_metrics(client, ref.run_id, {
             f"eval_{role}_{metric_key(key)}": value
             for role, values in scores.items() if values for key, value in values.items()})
         registry.set_version_tags(client, ref, {
             "eval.challenger_ndcg_at_10": repr(scores["challenger"][DECIDING]),
             "eval.popularity_ndcg_at_10": repr(scores["popularity"][DECIDING]),
-            "eval.champion_version": "" if champion is None else champion.version,
-            "eval.champion_ndcg_at_10": "" if champion is None else repr(scores["champion"][DECIDING]),
+            registry.TAG_EVAL_CHAMPION_VERSION: "" if champion is None else champion.version,
+            registry.TAG_EVAL_CHAMPION_NDCG: "" if scores["champion"] is None else repr(scores["champion"][DECIDING]),
+            registry.TAG_EVAL_CHAMPION_LOAD_ERROR: champion_error or "",
             "eval.dagster_run_id": context.run.run_id,
         })
         experiment_id = client.get_run(ref.run_id).info.experiment_id
@@ -323,6 +346,8 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, mlfl
         "challenger_version": dg.MetadataValue.int(ref.version),
         "champion_version": dg.MetadataValue.int(champion.version) if champion else dg.MetadataValue.text("none"),
         "champion_lists": dg.MetadataValue.text(champion_from),
+        **({"champion_load_error": dg.MetadataValue.text(f"v{champion.version}: {champion_error}")}
+           if champion_error else {}),
         "holdout_pairs": dg.MetadataValue.int(len(holdout[0])),
         "holdout_fingerprint": dg.MetadataValue.text(ref.tags.get(registry.TAG_HOLDOUT_FINGERPRINT, "")),
         "metrics": dg.MetadataValue.md(_metrics_table(scores)),
@@ -381,25 +406,32 @@ def champion(context: dg.AssetExecutionContext, config: ChampionConfig, mlflow: 
         popularity_ndcg = _tag_float(ref.tags, "eval.popularity_ndcg_at_10")
         if challenger_ndcg is None or popularity_ndcg is None:
             raise dg.Failure(description=f"{ref.name} v{ref.version} has no evaluation: materialise `evaluation` first")
-        evaluated_version = ref.tags.get("eval.champion_version") or None
+        evaluated_version = ref.tags.get(registry.TAG_EVAL_CHAMPION_VERSION) or None
         evaluated = (int(evaluated_version) if evaluated_version else None,
-                     _tag_float(ref.tags, "eval.champion_ndcg_at_10"))
+                     _tag_float(ref.tags, registry.TAG_EVAL_CHAMPION_NDCG))
 
         def rescore(version: int) -> float:
             context.log.info(f"champion changed to v{version} since evaluation: re-scoring it on the same holdout")
-            bundle = registry.load_bundle(mlflow.tracking_uri, ref.name, version)
+            bundle = registry.load_version_bundle(mlflow.tracking_uri, ref.name, version)
             return _score(bundle, registry.load_holdout(client, ref.run_id))[DECIDING]
 
         fingerprint = ref.tags.get(registry.TAG_HOLDOUT_FINGERPRINT, "")
         decision = registry.promote_if_better(
             client, ref.name, ref.version, challenger_ndcg, popularity_ndcg, evaluated, rescore, mlflow.lock_path,
             margin=config.margin,
-            extra_tags={"gate.dagster_run_id": context.run.run_id, "gate.holdout_fingerprint": fingerprint})
+            extra_tags={"gate.dagster_run_id": context.run.run_id, "gate.holdout_fingerprint": fingerprint},
+            champion_load_error=ref.tags.get(registry.TAG_EVAL_CHAMPION_LOAD_ERROR) or None)
         now = registry.aliases(client, ref.name)
-    context.log.info(f"{'PROMOTED' if decision.promote else 'kept the champion'}: {decision.reason}")
+    context.log.info(f"{'PROMOTED' if decision.promote else 'kept the champion'} ({decision.rule}): "
+                     f"{decision.reason}")
+    if decision.champion_load_error:
+        context.log.error(f"champion v{decision.champion_version} cannot be loaded: {decision.champion_load_error}")
     metadata = {
         "decision": dg.MetadataValue.text("promoted" if decision.promote else "rejected"),
+        "rule": dg.MetadataValue.text(decision.rule),
         "reason": dg.MetadataValue.text(decision.reason),
+        **({"champion_load_error": dg.MetadataValue.text(
+            f"v{decision.champion_version}: {decision.champion_load_error}")} if decision.champion_load_error else {}),
         "challenger_version": dg.MetadataValue.int(ref.version),
         "challenger_ndcg_at_10": dg.MetadataValue.float(float(decision.challenger_ndcg)),
         "popularity_ndcg_at_10": dg.MetadataValue.float(float(decision.popularity_ndcg)),
@@ -449,7 +481,14 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationsCo
                     "champion_version": dg.MetadataValue.int(champion_now.version),
                     "rows": dg.MetadataValue.int(held), "n": dg.MetadataValue.int(config.n),
                     "rescored": dg.MetadataValue.bool(False)})
-        loaded = registry.load_champion_bundle(mlflow.tracking_uri, mlflow.model_name)
+        try:
+            loaded = None if champion_now is None else \
+                (champion_now, registry.load_version_bundle(mlflow.tracking_uri, mlflow.model_name,
+                                                            champion_now.version))
+        except registry.BundleUnloadable as exc:
+            raise dg.Failure(description=f"{exc}. `recommendations` left as they were. Make a loadable version "
+                                         f"the champion: `python -m pipelines registry promote VERSION` (or "
+                                         f"`registry rollback`).") from exc
     if loaded is None:
         context.log.warning(f"{mlflow.model_name} has no champion yet: `recommendations` left unchanged")
         return dg.MaterializeResult(metadata={"champion_version": dg.MetadataValue.text("none"),
