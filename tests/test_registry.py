@@ -235,6 +235,33 @@ def test_racing_promotions_end_with_the_better_model(store, register_placeholder
         assert decisions[strong] == "promoted"
 
 
+def test_runs_left_running_by_a_dagster_run_that_is_over_are_closed(sqlite_only):
+    """A run whose Dagster run is over (or unknown to the instance and older than a day) is marked KILLED;
+    one whose Dagster run is still going, a young unknown one, the caller's own and runs not opened by
+    Dagster are left alone."""
+    client = sqlite_only.client()
+    experiment = sqlite_only.experiment_id()
+    now_ms = int(time.time() * 1000)
+    day_ms = int(registry.ABANDONED_RUN_AGE_S * 1000)
+
+    def run(owner, start_ms=None):
+        tags = {} if owner is None else {registry.TAG_DAGSTER_RUN_ID: owner}
+        return client.create_run(experiment, start_time=start_ms or now_ms, tags=tags).info.run_id
+
+    runs = {"over": run("over"), "alive": run("alive"), "unknown-young": run("unknown-young"),
+            "unknown-old": run("unknown-old", now_ms - day_ms - 60_000), "me": run("me"), "no-tag": run(None)}
+    finished = run("over")
+    client.set_terminated(finished, status="FINISHED")
+    states = {"over": False, "alive": True}
+    closed = registry.close_abandoned_runs(client, experiment, states.get, "me")
+    assert sorted(closed) == sorted([runs["over"], runs["unknown-old"]])
+    status = {key: client.get_run(run_id).info.status for key, run_id in runs.items()}
+    assert status == {"over": "KILLED", "alive": "RUNNING", "unknown-young": "RUNNING", "unknown-old": "KILLED",
+                      "me": "RUNNING", "no-tag": "RUNNING"}
+    assert client.get_run(runs["over"]).data.tags[registry.TAG_CLOSED_BY] == "me"
+    assert client.get_run(finished).info.status == "FINISHED"
+
+
 def test_lock_excludes_a_second_holder(tmp_path):
     lock = tmp_path / "promotion.lock"
     with registry.promotion_lock(lock):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from pipelines import registry
 from pipelines.settings import Settings
@@ -24,6 +24,26 @@ class MLflowResource(dg.ConfigurableResource):
     model_name: str = Field(description="Registered model name; every training run registers a new version of it.")
     lock_dir: str = Field(description="Directory for the promotion lock when the store is a tracking server.")
     ui_url: str = Field(default="http://127.0.0.1:5000", description="MLflow UI for run links when the store is local (`mlflow ui --backend-store-uri <tracking_uri>`).")
+    http_max_retries: int = Field(default=registry.MLFLOW_HTTP_LIMITS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"], ge=0,
+                                  description="MLFLOW_HTTP_REQUEST_MAX_RETRIES for the step's process, unless the environment sets it (MLflow's default, 7 with backoff, holds a step for minutes on a dead server).")
+    http_backoff_factor: int = Field(default=registry.MLFLOW_HTTP_LIMITS["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"], ge=0,
+                                     description="MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR for the step's process, unless the environment sets it.")
+    http_timeout_s: int = Field(default=registry.MLFLOW_HTTP_LIMITS["MLFLOW_HTTP_REQUEST_TIMEOUT"], ge=1,
+                                description="MLFLOW_HTTP_REQUEST_TIMEOUT (seconds per request) for the step's process, unless the environment sets it.")
+
+    _http_env_set: dict = PrivateAttr(default_factory=dict)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # per step process (the multiprocess executor starts one per step), not at import: the code server and
+        # anything else importing the definitions keep their own settings
+        self._http_env_set = registry.bound_mlflow_http({
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": self.http_max_retries,
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": self.http_backoff_factor,
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": self.http_timeout_s,
+        })
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        registry.unbound_mlflow_http(self._http_env_set)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MLflowResource:
