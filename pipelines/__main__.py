@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 COMMANDS = {
     "status": ("pipelines.status", "champion, last retrains and last ingest per day"),
-    "registry": ("pipelines.registry", "show the aliases, or roll the champion back (show | rollback)"),
+    "registry": ("pipelines.registry", "the aliases and newest versions, roll back, promote by hand "
+                                       "(show | rollback | promote VERSION [--reason TEXT])"),
 }
 
 
