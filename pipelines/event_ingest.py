@@ -18,9 +18,12 @@ import datetime as dt
 import gzip
 import hashlib
 import io
+import re
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -32,6 +35,7 @@ from pipelines.event_sources import EventMapping
 from pipelines.landing import LandingFile
 
 _PARQUET_BATCH_ROWS = 1 << 20
+_MAX_RAW_BYTES = 1 << 20  # of a line re-read for its raw copy
 _JSONL_DELIMITER = "\x1f"  # unit separator: JSON text never holds it unescaped
 _MAPPED_NAMES = ("user_raw", "item_raw", "event_raw", "ts_raw")
 # DuckDB's TIMESTAMP range in microseconds since the epoch (one further up is infinity)
@@ -41,6 +45,25 @@ _TIMESTAMP_MAX_US = 9_223_372_036_854_775_806
 
 class LandingFileError(ValueError):
     """A landing file that cannot be read with the configured mapping (not a bad row: a bad file)."""
+
+
+class WarehouseWriteError(RuntimeError):
+    """The warehouse file could not be written: a full disk, a file-size limit."""
+
+
+# DuckDB's words for a failed write (IOException, or FatalException when it invalidates the database)
+_WRITE_FAILURE = re.compile(r"could not (write|fsync|truncate)|no space left|file too large|disk i/o|disk is full", re.I)
+
+
+def warehouse_write_error(error: Exception, path, day: dt.date) -> WarehouseWriteError | None:
+    """The error to show for a DuckDB error of `ingest_day` on warehouse `path`, when it is a failed write."""
+    if not _WRITE_FAILURE.search(str(error)):
+        return None
+    return WarehouseWriteError(
+        f"could not write the warehouse {path}: {error}. The disk may be full (or a file-size limit reached); "
+        f"{day} was kept as it was (the day is replaced in one transaction, which was rolled back). "
+        f"Free space on the disk of {Path(path).parent} and run the day again."
+    )
 
 
 @dataclass
@@ -120,7 +143,10 @@ def ingest_day(
             _refuse_empty(result, held)
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass  # a connection DuckDB invalidated (a failed write) has nothing to roll back: the error below says why
         raise
     return result
 
@@ -133,18 +159,24 @@ def _ingest_file(
     loaded_by_hash: dict[str, str],
 ) -> FileResult:
     started = time.perf_counter()
-    checksum = content_sha256(landing_file.path)
+    try:
+        checksum = content_sha256(landing_file.path)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise LandingFileError(
+            f"{landing_file.relative}: truncated or corrupt gzip file, it cannot be read to its end "
+            f"({type(error).__name__}: {error}); {day} was kept as it was. Land the file again."
+        ) from error
     result = FileResult(landing_file.relative, checksum, landing_file.path.stat().st_size)
     if checksum in loaded_by_hash:
         result.duplicate_of = loaded_by_hash[checksum]
     elif result.size_bytes == 0:  # no rows, in any format (a 0-byte Parquet file has no footer to read)
         loaded_by_hash[checksum] = landing_file.relative
     elif landing_file.format == "parquet":
-        with _open_parquet(landing_file, mapping) as parquet:
+        with _open_parquet(landing_file, mapping, day) as parquet:
             if is_typed_parquet(parquet.schema_arrow, mapping):
                 loaded, rejected = _load_typed_parquet(con, day, landing_file, parquet, mapping)
             else:
-                _stage_parquet(con, parquet, mapping)
+                _stage_parquet(con, day, landing_file, parquet, mapping)
                 loaded, rejected = _classify_and_insert(con, day, landing_file, mapping)
         result.rows_loaded, result.rows_rejected = loaded, rejected
         loaded_by_hash[checksum] = landing_file.relative
@@ -260,6 +292,33 @@ def _stage_csv(con: duckdb.DuckDBPyConnection, landing_file: LandingFile, mappin
             "delim": mapping.delimiter,
         },
     )
+    _restore_raw_of_bad_encoding(con, landing_file)
+
+
+def _restore_raw_of_bad_encoding(con: duckdb.DuckDBPyConnection, landing_file: LandingFile) -> None:
+    """DuckDB's copy of a line that is not UTF-8 shows '?' for a bad byte and may swallow the byte after
+    it (a comma): read those lines from the file instead, bad bytes written as \\xNN."""
+    found = sql_files.run(con, "ingest_stage_csv_bad_encoding").fetchall()
+    if not found:
+        return
+    lines, texts = [], []
+    opener = gzip.open if landing_file.path.name.lower().endswith(".gz") else open
+    with opener(landing_file.path, "rb") as stream:
+        for line, position, duckdb_text in found:  # by position: a gzip stream only seeks forward cheaply
+            # 1-based start of the line, or (CRLF) the end of the line before it
+            stream.seek(max(position - 1, 0))
+            data = stream.readline(_MAX_RAW_BYTES)
+            if not data.strip(b"\r\n"):
+                data = stream.readline(_MAX_RAW_BYTES)
+            text = data.rstrip(b"\r\n").decode("utf-8", errors="backslashreplace")
+            if text.startswith((duckdb_text or "").strip("\r\n").split("?")[0]):  # else keep DuckDB's copy
+                lines.append(line)
+                texts.append(text)
+    con.register("raw_lines", pa.table({"line": pa.array(lines, pa.int64()), "raw": pa.array(texts, pa.string())}))
+    try:
+        sql_files.run(con, "ingest_stage_set_raw")
+    finally:
+        con.unregister("raw_lines")
 
 
 def _json_path(key: str) -> str:
@@ -281,8 +340,31 @@ def _stage_jsonl(con: duckdb.DuckDBPyConnection, landing_file: LandingFile, mapp
     )
 
 
-def _open_parquet(landing_file: LandingFile, mapping: EventMapping) -> pq.ParquetFile:
-    parquet = pq.ParquetFile(landing_file.path)
+def _unreadable_parquet(landing_file: LandingFile, day: dt.date, error: Exception) -> LandingFileError:
+    return LandingFileError(
+        f"{landing_file.relative}: not a readable Parquet file, truncated or corrupt ({type(error).__name__}: "
+        f"{error}); {day} was kept as it was. Land the file again."
+    )
+
+
+def _batches(parquet: pq.ParquetFile, columns: list[str], landing_file: LandingFile, day: dt.date):
+    """The file's record batches; a page that cannot be read fails the file with its name."""
+    batches = parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=columns)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as error:
+            raise _unreadable_parquet(landing_file, day, error) from error
+        yield batch
+
+
+def _open_parquet(landing_file: LandingFile, mapping: EventMapping, day: dt.date) -> pq.ParquetFile:
+    try:
+        parquet = pq.ParquetFile(landing_file.path)
+    except (pa.ArrowException, OSError) as error:
+        raise _unreadable_parquet(landing_file, day, error) from error
     names = parquet.schema_arrow.names
     missing = [c for c in mapping.mapped_columns() if c not in names]
     if missing:
@@ -318,7 +400,10 @@ def id_kind(t: pa.DataType) -> str | None:
     return f"of Arrow type {t}"
 
 
-def _stage_parquet(con: duckdb.DuckDBPyConnection, parquet: pq.ParquetFile, mapping: EventMapping) -> None:
+def _stage_parquet(
+    con: duckdb.DuckDBPyConnection, day: dt.date, landing_file: LandingFile, parquet: pq.ParquetFile,
+    mapping: EventMapping,
+) -> None:
     """The text path for Parquet: every mapped column staged as text (see is_typed_parquet); an id
     column that is no integer or text stages its kind, and each of its values is rejected with it."""
     sql_files.run(con, "ingest_stage_empty")
@@ -328,7 +413,7 @@ def _stage_parquet(con: duckdb.DuckDBPyConnection, parquet: pq.ParquetFile, mapp
         "item_kind": id_kind(schema.field(mapping.item_column).type),
     }
     offset = 0
-    for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=list(mapping.mapped_columns())):
+    for batch in _batches(parquet, list(mapping.mapped_columns()), landing_file, day):
         lines = pa.array(range(offset + 1, offset + batch.num_rows + 1), type=pa.int64())
         arrow_batch = pa.Table.from_arrays(
             [lines, *(batch.column(name) for name in mapping.mapped_columns())],
@@ -426,7 +511,7 @@ def _load_typed_parquet(
     keeps insertion order, so no sort)."""
     params = {"day": day, "source_file": landing_file.relative}
     loaded = rejected = offset = 0
-    for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=list(mapping.mapped_columns())):
+    for batch in _batches(parquet, list(mapping.mapped_columns()), landing_file, day):
         user, item, event, when = (batch.column(name) for name in mapping.mapped_columns())
         lines = pa.array(np.arange(offset + 1, offset + batch.num_rows + 1, dtype=np.int64))
         typed_batch = pa.Table.from_arrays(

@@ -19,8 +19,12 @@ FROM read_csv(
     store_rejects = true
 ) WITH ORDINALITY;
 
+-- The first problem of each line. An error of the whole line (LINE SIZE OVER MAXIMUM) has no column:
+-- it comes first, with what DuckDB keeps of the line's text.
 CREATE OR REPLACE TEMP TABLE csv_rejects AS
-SELECT line, arg_min(error_type || ': ' || error_message, column_idx) AS problem, arg_min(csv_line, column_idx) AS csv_line
+SELECT line,
+       arg_min(error_type || ': ' || error_message, coalesce(column_idx, 0)) AS problem,
+       arg_min(csv_line, coalesce(column_idx, 0)) AS csv_line
 FROM reject_errors
 GROUP BY line;
 

@@ -6,20 +6,47 @@
 DROP TABLE IF EXISTS reject_errors;
 DROP TABLE IF EXISTS reject_scans;
 
+CREATE OR REPLACE TEMP TABLE jsonl_records AS
+SELECT ordinality AS record, doc
+FROM read_csv(
+    $path,
+    header = false,
+    auto_detect = false,
+    columns = {'doc': 'VARCHAR'},
+    delim = $delim,
+    quote = '',
+    escape = '',
+    null_padding = false,
+    store_rejects = true
+) WITH ORDINALITY;
+
+-- Lines the reader set aside: one holding the delimiter character (not valid JSON either), or one over
+-- DuckDB's maximum line size (no column; DuckDB keeps the start of its text).
+CREATE OR REPLACE TEMP TABLE jsonl_rejects AS
+SELECT line,
+       trim(arg_min(csv_line, coalesce(column_idx, 0)), E'\r\n') AS doc,
+       CASE WHEN bool_or(error_type = 'LINE SIZE OVER MAXIMUM')
+            THEN 'LINE SIZE OVER MAXIMUM: ' || arg_min(error_message, coalesce(column_idx, 0))
+            ELSE 'not a JSON object' END AS problem
+FROM reject_errors
+GROUP BY line;
+
+-- The reader numbers only the lines it returns: put the set-aside ones back in between (as for CSV in
+-- ingest_stage_csv.sql), so that every line keeps its number.
 CREATE OR REPLACE TEMP TABLE staged_rows AS
-WITH lines AS (
-    SELECT ordinality AS line, doc
-    FROM read_csv(
-        $path,
-        header = false,
-        auto_detect = false,
-        columns = {'doc': 'VARCHAR'},
-        delim = $delim,
-        quote = '',
-        escape = '',
-        null_padding = false,
-        store_rejects = true
-    ) WITH ORDINALITY
+WITH gaps AS (
+    SELECT good_before, max(rejects_so_far) AS rejects_so_far
+    FROM (
+        SELECT line - row_number() OVER (ORDER BY line) AS good_before,
+               row_number() OVER (ORDER BY line) AS rejects_so_far
+        FROM jsonl_rejects
+    )
+    GROUP BY good_before
+),
+lines AS (
+    SELECT r.record + coalesce(g.rejects_so_far, 0) AS line, r.doc
+    FROM jsonl_records AS r
+    ASOF LEFT JOIN gaps AS g ON r.record > g.good_before
 ),
 checked AS (
     -- valid JSON that starts with '{' is an object (json_type would raise on invalid text)
@@ -47,8 +74,6 @@ FROM (
     FROM objects
 );
 
--- a line holding the delimiter character is not valid JSON either
 INSERT INTO staged_rows
-SELECT line, NULL, NULL, NULL, NULL, trim(arg_min(csv_line, column_idx), E'\r\n'), 'not a JSON object', NULL, NULL
-FROM reject_errors
-GROUP BY line;
+SELECT line, NULL, NULL, NULL, NULL, doc, problem, NULL, NULL
+FROM jsonl_rejects;

@@ -4,6 +4,8 @@ import datetime as dt
 import os
 
 import dagster as dg
+from duckdb import FatalException as DuckDBFatalException
+from duckdb import IOException as DuckDBIOException
 from pydantic import Field
 
 from pipelines import event_ingest
@@ -102,11 +104,17 @@ def build_events_asset(partitions_def: dg.DailyPartitionsDefinition) -> dg.Asset
             raise dg.Failure(
                 f"no landing files for {day} in {settings.landing_dir} (names must contain {day}); nothing changed"
             )
-        with duckdb.connect() as con:
-            result = event_ingest.ingest_day(
-                con, day, files, mapping, log=context.log.info, allow_empty=config.allow_empty
-            )
-            preview = event_ingest.preview(con, day)
+        try:
+            with duckdb.connect() as con:
+                result = event_ingest.ingest_day(
+                    con, day, files, mapping, log=context.log.info, allow_empty=config.allow_empty
+                )
+                preview = event_ingest.preview(con, day)
+        except (DuckDBIOException, DuckDBFatalException) as error:  # DuckDB's bare "IO Error" names no cause
+            failure = event_ingest.warehouse_write_error(error, duckdb.database, day)
+            if failure is None:
+                raise
+            raise failure from error
         context.log.info(
             f"{day}: {result.events:,} events, {result.rejected:,} rejected {result.rejected_by_reason}, "
             f"{result.users:,} users, {result.items:,} items"
