@@ -15,14 +15,16 @@ from typing import Annotated
 
 from fastapi import Body, FastAPI, HTTPException, Path, Query
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from threadpoolctl import threadpool_limits
 
 from serving.config import ServingConfig
 from serving.fold_in import WarehouseEvents
-from serving.limits import BodyLimit, validation_errors
+from serving.limits import BodyLimit, undecodable_body, validation_errors
 from serving.model_source import BundleDirSource, MlflowChampionSource, ModelSource, ModelWatcher
 from serving.schemas import (
     ID_PATTERN,
@@ -107,6 +109,13 @@ def create_app(config: ServingConfig | None = None, source: ModelSource | None =
     async def invalid_request(request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": validation_errors(exc)}, status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc: StarletteHTTPException) -> Response:
+        errors = undecodable_body(exc)
+        if errors is not None:
+            return JSONResponse({"detail": errors}, status_code=422)
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(NotReady)
     async def not_ready(request, exc: NotReady) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
@@ -122,6 +131,19 @@ def create_app(config: ServingConfig | None = None, source: ModelSource | None =
 
     IdPath = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
     TopN = Annotated[int, Query(ge=1, le=config.max_n, description="How many items to return.")]
+
+    # Before /recommendations/{user_id}: a POST there is the batch, and an OPTIONS is answered `Allow: POST` as
+    # documented (GET /recommendations/batch still reaches the single-user route, for a user called "batch").
+    @app.post("/recommendations/batch", response_model=BatchResponse, responses={**NOT_READY, **TOO_LARGE},
+              tags=["recommendations"])
+    def recommendations_batch(request: Annotated[BatchRequest, Body()]) -> Response:
+        """Top-n for up to `max_batch` users in one request (same rules as the single-user endpoint)."""
+        model = service.model()
+        results = service.recommend(model, service.plan(model, list(request.user_ids)), request.n)
+        return json_response(BatchResponse(model=model_ref(model), results=[
+            {"user_id": r.user_id, "source": r.source,
+             "recommendations": [{"item_id": i, "score": s} for i, s in zip(r.item_ids, r.scores)]}
+            for r in results]))
 
     @app.get("/recommendations/{user_id}", response_model=RecommendationsResponse, responses=NOT_READY,
              tags=["recommendations"])
@@ -139,17 +161,6 @@ def create_app(config: ServingConfig | None = None, source: ModelSource | None =
             user_id=result.user_id, source=result.source, model=model_ref(model),
             recommendations=[{"item_id": i, "score": s} for i, s in zip(result.item_ids, result.scores)]))
 
-    @app.post("/recommendations/batch", response_model=BatchResponse, responses={**NOT_READY, **TOO_LARGE},
-              tags=["recommendations"])
-    def recommendations_batch(request: Annotated[BatchRequest, Body()]) -> Response:
-        """Top-n for up to `max_batch` users in one request (same rules as the single-user endpoint)."""
-        model = service.model()
-        results = service.recommend(model, service.plan(model, list(request.user_ids)), request.n)
-        return json_response(BatchResponse(model=model_ref(model), results=[
-            {"user_id": r.user_id, "source": r.source,
-             "recommendations": [{"item_id": i, "score": s} for i, s in zip(r.item_ids, r.scores)]}
-            for r in results]))
-
     @app.get("/similar-items/{item_id}", response_model=SimilarItemsResponse,
              responses={**NOT_READY, 404: {"model": ErrorResponse, "description": "The model does not know the item."}},
              tags=["recommendations"])
@@ -164,6 +175,17 @@ def create_app(config: ServingConfig | None = None, source: ModelSource | None =
         return json_response(SimilarItemsResponse(
             item_id=item_id, model=model_ref(model),
             similar_items=[{"item_id": i, "score": s} for i, s in zip(ids, scores)]))
+
+    def openapi() -> dict:
+        # FastAPI's OpenAPI model holds `minimum`/`maximum` as floats, so the int64 bound of a batch id would be
+        # published as 9.223372036854776e18 (2**63, past what is accepted): publish pydantic's exact schema.
+        if app.openapi_schema is None:
+            document = FastAPI.openapi(app)
+            document["components"]["schemas"][BatchRequest.__name__] = BatchRequest.model_json_schema(
+                ref_template="#/components/schemas/{model}")
+        return app.openapi_schema
+
+    app.openapi = openapi
 
     @app.get("/health", response_model=HealthResponse, tags=["operations"])
     async def health() -> HealthResponse:

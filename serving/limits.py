@@ -93,3 +93,13 @@ def validation_errors(exc: RequestValidationError) -> list[dict]:
         errors.append({"loc": [_short(part) for part in tuple(error.get("loc", ()))[:MAX_LOC]],
                        "msg": _short(msg), "type": _short(error.get("type", ""))})
     return errors
+
+
+def undecodable_body(exc: Exception) -> list[dict] | None:
+    """FastAPI answers a JSON body Python cannot decode (bytes that are not UTF-8, an integer past Python's
+    4,300-digit limit, nesting past the recursion limit) with a bare 400 raised from the decoder's error. As a
+    422 on `body` that says why, every bad body gets the one documented answer."""
+    cause = exc.__cause__
+    if getattr(exc, "status_code", None) != 400 or not isinstance(cause, (ValueError, RecursionError)):
+        return None
+    return [{"loc": ["body"], "msg": _short(f"body is not valid JSON: {cause}"), "type": "json_invalid"}]

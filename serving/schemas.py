@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, model_validator
 
 # Ids are what the event logs used (the warehouse keeps them as text): 1-128 characters, none in U+0000-U+0020 or
 # U+007F-U+009F (no whitespace, no control character): the rule the ingest applies (sql/ingest_id_rule.sql), so
@@ -88,6 +88,10 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
+def _whole(value):
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def batch_request_model(max_n: int, max_batch: int) -> type[BaseModel]:
     """The batch body with this deployment's limits in its schema (they come from the environment)."""
 
@@ -96,5 +100,18 @@ def batch_request_model(max_n: int, max_batch: int) -> type[BaseModel]:
 
         user_ids: list[IdNumber | IdText] = Field(min_length=1, max_length=max_batch)
         n: StrictInt = Field(default=min(10, max_n), ge=1, le=max_n)
+
+        @model_validator(mode="before")
+        @classmethod
+        def whole_numbers(cls, data):
+            # JSON has one kind of number, and JSON Schema's "integer" (the document's type) includes 18.0: read
+            # it as 18. 18.5, NaN, infinities, booleans and strings are still refused.
+            if isinstance(data, dict):
+                data = dict(data)
+                if isinstance(data.get("user_ids"), list):
+                    data["user_ids"] = [_whole(value) for value in data["user_ids"]]
+                if "n" in data:
+                    data["n"] = _whole(data["n"])
+            return data
 
     return BatchRequest
