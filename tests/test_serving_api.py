@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -295,3 +296,155 @@ def test_python_m_serving_serves_a_bundle_directory(tmp_path):
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=20)
     shutil.rmtree(bundle_dir)
+
+
+LOAD_CLIENTS = 6
+LOAD_MAX_REQUESTS = 20_000
+LOAD_POLL_S = 1.0
+LOAD_SETTLE_S = 1.0  # of traffic on each version before the alias moves again
+LOAD_ALLOWANCE_S = 2.0  # the load of the new version (MLflow read, scoring state) on top of one poll
+
+
+@dataclass(frozen=True)
+class Answer:
+    started: float
+    kind: str
+    status: int
+    version: int | None
+    consistent: bool  # every list in it is the one its version gives
+
+
+class Load:
+    """Closed-loop clients on their own threads (keep-alive connections) until stopped or LOAD_MAX_REQUESTS.
+    Each answer is checked against the reference answers of the version it names."""
+
+    def __init__(self, base_url: str, expected: dict, users: list[int], items: list[int]):
+        self.base_url, self.expected, self.users, self.items = base_url, expected, users, items
+        self.answers: list[Answer] = []
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(LOAD_CLIENTS)]
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+    def _check(self, kind: str, body: dict) -> tuple[int | None, bool]:
+        version = body["model"]["version"]
+        if version not in self.expected:
+            return version, False
+        expected = self.expected[version]
+        if kind == "user":
+            return version, items_of(body) == expected["users"].get(int(body["user_id"]))
+        if kind == "batch":  # all from the version the answer names: never a mix
+            return version, all(items_of(r) == expected["users"].get(int(r["user_id"])) for r in body["results"])
+        return version, [e["item_id"] for e in body["similar_items"]] == expected["items"].get(int(body["item_id"]))
+
+    def _client(self, index: int) -> None:
+        rng = np.random.default_rng(index)
+        with httpx.Client(base_url=self.base_url, timeout=10.0) as api:
+            while not self.stop.is_set() and len(self.answers) < LOAD_MAX_REQUESTS:
+                kind = ("user", "batch", "similar", "model")[int(rng.integers(4))]
+                started = time.monotonic()
+                try:
+                    if kind == "user":
+                        response = api.get(f"/recommendations/{rng.choice(self.users)}", params={"n": 5})
+                    elif kind == "batch":
+                        ids = [int(u) for u in rng.choice(self.users, size=8, replace=False)]
+                        response = api.post("/recommendations/batch", json={"user_ids": ids, "n": 5})
+                    elif kind == "similar":
+                        response = api.get(f"/similar-items/{rng.choice(self.items)}", params={"n": 5})
+                    else:
+                        response = api.get("/model")
+                except httpx.HTTPError as exc:
+                    with self._lock:
+                        self.errors.append(f"{kind}: {type(exc).__name__}: {exc}")
+                    continue
+                version, consistent = None, False
+                if response.status_code == 200:
+                    body = response.json()
+                    if kind == "model":
+                        version, consistent = body["version"], body["version"] in self.expected
+                    else:
+                        version, consistent = self._check(kind, body)
+                with self._lock:
+                    self.answers.append(Answer(started, kind, response.status_code, version, consistent))
+
+
+@pytest.mark.slow
+def test_under_load_a_promotion_and_a_rollback_answer_every_request_from_one_version(store, tmp_path):
+    """`python -m serving` (one worker) under LOAD_CLIENTS closed-loop clients while the gate promotes v2 over
+    v1 and `rollback` restores v1: every answer is a 200 from v1 or v2 and matches that version's model (a batch
+    never mixes them), no request fails, /model shows each switch within one poll plus the load, and once a
+    switch is visible no request started later gets the old version."""
+    set_champion(store, 1)
+    client = store["client"]
+    with contextlib.suppress(Exception):
+        client.delete_registered_model_alias(MODEL, registry.PREVIOUS_CHAMPION)
+    v1, v2 = store["bundles"][1], store["bundles"][2]
+    users = [int(u) for u in v1.user_ids[:40]]
+    items = [int(i) for i in v1.item_ids[:30]]
+    expected = {version: {"users": {u: b.recommend_many([u], n=5).items_of(0)[0].tolist() for u in users},
+                          "items": {i: b.similar_items(i, 5)[0].tolist() for i in items}}
+                for version, b in ((1, v1), (2, v2))}
+    assert any(expected[1]["users"][u] != expected[2]["users"][u] for u in users)
+
+    port = free_port()
+    env = {**os.environ, "ALS_PIPELINE_HOME": str(tmp_path / "home"), "MLFLOW_TRACKING_URI": store["uri"],
+           "ALS_MODEL_NAME": MODEL, "ALS_SERVING_PORT": str(port), "ALS_SERVING_POLL_SECONDS": str(LOAD_POLL_S),
+           "ALS_SERVING_FOLD_IN": "0", "ALS_SERVING_WORKERS": "1"}
+    env.pop("ALS_SERVING_BUNDLE_DIR", None)
+    log_path = tmp_path / "serving.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "serving", "--log-level", "warning"], env=env,
+                                   cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0) as api:
+            def version_now() -> int | None:
+                assert process.poll() is None, log_path.read_text(errors="replace")
+                try:
+                    return served_version(api)
+                except httpx.TransportError:
+                    return None
+
+            wait_for(lambda: version_now() == 1, 60, "python -m serving to serve v1")
+            with Load(f"http://127.0.0.1:{port}", expected, users, items) as load:
+                time.sleep(LOAD_SETTLE_S)
+                decision = registry.promote_if_better(
+                    client, MODEL, challenger_version=2, challenger_ndcg=0.27, popularity_ndcg=0.05,
+                    evaluated_champion=(1, 0.21), score_champion=lambda version: 0.21,
+                    lock_path=tmp_path / "promotion.lock")
+                assert decision.promote
+                promote_s = wait_for(lambda: version_now() == 2, 30, "/model to show the promoted v2")
+                promoted_seen = time.monotonic()
+                time.sleep(LOAD_SETTLE_S)
+                assert registry.rollback(client, MODEL, tmp_path / "promotion.lock") == (2, 1)
+                rollback_s = wait_for(lambda: version_now() == 1, 30, "/model to show v1 after the rollback")
+                rolled_back_seen = time.monotonic()
+                time.sleep(LOAD_SETTLE_S)
+            assert process.poll() is None
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+        set_champion(store, 1)
+
+    answers = load.answers
+    by_kind = {kind: sum(a.kind == kind for a in answers) for kind in ("user", "batch", "similar", "model")}
+    print(f"{len(answers)} requests ({by_kind}); /model showed the promotion after {promote_s:.2f}s and the "
+          f"rollback after {rollback_s:.2f}s at a {LOAD_POLL_S}s poll")
+    assert not load.errors, load.errors[:5]
+    assert len(answers) >= 200 and all(count > 0 for count in by_kind.values()), by_kind
+    assert [a for a in answers if a.status != 200] == []
+    assert [a for a in answers if not a.consistent] == []
+    assert {a.version for a in answers} == {1, 2}
+    assert promote_s <= LOAD_POLL_S + LOAD_ALLOWANCE_S and rollback_s <= LOAD_POLL_S + LOAD_ALLOWANCE_S
+    # once /model shows a version, the swap has happened: no request started later is answered by the old one
+    assert [a for a in answers if promoted_seen < a.started < rolled_back_seen - rollback_s and a.version != 2] == []
+    assert [a for a in answers if a.started > rolled_back_seen and a.version != 1] == []
