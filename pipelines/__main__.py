@@ -1,6 +1,7 @@
 """`python -m pipelines <command>`: the operator's commands.
 
-    python -m pipelines status     # champion, last retrains, last ingest per day
+    python -m pipelines status     # champion, last retrains, last ingest per day, stuck runs
+    python -m pipelines recover    # fail runs whose process is gone, free their pool slots
 
 Each command lives in its own module with a `main(argv) -> int`; add one to COMMANDS to add a command.
 """
@@ -15,6 +16,7 @@ COMMANDS = {
     "status": ("pipelines.status", "champion, last retrains and last ingest per day"),
     "registry": ("pipelines.registry", "the aliases and newest versions, roll back, promote by hand "
                                        "(show | rollback | promote VERSION [--reason TEXT])"),
+    "recover": ("pipelines.recovery", "fail runs whose process is gone and free the pool slots they hold"),
 }
 
 
