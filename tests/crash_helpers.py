@@ -16,11 +16,15 @@ from pathlib import Path
 
 import dagster as dg
 
+from als_core.synthetic import generate_events
 from pipelines.instance import dagster_env, prepare_dagster_home
+from pipelines.landing import write_day_files
 from pipelines.recovery import process_alive
 from pipelines.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
+DAYS = ["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04"]
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
 WAIT_S = 120.0
 
@@ -153,3 +157,18 @@ def kill_cli_and_check_steps_die(settings: Settings, process: subprocess.Popen, 
 def holds_pool(instance: dg.DagsterInstance, run_id: str, pool: str) -> bool:
     info = instance.event_log_storage.get_concurrency_info(pool)
     return any(slot.run_id == run_id for slot in info.claimed_slots)
+
+
+def land(settings: Settings, days=DAYS, seed: int = 3, n_events: int = 12_000) -> None:
+    events = generate_events(n_users=300, n_items=100, n_events=n_events, n_days=len(days), seed=seed, start=days[0])
+    write_day_files(events, settings.landing_dir, "csv")
+
+
+def ingest(settings: Settings, days=DAYS) -> None:
+    """Each day through the `ingest` job, in process, with the project's instance."""
+    from pipelines.definitions import defs
+
+    job = defs().resolve_job_def("ingest")
+    with open_instance(settings) as instance:
+        for day in days:
+            assert job.execute_in_process(partition_key=day, instance=instance, run_config=QUIET).success

@@ -22,15 +22,12 @@ import dagster as dg
 import duckdb
 import pytest
 
-from als_core.synthetic import generate_events
-from crash_helpers import (ROOT, WAIT_S, env, holds_pool, kill_cli_and_check_steps_die, kill_run_holding,
-                           open_instance, run_messages, run_pool_user, start_until, step_workers, wait_for)
+from crash_helpers import (DAYS, QUIET, ROOT, WAIT_S, env, holds_pool, ingest, kill_cli_and_check_steps_die,
+                           kill_run_holding, land, open_instance, run_messages, run_pool_user, start_until,
+                           step_workers)
 from pipelines import recovery, registry
-from pipelines.landing import write_day_files
 from pipelines.settings import Settings
 
-DAYS = ["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04"]
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 # One job of the code location run in process (as `make run` does) in a subprocess, so that a run that
 # waits for ever for a pool slot fails the test after its timeout instead of hanging it.
@@ -57,20 +54,6 @@ def run_job(settings: Settings, job: str, partition: str = "", selection=(), con
     out = subprocess.run(args, env=env(settings), cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     return out.stdout.split()[-1]
-
-
-def land(settings: Settings, days=DAYS, seed: int = 3, n_events: int = 12_000) -> None:
-    events = generate_events(n_users=300, n_items=100, n_events=n_events, n_days=len(days), seed=seed, start=days[0])
-    write_day_files(events, settings.landing_dir, "csv")
-
-
-def ingest(settings: Settings, days=DAYS) -> None:
-    from pipelines.definitions import defs
-
-    job = defs().resolve_job_def("ingest")
-    with open_instance(settings) as instance:
-        for day in days:
-            assert job.execute_in_process(partition_key=day, instance=instance, run_config=QUIET).success
 
 
 def retrain(settings: Settings, *assets: str) -> dg.ExecuteInProcessResult:
