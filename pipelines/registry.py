@@ -763,10 +763,12 @@ def move_aliases(client: MlflowClient, name: str, moves: Mapping[str, int]) -> N
         raise
 
 
-def rollback(client: MlflowClient, name: str, lock_path: Path | None = None) -> tuple[int, int]:
+def rollback(client: MlflowClient, name: str, lock_path: Path | None = None,
+             check_loads: bool = True) -> tuple[int, int]:
     """Point ``champion`` back at ``previous_champion``; the demoted version becomes ``previous_champion``,
     so a second rollback undoes the first. Returns (demoted version, restored version). Refuses (nothing
-    changed) when there is no ``previous_champion`` or it is the champion itself."""
+    changed) when there is no ``previous_champion``, it is the champion itself, or (``check_loads``) its
+    bundle does not load."""
     lock = promotion_lock(lock_path) if lock_path is not None else contextlib.nullcontext()
     with lock:
         current = aliases(client, name)
@@ -777,6 +779,12 @@ def rollback(client: MlflowClient, name: str, lock_path: Path | None = None) -> 
         if demoted == restored:
             raise RegistryError(f"model {name!r}: `{PREVIOUS_CHAMPION}` is the champion itself (v{restored}): "
                                 f"nothing to roll back to")
+        if check_loads:
+            try:
+                load_version_bundle(client.tracking_uri, name, restored)
+            except BundleUnloadable as exc:
+                raise RegistryError(f"`{PREVIOUS_CHAMPION}`: {exc}: nothing changed; make a version that loads the "
+                                    f"champion with `python -m pipelines registry promote VERSION`") from exc
         if demoted is None:
             move_aliases(client, name, {CHAMPION: restored})
         else:
@@ -810,6 +818,10 @@ def _model_version_or_none(client: MlflowClient, name: str, version: int):
             raise
 
 
+class AlreadyChampion(RegistryError):
+    """A promotion by hand of the version that is the champion already: nothing to do, nothing done."""
+
+
 def promote_by_hand(tracking_uri: str, name: str, version: int, lock_path: Path, who: str,
                     reason: str | None = None) -> int | None:
     """Make ``version`` the champion by an operator's decision, with the bookkeeping the gate keeps: the old
@@ -818,7 +830,8 @@ def promote_by_hand(tracking_uri: str, name: str, version: int, lock_path: Path,
     if there was none).
 
     Refuses with RegistryError, the registry left exactly as it was, when the version does not exist, is not
-    READY, its bundle does not load, or it is already the champion."""
+    READY or its bundle does not load. A version that is the champion already is left as it is (nothing
+    moved, no tags): AlreadyChampion."""
     client = make_client(tracking_uri)
     mv = _model_version_or_none(client, name, version)
     if mv is None:
@@ -832,7 +845,7 @@ def promote_by_hand(tracking_uri: str, name: str, version: int, lock_path: Path,
     with promotion_lock(lock_path):
         replaced = aliases(client, name).get(CHAMPION)
         if replaced == int(version):
-            raise RegistryError(f"{name} version {version} is already the champion: nothing changed")
+            raise AlreadyChampion(f"{name} version {version} is already the champion: nothing changed")
         moves = {CHAMPION: version} if replaced is None else {PREVIOUS_CHAMPION: replaced, CHAMPION: version}
         move_aliases(client, name, moves)
         set_version_tags(client, VersionRef(name, int(version), None, {}), {
@@ -954,10 +967,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             demoted, restored = rollback(client, name, lock)
             print(f"{name}: champion v{demoted} -> v{restored} (v{demoted} is now {PREVIOUS_CHAMPION})")
         elif args.command == "promote":
-            replaced = promote_by_hand(uri, name, args.version, lock, operator_name(), args.reason)
-            was = "none" if replaced is None else f"v{replaced}"
-            print(f"{name}: champion {was} -> v{args.version}"
-                  + ("" if replaced is None else f" (v{replaced} is now {PREVIOUS_CHAMPION})"))
+            try:
+                replaced = promote_by_hand(uri, name, args.version, lock, operator_name(), args.reason)
+            except AlreadyChampion as exc:  # what was asked for holds already: not an error
+                print(f"{exc}")
+            else:
+                was = "none" if replaced is None else f"v{replaced}"
+                print(f"{name}: champion {was} -> v{args.version}"
+                      + ("" if replaced is None else f" (v{replaced} is now {PREVIOUS_CHAMPION})"))
         print(json.dumps(describe(client, name, args.limit), indent=2))
     except RegistryError as exc:
         print(f"error: {exc}", file=sys.stderr)

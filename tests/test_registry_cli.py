@@ -73,10 +73,12 @@ def test_promoting_a_version_whose_bundle_is_gone_changes_nothing(home_store, se
 
 
 def test_promoting_the_champion_itself_changes_nothing(home_store, capsys):
+    """What was asked for holds already: exit 0, nothing moved, no tags (previous_champion is not made the
+    champion itself)."""
     client, name, (v1, v2, v3) = home_store
     before = state(client, name, (v1, v2, v3))
-    assert registry.main(["promote", str(v1)]) == 1
-    assert "already the champion" in capsys.readouterr().err
+    assert registry.main(["promote", str(v1)]) == 0
+    assert f"version {v1} is already the champion: nothing changed" in capsys.readouterr().out
     assert state(client, name, (v1, v2, v3)) == before
 
 
@@ -109,6 +111,17 @@ def test_rollback_with_nothing_to_roll_back_to_exits_non_zero_and_changes_nothin
     assert state(client, name, (v1, v2, v3)) == before
 
 
+def test_rollback_to_a_version_whose_bundle_is_gone_changes_nothing(home_store, settings, capsys):
+    client, name, (v1, v2, v3) = home_store
+    assert registry.main(["promote", str(v2)]) == 0
+    shutil.move(registry.local_model_dir(settings.mlflow_tracking_uri, name, v1), settings.home / "moved-away")
+    before = state(client, name, (v1, v2, v3))
+    assert registry.main(["rollback"]) == 1
+    err = capsys.readouterr().err
+    assert f"version {v1} cannot be loaded" in err and "registry promote VERSION" in err
+    assert state(client, name, (v1, v2, v3)) == before
+
+
 def test_show_lists_the_aliases_and_the_newest_versions(home_store, capsys):
     client, name, (v1, v2, v3) = home_store
     assert registry.main(["show", "--limit", "2"]) == 0
@@ -129,4 +142,5 @@ def test_promote_through_python_m_pipelines(home_store, settings):
     assert out.returncode == 0, out.stderr
     assert registry.aliases(client, name) == {"champion": v2, "previous_champion": v1}
     again = subprocess.run(command[:-2], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 1 and "already the champion" in again.stderr
+    assert again.returncode == 0 and "already the champion" in again.stdout
+    assert registry.aliases(client, name) == {"champion": v2, "previous_champion": v1}
