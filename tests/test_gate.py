@@ -102,7 +102,8 @@ def test_a_champion_whose_files_are_gone_is_reported_and_the_gate_goes_on(settin
     weak_eval, weak = metadata_of(weak_run, "evaluation"), metadata_of(weak_run, "champion")
     assert logged and f"champion v{v1} could not be scored (its model directory {model_dir}" in logged[0]
     assert weak_eval["champion_version"] == v1 and "champion_ndcg_at_10" not in weak_eval
-    assert weak_eval["champion_load_error"].startswith(f"v{v1}: ") and str(model_dir) in weak_eval["champion_load_error"]
+    load_error = weak_eval["champion_load_error"]
+    assert load_error.startswith(f"v{v1}: ") and str(model_dir) in load_error
     assert weak_eval["challenger_ndcg_at_10"] < weak_eval["popularity_ndcg_at_10"]
     assert weak["decision"] == "rejected" and weak["rule"] == "champion_unscorable"
     assert str(model_dir) in weak["champion_load_error"]

@@ -128,8 +128,8 @@ def test_show_lists_the_aliases_and_the_newest_versions(home_store, capsys):
     shown = json.loads(capsys.readouterr().out)
     assert shown["model"] == name and shown["champion"]["version"] == v1 and shown["previous_champion"] is None
     assert [v["version"] for v in shown["versions"]] == [v3, v2]
-    assert {"aliases", "status", "ndcg_at_10", "popularity_ndcg_at_10", "decision", "rule",
-            "compared_with_version", "champion_ndcg_at_10", "champion_load_error", "decided_at"} <= set(shown["versions"][0])
+    assert {"aliases", "status", "ndcg_at_10", "popularity_ndcg_at_10", "decision", "rule", "compared_with_version",
+            "champion_ndcg_at_10", "champion_load_error", "decided_at"} <= set(shown["versions"][0])
 
 
 @pytest.mark.slow
