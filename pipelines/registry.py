@@ -268,7 +268,8 @@ def log_training(
     from mlflow.entities import Metric, Param
 
     now = int(time.time() * 1000)
-    metrics = [Metric("train_loss", float(v), now, step) for step, v in enumerate(loss_history)]
+    # steps count iterations from 1, as the loss picture and the step's log lines do
+    metrics = [Metric("train_loss", float(v), now, step) for step, v in enumerate(loss_history, start=1)]
     metrics.append(Metric("fit_seconds", float(fit_seconds), now, 0))
     metrics += [Metric(f"data_{key}", float(value), now, 0) for key, value in sizes.items()]
     param_list = [Param(str(key), str(value)) for key, value in params.items()]
@@ -276,6 +277,15 @@ def log_training(
         client.log_batch(run_id, params=param_list)
         for start in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics per request
             client.log_batch(run_id, metrics=metrics[start:start + 1000])
+
+
+def set_descriptions(client: MlflowClient, name: str, version: int, run_id: str | None, text: str) -> None:
+    """The few numbers an operator watches, where MLflow shows them first: the run's description (top of the
+    run page) and the model version's description (top of the version page)."""
+    with mlflow_errors("writing the run and version descriptions"):
+        if run_id:
+            client.set_tag(run_id, "mlflow.note.content", text)
+        client.update_model_version(name, str(version), description=text)
 
 
 def log_holdout(client: MlflowClient, run_id: str, user_ids: np.ndarray, item_ids: np.ndarray) -> None:

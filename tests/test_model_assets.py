@@ -53,7 +53,8 @@ def test_challenger_run_logs_params_loss_history_and_registers_a_version(trained
     assert ref.tags[registry.TAG_HOLDOUT_FINGERPRINT] == data.holdout_fingerprint
     assert run.data.params["factors"] == str(GOOD["factors"]) and run.data.params["hyperparameters_from"] == "config"
     loss = client.get_metric_history(ref.run_id, "train_loss")
-    assert [m.step for m in sorted(loss, key=lambda m: m.step)] == list(range(GOOD["iterations"]))
+    # iterations counted from 1, as in the loss picture and the step's log lines
+    assert [m.step for m in sorted(loss, key=lambda m: m.step)] == list(range(1, GOOD["iterations"] + 1))
     assert run.data.metrics["data_users"] == data.train.shape[0] and run.data.metrics["data_nnz"] == data.train.nnz
     assert run.data.metrics["fit_seconds"] > 0
     # the experiment's artifacts live under the pipeline home, not in ./mlruns of the test's cwd
@@ -323,6 +324,24 @@ def test_non_finite_factors_block_evaluation_and_register_nothing(settings, monk
     assert client.search_model_versions(f"name = '{resource.model_name}'") == []
     runs = client.search_runs([resource.experiment_id(client)])
     assert [r.info.status for r in runs] == ["FAILED"]  # the diverged run is kept for diagnosis
+
+
+def test_the_numbers_an_operator_watches_come_first_in_dagster_and_mlflow(trained):
+    settings, data, resource, result = trained
+    meta = metadata_of(result, "champion")
+    watched = ["challenger_ndcg_at_10", "popularity_ndcg_at_10", "promoted", "fit_seconds"]
+    assert list(meta)[:4] == watched  # numeric, so Dagster plots them across materialisations
+    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey("champion")]
+    assert all(isinstance(event.materialization.metadata[key], (dg.FloatMetadataValue, dg.IntMetadataValue))
+               for key in watched)
+    client = registry.make_client(resource.tracking_uri)
+    ref = registry.get_version(client, resource.model_name, meta["challenger_version"])
+    run = client.get_run(ref.run_id)
+    note = run.data.tags["mlflow.note.content"]
+    assert note == client.get_model_version(resource.model_name, str(ref.version)).description
+    assert note.startswith("**promoted**") and f"challenger v{ref.version} {meta['challenger_ndcg_at_10']:.4f}" in note
+    assert f"popularity {meta['popularity_ndcg_at_10']:.4f}" in note
+    assert f"ALS fit: {run.data.metrics['fit_seconds']:.1f} s" in note
 
 
 def test_tuned_parameters_apply_unless_the_run_config_sets_them(settings):

@@ -385,6 +385,33 @@ class ChampionConfig(dg.Config):
                                                          "challenger (the newest version when champion runs on its own).")
 
 
+def _run_metric(client, run_id: str | None, key: str) -> float | None:
+    if not run_id:
+        return None
+    with registry.mlflow_errors(f"reading {key} of run {run_id}"):
+        value = client.get_run(run_id).data.metrics.get(key)
+    return None if value is None else float(value)
+
+
+def gate_summary(decision: registry.GateDecision, fit_seconds: float | None) -> str:
+    """The run's and version's description: decision, the three NDCG@10 on the same holdout, fit time."""
+    champion = ("no champion" if decision.champion_version is None
+                else f"champion v{decision.champion_version} {_ndcg(decision.champion_ndcg)}")
+    lines = [
+        f"**{'promoted' if decision.promote else 'rejected'}** ({decision.rule}): {decision.reason}",
+        "",
+        f"NDCG@10 on the same holdout: challenger v{decision.challenger_version} "
+        f"{_ndcg(decision.challenger_ndcg)}, {champion}, popularity {_ndcg(decision.popularity_ndcg)}",
+    ]
+    if fit_seconds is not None:
+        lines.append(f"\nALS fit: {fit_seconds:.1f} s")
+    return "\n".join(lines)
+
+
+def _ndcg(value: float | None) -> str:
+    return "not scored" if value is None else f"{value:.4f}"
+
+
 def _tag_float(tags: dict, key: str) -> float | None:
     value = tags.get(key, "")
     return float(value) if value != "" else None
@@ -422,19 +449,26 @@ def champion(context: dg.AssetExecutionContext, config: ChampionConfig, mlflow: 
             extra_tags={"gate.dagster_run_id": context.run.run_id, "gate.holdout_fingerprint": fingerprint},
             champion_load_error=ref.tags.get(registry.TAG_EVAL_CHAMPION_LOAD_ERROR) or None)
         now = registry.aliases(client, ref.name)
+        fit_seconds = _run_metric(client, ref.run_id, "fit_seconds")
+        registry.set_descriptions(client, ref.name, ref.version, ref.run_id, gate_summary(decision, fit_seconds))
     context.log.info(f"{'PROMOTED' if decision.promote else 'kept the champion'} ({decision.rule}): "
                      f"{decision.reason}")
     if decision.champion_load_error:
         context.log.error(f"champion v{decision.champion_version} cannot be loaded: {decision.champion_load_error}")
+    # the numbers first, as floats and ints, so Dagster plots them across retrains (the asset's Plots tab)
     metadata = {
+        "challenger_ndcg_at_10": dg.MetadataValue.float(float(decision.challenger_ndcg)),
+        "popularity_ndcg_at_10": dg.MetadataValue.float(float(decision.popularity_ndcg)),
+        **({"champion_ndcg_at_10": dg.MetadataValue.float(float(decision.champion_ndcg))}
+           if decision.champion_ndcg is not None else {}),
+        "promoted": dg.MetadataValue.int(int(decision.promote)),
+        **({"fit_seconds": dg.MetadataValue.float(fit_seconds)} if fit_seconds is not None else {}),
         "decision": dg.MetadataValue.text("promoted" if decision.promote else "rejected"),
         "rule": dg.MetadataValue.text(decision.rule),
         "reason": dg.MetadataValue.text(decision.reason),
         **({"champion_load_error": dg.MetadataValue.text(
             f"v{decision.champion_version}: {decision.champion_load_error}")} if decision.champion_load_error else {}),
         "challenger_version": dg.MetadataValue.int(ref.version),
-        "challenger_ndcg_at_10": dg.MetadataValue.float(float(decision.challenger_ndcg)),
-        "popularity_ndcg_at_10": dg.MetadataValue.float(float(decision.popularity_ndcg)),
         "margin": dg.MetadataValue.float(float(decision.margin)),
         "holdout_fingerprint": dg.MetadataValue.text(fingerprint),
         "dagster_run_id": dg.MetadataValue.text(context.run.run_id),
@@ -442,7 +476,6 @@ def champion(context: dg.AssetExecutionContext, config: ChampionConfig, mlflow: 
         else dg.MetadataValue.text("none"),
     }
     if decision.champion_ndcg is not None:
-        metadata["champion_ndcg_at_10"] = dg.MetadataValue.float(float(decision.champion_ndcg))
         metadata["compared_with_version"] = dg.MetadataValue.int(decision.champion_version)
     return dg.MaterializeResult(metadata=metadata)
 
