@@ -3,12 +3,16 @@
 - the champion: version, NDCG@10, when it was trained and on how much data;
 - the last retrains: registered versions, newest first, with the gate's decision and scores (version tags
   written by `pipelines.registry.promote_if_better`);
-- the last ingest of each `events` day with its rejected rows (DuckDB, read-only).
+- the last ingest of each `events` day with its rejected rows (DuckDB, read-only);
+- the Dagster runs in progress, and the pool slots they hold (the project's Dagster instance);
+- what needs a person, each with the one command that fixes it: a run stuck holding a pool slot (its process
+  is gone), a champion whose model cannot be loaded, a version evaluated but never gated. Any of them, or a
+  source that could not be read, makes the exit status 1.
 
 Every source is read on its own and may be missing (nothing has run yet), unreachable (a tracking server that
 is down) or busy (a run holding DuckDB's write lock): the report then says so plainly and goes on with the
-rest. It never creates or writes anything: a missing sqlite store or warehouse is reported, not created.
-No Dagster import, so it starts fast and works while the Dagster instance is busy.
+rest. It never creates or writes anything: a missing sqlite store, warehouse or Dagster instance is reported,
+not created. Dagster is imported only to read the runs, after the rest.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipelines import registry, sql_files, warehouse
+from pipelines.recovery import RECOVER_COMMAND
 from pipelines.settings import Settings
 
 DEFAULT_LIMIT = 10
@@ -31,6 +36,10 @@ DEFAULT_LOCK_WAIT_S = 3.0
 _MLFLOW_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 _GATE = registry.TAG_GATE_PREFIX
 TAG_TRAINING_WINDOW = "training_window"  # run tag set by the challenger asset: "YYYY-MM-DD..YYYY-MM-DD"
+TAG_EVALUATED = f"{registry.TAG_EVAL_PREFIX}challenger_ndcg_at_10"  # set by `evaluation`
+TAG_EVALUATED_BY = f"{registry.TAG_EVAL_PREFIX}dagster_run_id"
+DAGSTER = ".venv/bin/dagster"
+INSTANCE = 'eval "$(.venv/bin/python -m pipelines.instance)"'
 
 
 @dataclass
@@ -46,6 +55,8 @@ class VersionSummary:
     reason: str | None
     run_id: str | None
     dagster_run_id: str | None
+    evaluated: bool = False  # has the evaluation's scores (eval.* tags)
+    evaluated_by: str | None = None  # the Dagster run that evaluated it
 
 
 @dataclass
@@ -59,6 +70,7 @@ class ChampionSummary:
     run_id: str | None
     events: int | None = None
     events_source: str | None = None  # "run" (logged by the training) | "warehouse" (counted in its window now)
+    load_error: str | None = None  # why its model cannot be loaded; None: it loads
 
 
 @dataclass
@@ -69,6 +81,8 @@ class RegistryStatus:
     message: str | None = None
     champion: ChampionSummary | None = None
     versions: list[VersionSummary] = field(default_factory=list)
+    previous_champion: int | None = None
+    previous_champion_loads: bool | None = None  # asked only when the champion does not load
 
 
 @dataclass
@@ -102,14 +116,45 @@ class WarehouseStatus:
 
 
 @dataclass
+class RunSummary:
+    run_id: str
+    job_name: str
+    status: str
+    started_at: str | None
+    pid: int | None  # the run's own process
+    pools: list[str]  # "pool (step)" slots it holds
+    problem: str | None = None
+
+
+@dataclass
+class RunsStatus:
+    dagster_home: str
+    state: str  # ok | empty | unavailable
+    message: str | None = None
+    runs: list[RunSummary] = field(default_factory=list)
+
+
+@dataclass
+class Problem:
+    """Something a person has to act on, and the one command that does it."""
+
+    kind: str  # stuck_run | champion_unloadable | not_gated
+    message: str
+    fix: str
+
+
+@dataclass
 class Status:
     home: str
     registry: RegistryStatus
     warehouse: WarehouseStatus
+    runs: RunsStatus | None = None
+    problems: list[Problem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return "unavailable" not in (self.registry.state, self.warehouse.state)
+        states = (self.registry.state, self.warehouse.state, self.runs.state if self.runs else "ok")
+        return "unavailable" not in states and not self.problems
 
     def __post_init__(self) -> None:
         """A run that did not log its event count: count its window's events in the warehouse."""
@@ -158,6 +203,8 @@ def _version_summary(mv, aliases_of: dict[int, list[str]]) -> VersionSummary:
         reason=tags.get(f"{_GATE}reason"),
         run_id=mv.run_id,
         dagster_run_id=tags.get(registry.TAG_DAGSTER_RUN_ID),
+        evaluated=bool(tags.get(TAG_EVALUATED)),
+        evaluated_by=tags.get(TAG_EVALUATED_BY) or None,
     )
 
 
@@ -206,10 +253,14 @@ def read_registry(settings: Settings, limit: int = DEFAULT_LIMIT) -> RegistrySta
             aliases_of.setdefault(version, []).append(alias)
         status.versions = [_version_summary(mv, aliases_of) for mv in found]
         champion = aliases.get(registry.CHAMPION)
+        status.previous_champion = aliases.get(registry.PREVIOUS_CHAMPION)
         if champion is not None:
             with registry.mlflow_errors(f"reading champion v{champion}"):
                 mv = client.get_model_version(name, str(champion))
                 status.champion = _champion_summary(client, _version_summary(mv, aliases_of))
+            status.champion.load_error = _load_error(uri, name, champion)
+            if status.champion.load_error and status.previous_champion not in (None, champion):
+                status.previous_champion_loads = _load_error(uri, name, status.previous_champion) is None
     except (registry.RegistryError, ValueError) as exc:
         status.state, status.message = "unavailable", f"MLflow unavailable: {exc}"
         return status
@@ -218,6 +269,16 @@ def read_registry(settings: Settings, limit: int = DEFAULT_LIMIT) -> RegistrySta
     elif status.champion is None:
         status.message = f"no `{registry.CHAMPION}` alias: no version has passed the gate yet"
     return status
+
+
+def _load_error(uri: str, name: str, version: int) -> str | None:
+    """Load the version's model as serving and the gate would: None when it loads, else why not. MLflow
+    itself failing is not the model's fault: that raises MlflowUnavailable."""
+    try:
+        registry.load_version_bundle(uri, name, version)
+    except registry.BundleUnloadable as exc:
+        return exc.cause
+    return None
 
 
 # --------------------------------------------------------------------------------------------- DuckDB
@@ -269,11 +330,83 @@ def read_warehouse(settings: Settings, limit: int = DEFAULT_LIMIT,
     return status
 
 
+# --------------------------------------------------------------------------------------------- Dagster
+
+
+def read_runs(settings: Settings) -> RunsStatus:
+    """Runs in progress or holding a pool slot, from the project's instance (opened only if it exists)."""
+    home = settings.dagster_home
+    status = RunsStatus(dagster_home=str(home), state="ok")
+    if not (home / "dagster.yaml").is_file():
+        status.state, status.message = "empty", f"no Dagster instance yet ({home}): nothing has run"
+        return status
+    try:
+        import dagster as dg
+
+        from pipelines.recovery import inspect_runs
+
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            states = inspect_runs(instance)
+    except Exception as exc:  # a broken or locked instance must not hide the rest of the report
+        status.state, status.message = "unavailable", f"Dagster instance {home} unreadable: {type(exc).__name__}: {exc}"
+        return status
+    for state in states:
+        orchestrator = state.orchestrator
+        status.runs.append(RunSummary(
+            run_id=state.run_id, job_name=state.job_name, status=state.status, started_at=state.started_at,
+            pid=orchestrator.pid if orchestrator else None,
+            pools=[f"{pool} ({step})" for pool, step in state.slots], problem=state.problem))
+    return status
+
+
+# --------------------------------------------------------------------------------------------- problems
+
+
+def gate_command(version: int) -> str:
+    config = json.dumps({"ops": {"champion": {"config": {"version": version}}}})
+    return (f"{INSTANCE} && {DAGSTER} asset materialize -m pipelines.definitions --select champion "
+            f"--config-json '{config}'")
+
+
+def find_problems(reg: RegistryStatus, runs: RunsStatus) -> list[Problem]:
+    problems = []
+    for run in runs.runs:
+        if run.problem:
+            pools = ", ".join(run.pools) or "no pool slot"
+            problems.append(Problem(
+                "stuck_run", f"run {run.run_id[:8]} ({run.job_name}, {run.status.lower()}, holds {pools}): "
+                             f"{run.problem}; runs that need these pools wait until it is recovered (the next "
+                             "run created recovers it by itself)", RECOVER_COMMAND))
+    champion = reg.champion
+    if champion is not None and champion.load_error:
+        if reg.previous_champion_loads:
+            fix = "python -m pipelines registry rollback"
+            then = f"previous_champion v{reg.previous_champion} loads: roll back to it"
+        else:
+            fix = "python -m pipelines registry promote VERSION"
+            then = "put its files back, or make a version that loads the champion"
+        problems.append(Problem(
+            "champion_unloadable", f"champion v{champion.version} cannot be loaded: {champion.load_error}; "
+                                   f"{then}", fix))
+    in_progress = {run.run_id for run in runs.runs if not run.problem}
+    for v in reg.versions:  # newest first: only what is newer than the last gated version waits for a gate
+        if v.decision is not None:
+            break
+        if v.evaluated and v.evaluated_by not in in_progress:
+            problems.append(Problem(
+                "not_gated", f"v{v.version} was evaluated but never gated (the run stopped before `champion`): "
+                             "it is neither promoted nor rejected", gate_command(v.version)))
+            break
+    return problems
+
+
 def read_status(settings: Settings | None = None, limit: int = DEFAULT_LIMIT,
                 lock_wait_s: float = DEFAULT_LOCK_WAIT_S) -> Status:
     settings = settings or Settings.from_env()
-    return Status(home=str(settings.home), registry=read_registry(settings, limit),
-                  warehouse=read_warehouse(settings, limit, lock_wait_s))
+    reg = read_registry(settings, limit)
+    wh = read_warehouse(settings, limit, lock_wait_s)
+    runs = read_runs(settings)
+    return Status(home=str(settings.home), registry=reg, warehouse=wh, runs=runs, problems=find_problems(reg, runs))
 
 
 # --------------------------------------------------------------------------------------------- text
@@ -306,6 +439,7 @@ def _champion_lines(reg: RegistryStatus) -> list[str]:
         lines.append(f"  data      {', '.join(data)}")
     if champion.run_id:
         lines.append(f"  run       MLflow {champion.run_id}")
+    lines.append(f"  model     {'does not load: ' + champion.load_error if champion.load_error else 'loads'}")
     return lines
 
 
@@ -332,6 +466,28 @@ def _warehouse_lines(wh: WarehouseStatus) -> list[str]:
     return lines + _table(("day", "ingested", "files", "events", "rejected", "reasons"), rows)
 
 
+def _runs_lines(runs: RunsStatus | None) -> list[str]:
+    if runs is None:
+        return []
+    if runs.state != "ok":
+        return ["", f"Runs: {runs.message}"]
+    if not runs.runs:
+        return ["", "Runs: none in progress, no pool slot held"]
+    rows = [(r.run_id[:8], r.job_name, r.status.lower(), r.started_at or "-", r.pid or "-", ", ".join(r.pools) or "-",
+             "STUCK" if r.problem else "running") for r in runs.runs]
+    return ["", "Runs in progress or holding a pool slot:",
+            *_table(("run", "job", "status", "started", "pid", "pools held", "state"), rows)]
+
+
+def _problem_lines(problems: list[Problem]) -> list[str]:
+    if not problems:
+        return ["", "Nothing needs a person."]
+    lines = ["", f"Needs a person ({len(problems)}):"]
+    for problem in problems:
+        lines += [f"- {problem.message}", f"  fix: {problem.fix}"]
+    return lines
+
+
 def render(status: Status) -> str:
     reg = status.registry
     lines = [f"ALS pipeline status   home {status.home}", f"MLflow {reg.tracking_uri}   model {reg.model_name}", ""]
@@ -340,11 +496,13 @@ def render(status: Status) -> str:
     else:
         lines += _champion_lines(reg) + _versions_lines(reg)
     lines += ["", *_warehouse_lines(status.warehouse)]
+    lines += _runs_lines(status.runs) + _problem_lines(status.problems)
     return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Print the champion, the last retrains and the last ingest per day. Exit 1 if a source was unreadable."""
+    """Print the champion, the last retrains, the last ingest per day, the runs in progress and what needs a
+    person. Exit 1 if something needs a person or a source was unreadable."""
     parser = argparse.ArgumentParser(prog="python -m pipelines status", description=main.__doc__)
     parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help="versions and days to list")
     parser.add_argument("--lock-wait", type=float, default=DEFAULT_LOCK_WAIT_S,

@@ -240,6 +240,12 @@ def test_kill_during_promotion_keeps_the_champion_then_the_next_run_gates(settin
 
     assert champion_version(settings) == 1
     assert "gate.decision" not in registry.get_version(client(settings), settings.model_name, 2).tags
+    report = subprocess.run([sys.executable, "-m", "pipelines", "status", "--json"], env=env(settings), cwd=ROOT,
+                            capture_output=True, text=True, timeout=WAIT_S)
+    assert report.returncode == 1  # a person is told, with the commands
+    problems = {p["kind"]: p for p in json.loads(report.stdout)["problems"]}
+    assert problems["stuck_run"]["fix"] == recovery.RECOVER_COMMAND
+    assert problems["not_gated"]["message"].startswith("v2 was evaluated but never gated")
     run_job(settings, "daily_retrain")  # before the fix: blocked by limit for pool promotion, for ever
     assert champion_version(settings) in (1, 3)
     assert "gate.decision" in registry.get_version(client(settings), settings.model_name, 3).tags

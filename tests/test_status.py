@@ -1,10 +1,13 @@
-"""`python -m pipelines status` against a real DuckDB warehouse and a real MLflow sqlite store: a populated
-pipeline, nothing run yet, an unreachable tracking server, a warehouse locked by a writing process."""
+"""`python -m pipelines status` against a real DuckDB warehouse, a real MLflow sqlite store and the project's
+Dagster instance: a populated pipeline, nothing run yet, an unreachable tracking server, a warehouse locked by a
+writing process, and what needs a person (a run stuck holding a pool slot, a champion that cannot be loaded, a
+version evaluated but never gated), each with the command that fixes it."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -245,3 +248,101 @@ def test_pipelines_command_lists_its_commands(capsys):
     out = capsys.readouterr().out
     assert "status" in out and "registry" in out
     assert main(["no-such-command"]) == 2
+
+
+# ------------------------------------------------------------------------------------------ what needs a person
+
+
+def problems_of(report: dict) -> dict[str, dict]:
+    return {problem["kind"]: problem for problem in report["problems"]}
+
+
+def run_command(settings: Settings, *args: str) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("ALS_", "MLFLOW_", "DAGSTER_"))}
+    environment["ALS_PIPELINE_HOME"] = str(settings.home)
+    return subprocess.run([sys.executable, *args], cwd=PROJECT_ROOT, env=environment, capture_output=True,
+                          text=True, timeout=CLI_TIMEOUT_S)
+
+
+def test_a_run_stuck_holding_a_pool_slot_is_shown_with_the_command_that_frees_it(settings):
+    from crash_helpers import kill_run_holding
+
+    run_id = kill_run_holding(settings, "duckdb")
+    code, report = status_json(settings)
+    assert code == 1
+    [run] = report["runs"]["runs"]
+    assert (run["run_id"], run["status"], run["pools"]) == (run_id, "STARTED", ["duckdb (hold_slot)"])
+    assert "is gone" in run["problem"]
+    stuck = problems_of(report)["stuck_run"]
+    assert run_id[:8] in stuck["message"] and stuck["fix"] == "python -m pipelines recover"
+    text = run_status(settings).stdout
+    assert "STUCK" in text and "fix: python -m pipelines recover" in text
+
+    assert run_command(settings, "-m", "pipelines", "recover").returncode == 0
+    code, report = status_json(settings)
+    assert code == 0 and report["problems"] == [] and report["runs"]["runs"] == []
+    assert "Nothing needs a person." in run_status(settings).stdout
+
+
+@pytest.fixture
+def retrained(tmp_path, monkeypatch) -> Settings:
+    """Three gated retrains (v3 champion, v1 previous_champion) in a home of its own."""
+    for key in [k for k in os.environ if k.startswith(("ALS_", "MLFLOW_", "DAGSTER_"))]:
+        monkeypatch.delenv(key)
+    settings = Settings.from_env({"ALS_PIPELINE_HOME": str(tmp_path / "home")})
+    register_retrains(settings, tmp_path)
+    return settings
+
+
+def move_model_away(settings: Settings, version: int, tmp: Path) -> Path:
+    model_dir = registry.local_model_dir(settings.mlflow_tracking_uri, settings.model_name, version)
+    return Path(shutil.move(model_dir, tmp / f"moved-v{version}"))
+
+
+def test_a_champion_that_cannot_be_loaded_is_shown_with_the_rollback_that_fixes_it(retrained, tmp_path):
+    moved = move_model_away(retrained, 3, tmp_path)
+    code, report = status_json(retrained)
+    assert code == 1
+    champion = report["registry"]["champion"]
+    assert champion["version"] == 3 and "is missing" in champion["load_error"]
+    problem = problems_of(report)["champion_unloadable"]
+    assert "champion v3 cannot be loaded" in problem["message"] and "previous_champion v1 loads" in problem["message"]
+    assert problem["fix"] == "python -m pipelines registry rollback"
+    assert "does not load: its model directory" in run_status(retrained).stdout
+
+    assert run_command(retrained, "-m", "pipelines", "registry", "rollback").returncode == 0
+    code, report = status_json(retrained)
+    assert code == 0 and report["registry"]["champion"]["version"] == 1
+    assert report["registry"]["champion"]["load_error"] is None and report["problems"] == []
+    shutil.move(moved, tmp_path / "unused")
+
+
+def test_a_champion_without_a_loadable_previous_one_needs_a_promotion_by_hand(retrained, tmp_path):
+    move_model_away(retrained, 3, tmp_path)
+    move_model_away(retrained, 1, tmp_path)
+    code, report = status_json(retrained)
+    assert code == 1
+    assert problems_of(report)["champion_unloadable"]["fix"] == "python -m pipelines registry promote VERSION"
+
+
+def test_a_version_evaluated_but_never_gated_is_shown_with_the_command_that_gates_it(retrained, tmp_path):
+    uri, name = retrained.mlflow_tracking_uri, retrained.model_name
+    client = registry.make_client(uri)
+    experiment = registry.ensure_experiment(client, registry.DEFAULT_EXPERIMENT, retrained.mlflow_artifact_root)
+    run_id = registry.start_training_run(client, experiment, "evaluated", {})
+    ref = registry.register_bundle(uri, run_id, name, tiny_bundle_dir(tmp_path / "v4"), KNOWN_USERS, {})
+    registry.set_version_tags(client, ref, {status.TAG_EVALUATED: "0.3", status.TAG_EVALUATED_BY: "a-dead-run"})
+
+    code, report = status_json(retrained)
+    assert code == 1
+    problem = problems_of(report)["not_gated"]
+    assert problem["message"].startswith(f"v{ref.version} was evaluated but never gated")
+    assert problem["fix"] == status.gate_command(ref.version)
+    assert "--select champion" in problem["fix"] and f'"version": {ref.version}' in problem["fix"]
+
+    # a newer version gated since: the old one is superseded, not waiting for a person
+    newer = registry.register_bundle(uri, run_id, name, tiny_bundle_dir(tmp_path / "v5"), KNOWN_USERS, {})
+    registry.promote_if_better(client, name, newer.version, 0.01, 0.10, (3, 0.35), score_champion=None,
+                               lock_path=registry.lock_path_for(uri, retrained.home))
+    code, report = status_json(retrained)
+    assert code == 0 and report["problems"] == []
