@@ -47,7 +47,7 @@ def _truncate(path, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["zero bytes", "header only"])
-@pytest.mark.parametrize("name", [f"events-{DAY}.csv", f"events-{DAY}.csv.gz", f"events-{DAY}.jsonl", f"events-{DAY}.parquet"])
+@pytest.mark.parametrize("name", [f"events-{DAY}.{ext}" for ext in ("csv", "csv.gz", "jsonl", "parquet")])
 def test_an_empty_file_fails_and_keeps_the_day(settings, ingest_day, name, how):
     path = settings.landing_dir / name
     _write_three(path)

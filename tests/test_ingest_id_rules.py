@@ -1,4 +1,5 @@
-"""Ids are integers or printable text (the API's rule): junk ids go to rejected_events with why; the API accepts every id ingest keeps."""
+"""Ids are integers or printable text (the API's rule): junk ids go to rejected_events with why, and the API
+accepts every id the ingest keeps."""
 
 from __future__ import annotations
 
