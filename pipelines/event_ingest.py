@@ -146,7 +146,7 @@ def ingest_day(
         try:
             con.execute("ROLLBACK")
         except duckdb.Error:
-            pass  # a connection DuckDB invalidated (a failed write) has nothing to roll back: the error below says why
+            pass  # DuckDB invalidated the connection (a failed write): the error raised below says why
         raise
     return result
 
