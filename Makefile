@@ -28,8 +28,9 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 ## the Dagster UI on http://127.0.0.1:3000 with the project's instance (schedules and sensor running)
+UI_PORT ?= 3000
 ui: $(STAMP)
-	eval "$$($(PY) -m pipelines.instance)" && $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	eval "$$($(PY) -m pipelines.instance)" && exec $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(UI_PORT)
 
 ## the MLflow UI on http://127.0.0.1:5000 over the project's store
 mlflow-ui: $(STAMP)
