@@ -3,6 +3,10 @@
 The bundle speaks external ids (whatever the event logs used: 64-bit integers or strings). It is the single
 place where "known user -> ALS, seen items excluded; unknown user -> popularity" is decided, so the offline
 evaluation scores models exactly as the API serves them.
+
+Two kinds share the format (``kind`` in bundle.json): ``als`` (factors + the popularity fallback) and
+``popularity`` (no factors: everybody gets the popularity ranking, known users without their seen items). A
+popularity bundle is the baseline the evaluation measures, made servable when ALS loses to it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,13 @@ FORMAT_VERSION = 1
 SOURCE_ALS = "als"
 SOURCE_FOLD_IN = "fold_in"
 SOURCE_POPULARITY = "popularity"
+KIND_ALS = "als"
+KIND_POPULARITY = "popularity"
+KINDS = (KIND_ALS, KIND_POPULARITY)
+
+
+class NoItemFactors(ValueError):
+    """What needs item factors (similar items, fold-in) asked of a popularity bundle, which has none."""
 
 
 def as_id_array(ids) -> np.ndarray:
@@ -94,20 +105,24 @@ class Recommendations:
 
 
 class ModelBundle:
-    """A trained ALS model with its id maps, each user's seen items and a popularity fallback."""
+    """A served model: its id maps, each user's seen items, a popularity ranking and, for kind ``als``, the
+    trained ALS model (``model`` is None for kind ``popularity``)."""
 
-    def __init__(self, model: ALS, user_ids, item_ids, seen: sp.csr_matrix, popularity: PopularityRecommender,
+    def __init__(self, model: ALS | None, user_ids, item_ids, seen: sp.csr_matrix, popularity: PopularityRecommender,
                  metadata: dict | None = None):
         self.model = model
+        self.kind = KIND_ALS if model is not None else KIND_POPULARITY
         self.users = IdIndex(user_ids)
         self.items = IdIndex(item_ids)
         self.seen = sp.csr_matrix(seen, dtype=np.float32)
         self.popularity = popularity
         self.metadata = dict(metadata or {})
-        if model.n_users != len(self.users) or model.n_items != len(self.items):
+        if model is not None and (model.n_users != len(self.users) or model.n_items != len(self.items)):
             raise ValueError(
                 f"model is {model.n_users} users x {model.n_items} items but the id maps have "
                 f"{len(self.users)} users and {len(self.items)} items")
+        if popularity.n_items != len(self.items):
+            raise ValueError(f"the popularity ranking has {popularity.n_items} items, the id map {len(self.items)}")
         if self.seen.shape != (len(self.users), len(self.items)):
             raise ValueError(f"seen items matrix has shape {self.seen.shape}, expected "
                              f"{(len(self.users), len(self.items))}")
@@ -118,6 +133,17 @@ class ModelBundle:
     def build(cls, model: ALS, user_ids, item_ids, train_user_items, metadata: dict | None = None) -> "ModelBundle":
         train = sp.csr_matrix(train_user_items)
         return cls(model, user_ids, item_ids, train, PopularityRecommender().fit(train), metadata)
+
+    @classmethod
+    def build_popularity(cls, user_ids, item_ids, train_user_items, metadata: dict | None = None) -> "ModelBundle":
+        """A popularity bundle counted on ``train_user_items`` (distinct users per item, ties by summed weight)."""
+        train = sp.csr_matrix(train_user_items)
+        return cls(None, user_ids, item_ids, train, PopularityRecommender().fit(train), metadata)
+
+    def as_popularity(self, metadata: dict | None = None) -> "ModelBundle":
+        """This bundle's own popularity baseline as a bundle of kind ``popularity``: the same id maps, seen
+        items and ranking, so it recommends exactly what ``recommend_many(strategy="popularity")`` measured."""
+        return ModelBundle(None, self.user_ids, self.item_ids, self.seen, self.popularity, metadata)
 
     @property
     def user_ids(self) -> np.ndarray:
@@ -131,13 +157,14 @@ class ModelBundle:
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.model.save(directory / "als")
+        if self.model is not None:
+            self.model.save(directory / "als")
         self.popularity.save(directory / "popularity.npz")
         np.savez(directory / "ids.npz", user_ids=self.user_ids, item_ids=self.item_ids)
         # uncompressed: zlib over millions of indices took longer than the rest of the registration
         sp.save_npz(directory / "seen.npz", self.seen, compressed=False)
         (directory / "bundle.json").write_text(json.dumps(
-            {"format_version": FORMAT_VERSION, "metadata": self.metadata}, indent=2, default=str))
+            {"format_version": FORMAT_VERSION, "kind": self.kind, "metadata": self.metadata}, indent=2, default=str))
         return directory
 
     @classmethod
@@ -146,18 +173,25 @@ class ModelBundle:
         info = json.loads((directory / "bundle.json").read_text())
         if info.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"unsupported bundle format {info.get('format_version')!r} in {directory}")
+        kind = info.get("kind", KIND_ALS)  # bundles written before kinds existed are ALS
+        if kind not in KINDS:
+            raise ValueError(f"unknown bundle kind {kind!r} in {directory}")
         with np.load(directory / "ids.npz", allow_pickle=False) as ids:
             user_ids, item_ids = ids["user_ids"], ids["item_ids"]
-        return cls(ALS.load(directory / "als"), user_ids, item_ids, sp.load_npz(directory / "seen.npz"),
+        model = ALS.load(directory / "als") if kind == KIND_ALS else None
+        return cls(model, user_ids, item_ids, sp.load_npz(directory / "seen.npz"),
                    PopularityRecommender.load(directory / "popularity.npz"), info.get("metadata", {}))
 
     # ------------------------------------------------------------------ serving
     def recommend_many(self, user_ids, n: int = 10, strategy: str = "model") -> Recommendations:
         """Top-``n`` per external user id. Known users get ALS scores with their seen items excluded;
         unknown users (and users with no training history) get the popularity list. ``strategy="popularity"``
-        serves everybody from popularity (the baseline), still excluding known users' seen items."""
+        serves everybody from popularity (the baseline), still excluding known users' seen items; a bundle
+        of kind ``popularity`` always does."""
         if strategy not in ("model", "popularity"):
             raise ValueError(f"strategy must be 'model' or 'popularity', got {strategy!r}")
+        if self.model is None:
+            strategy = "popularity"
         rows = self.users.lookup(user_ids)
         known = rows >= 0
         known[known] = self._has_history[rows[known]]
@@ -180,13 +214,13 @@ class ModelBundle:
     def fold_in(self, item_ids, weights=None, n: int = 10) -> tuple[np.ndarray, np.ndarray, str]:
         """Recommendations for a user the model does not know, from that user's own events: one exact
         least-squares solve against the item factors (``ALS.recalculate_user``). Items the model does not
-        know are ignored; with none left, the popularity list is returned."""
+        know are ignored; with none left (or for a popularity bundle), the popularity list is returned."""
         index = self.items.lookup(item_ids)
         values = np.ones(len(index), dtype=np.float32) if weights is None else np.asarray(weights, np.float32)
         if values.shape != index.shape:
             raise ValueError("weights must have one value per item id")
         keep = (index >= 0) & (values > 0)
-        if not keep.any():
+        if not keep.any() or self.model is None:
             ids, best = self.popularity.recommend(0, None, N=n, filter_already_liked_items=False)
             return (*self._external(ids, best), SOURCE_POPULARITY)
         row = sp.csr_matrix((values[keep], (np.zeros(keep.sum(), dtype=np.int64), index[keep])),
@@ -195,6 +229,8 @@ class ModelBundle:
         return (*self._external(ids, best), SOURCE_FOLD_IN)
 
     def similar_items(self, item_id, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        if self.model is None:
+            raise NoItemFactors("a popularity model has no item factors: no similar items")
         index = self.items.lookup([item_id])[0]
         if index < 0:
             raise KeyError(f"unknown item {item_id!r}")

@@ -78,6 +78,14 @@ class PopularityRecommender:
             model._set(data["item_scores"].astype(np.float32), data["item_weights"].astype(np.float64))
         return model
 
+    @property
+    def ranking(self) -> np.ndarray:
+        """Item ids, most popular first: the order ``recommend`` follows (read-only view)."""
+        self._check_fitted()
+        view = self._ranking.view()
+        view.flags.writeable = False
+        return view
+
     # ------------------------------------------------------------------ recommending
 
     def _check_fitted(self) -> None:

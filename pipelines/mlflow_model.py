@@ -1,10 +1,13 @@
 """The registered model, as an MLflow "models from code" pyfunc: this file is logged as the model's code and
 the `als_core.bundle.ModelBundle` directory (arrays + JSON, no pickles) as its artifact ``bundle``.
 
+The same file serves both kinds of bundle (``als`` and ``popularity``, said by the bundle itself).
+
 Input: a DataFrame with a ``user_id`` column. Params: ``n`` (top-N, default 10; declared in the signature, see
 `pipelines.registry.model_signature`). Output: one row per (user, rank): ``user_id, rank, item_id, score,
-source`` where source is "als" for users the model knows and "popularity" for the others, exactly as the
-serving API answers. Needs `als_core` importable (this project installed).
+source`` where source is "als" for users an ALS model knows and "popularity" for the others (for every user of
+a popularity model, known users without their seen items), exactly as the serving API answers. Needs
+`als_core` importable (this project installed).
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ BUNDLE_ARTIFACT_KEY = "bundle"  # same key as pipelines.registry.BUNDLE_ARTIFACT
 DEFAULT_N = 10                  # file is executed standalone by MLflow's loader)
 
 
-class ALSRecommenderModel(PythonModel):
-    """Top-N recommendations from a ModelBundle."""
+class RecommenderModel(PythonModel):
+    """Top-N recommendations from a ModelBundle of either kind."""
 
     def load_context(self, context) -> None:
         from als_core.bundle import ModelBundle
@@ -48,4 +51,4 @@ def recommendations_frame(user_ids, recs) -> pd.DataFrame:
     })
 
 
-mlflow.models.set_model(ALSRecommenderModel())
+mlflow.models.set_model(RecommenderModel())

@@ -139,7 +139,7 @@ def top_k_lists(con: duckdb.DuckDBPyConnection, model: TableModel, bundle, users
     ``bundle`` its bundle (whose rows and item indices the table stores). None when the table does not hold
     them (another writer, shallower than ``k``, or a list is not the length scoring gives), so that the
     caller scores instead."""
-    from als_core.bundle import SOURCE_ALS, Recommendations
+    from als_core.bundle import SOURCE_ALS, SOURCE_POPULARITY, Recommendations
 
     writer = written_by(con)
     if not model.same_model(writer) or writer.n < k:
@@ -163,7 +163,7 @@ def top_k_lists(con: duckdb.DuckDBPyConnection, model: TableModel, bundle, users
     unseen = len(bundle.items) - seen_counts[rows[known]]
     if not np.array_equal((item_index[known] >= 0).sum(axis=1), np.minimum(depth, unseen)):
         return None
-    sources = np.full(len(users), SOURCE_ALS, dtype="<U10")
+    sources = np.full(len(users), SOURCE_ALS if bundle.model is not None else SOURCE_POPULARITY, dtype="<U10")
     lists = Recommendations(item_index, scores, sources, bundle.item_ids)
     if not known.all():  # unknown users: the popularity fallback, cheap to compute
         fallback = bundle.recommend_many(np.asarray(users)[~known], n=depth)

@@ -10,13 +10,17 @@ Layout (docs/registry.md has the full list):
   `als_core.bundle.ModelBundle` directory (arrays + JSON), registered as a new version of the model name;
 - the holdout the run was judged on is an artifact of the run (``holdout/holdout.npz``), so a promotion can
   re-score a changed champion on exactly the same pairs;
-- aliases ``champion`` and ``previous_champion``; the gate's decision and scores are version tags.
+- aliases ``champion`` and ``previous_champion``; the gate's decision and scores are version tags;
+- two kinds of version (tag ``model_kind``): ``als`` (a trained challenger) and ``popularity`` (the baseline
+  the evaluation measured, registered by the gate when it is the one promoted); aliases, tags, rollback and
+  serving treat both alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import getpass
 import json
@@ -70,12 +74,32 @@ TAG_MANUAL_REASON = "manual.reason"
 TAG_MANUAL_REPLACED = "manual.replaced_champion"
 # set on an MLflow run a dead Dagster run left RUNNING, by the challenger that closed it
 TAG_CLOSED_BY = "closed_by_dagster_run_id"
+# which kind of model a version (and its run) is: KIND_ALS or KIND_POPULARITY; absent on versions from before
+# kinds existed, which are ALS
+TAG_MODEL_KIND = "model_kind"
+KIND_ALS = "als"  # = als_core.bundle.KIND_ALS (not imported: it pulls numba into every CLI start)
+KIND_POPULARITY = "popularity"
+# on a popularity version: the ALS challenger whose training data it was counted on and whose holdout measured it
+TAG_POPULARITY_OF = "popularity_of_version"
+# on an ALS challenger the gate rejected for popularity: the popularity version it registered and promoted
+TAG_GATE_POPULARITY_VERSION = "gate.popularity_version"
+# on a popularity version: the ALS challenger it was compared with, and that one's NDCG@10
+TAG_GATE_ALS_VERSION = "gate.als_version"
+TAG_GATE_ALS_NDCG = "gate.als_ndcg_at_10"
 
 RULE_FIRST_MODEL = "first_model"  # no champion: beat popularity
 RULE_BEATS_CHAMPION = "beats_champion"  # beat the champion by more than the margin, and popularity
 RULE_CHAMPION_UNSCORABLE = "champion_unscorable"  # the champion could not be loaded or scored: beat popularity
 RULE_ALREADY_CHAMPION = "already_champion"
-RULES = (RULE_FIRST_MODEL, RULE_BEATS_CHAMPION, RULE_CHAMPION_UNSCORABLE, RULE_ALREADY_CHAMPION)
+# The rules under which the gate promotes popularity (counted on the challenger's training data) instead:
+RULE_POPULARITY_FIRST_MODEL = "popularity_first_model"  # no champion, and the challenger did not beat popularity
+RULE_POPULARITY_BEATS_CHAMPION = "popularity_beats_champion"  # an ALS champion below popularity by the margin,
+#                                                                and the challenger did not win
+RULE_POPULARITY_CHAMPION_UNSCORABLE = "popularity_champion_unscorable"  # unscorable champion, challenger lost
+RULE_POPULARITY_REFRESH = "popularity_refresh"  # a popularity champion the challenger did not beat: fresh counts
+POPULARITY_RULES = (RULE_POPULARITY_FIRST_MODEL, RULE_POPULARITY_BEATS_CHAMPION, RULE_POPULARITY_CHAMPION_UNSCORABLE,
+                    RULE_POPULARITY_REFRESH)
+RULES = (RULE_FIRST_MODEL, RULE_BEATS_CHAMPION, RULE_CHAMPION_UNSCORABLE, RULE_ALREADY_CHAMPION, *POPULARITY_RULES)
 
 REACHABILITY_TIMEOUT_S = 5.0
 LOCK_TIMEOUT_S = 600.0
@@ -373,6 +397,15 @@ class VersionRef:
     def uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
 
+    @property
+    def kind(self) -> str:
+        return kind_of(self.tags)
+
+
+def kind_of(tags: Mapping[str, str] | None) -> str:
+    """The model kind a version's tags say (versions from before kinds existed are ALS)."""
+    return (tags or {}).get(TAG_MODEL_KIND) or KIND_ALS
+
 
 def register_bundle(
     tracking_uri: str,
@@ -405,6 +438,35 @@ def register_bundle(
         smoke_test(info.model_uri, example)
         mv = mlflow.register_model(info.model_uri, model_name, tags=dict(version_tags))
         return get_version(make_client(tracking_uri), model_name, mv.version)
+
+
+def register_popularity(
+    tracking_uri: str,
+    experiment_id: str,
+    model_name: str,
+    challenger: VersionRef,
+    bundle: ModelBundle,
+    run_name: str,
+    tags: Mapping[str, str],
+    metrics: Mapping[str, float],
+) -> VersionRef:
+    """Register a popularity ``bundle`` (counted on ``challenger``'s training data) as a new version of
+    ``model_name``: a run of its own (``run_name``; ``tags`` and ``metrics`` plus the kind and the challenger
+    it was counted for), the same pyfunc and checks as an ALS version, tagged ``model_kind=popularity``."""
+    client = make_client(tracking_uri)
+    tags = {**tags, TAG_MODEL_KIND: KIND_POPULARITY, TAG_POPULARITY_OF: str(challenger.version)}
+    run_id = start_training_run(client, experiment_id, run_name, tags)
+    try:
+        log_metrics(client, run_id, metrics)
+        with tempfile.TemporaryDirectory(prefix="popularity-") as tmp:
+            bundle_dir = bundle.save(Path(tmp) / "bundle")
+            version = register_bundle(tracking_uri, run_id, model_name, bundle_dir, bundle.user_ids[:2], tags)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            finish_run(client, run_id, failed=True)
+        raise
+    finish_run(client, run_id)
+    return version
 
 
 def _example_frame(user_ids: np.ndarray):
@@ -443,21 +505,28 @@ def get_version(client: MlflowClient, name: str, version: int | str) -> VersionR
 
 
 def find_version(client: MlflowClient, name: str, dagster_run_id: str | None = None) -> VersionRef:
-    """The version registered by ``dagster_run_id``; without one (an asset materialised on its own), or when
-    that run registered none, the newest version of ``name``."""
+    """The ALS challenger registered by ``dagster_run_id``; without one (an asset materialised on its own), or
+    when that run registered none, the newest ALS version of ``name``. Popularity versions (which the gate
+    registers, in the same run) are never a challenger."""
     _check_name(name)
     with mlflow_errors(f"searching versions of {name!r}"):
         if dagster_run_id:
-            found = client.search_model_versions(
+            found = [mv for mv in client.search_model_versions(
                 f"name = '{name}' AND tags.{TAG_DAGSTER_RUN_ID} = '{_quoted(dagster_run_id)}'"
-            )
+            ) if kind_of(mv.tags) == KIND_ALS]
             if found:
                 return VersionRef.of(max(found, key=lambda mv: int(mv.version)))
-        found = client.search_model_versions(f"name = '{name}'", max_results=1,
-                                             order_by=["version_number DESC"])
-    if not found:
-        raise RegistryError(f"no registered version of model {name!r}: materialise `challenger` first")
-    return VersionRef.of(found[0])
+        page_token = None
+        while True:  # newest first; popularity versions are a few among them
+            page = client.search_model_versions(f"name = '{name}'", max_results=50,
+                                                order_by=["version_number DESC"], page_token=page_token)
+            newest = next((mv for mv in page if kind_of(mv.tags) == KIND_ALS), None)
+            page_token = page.token
+            if newest is not None or not page_token:
+                break
+    if newest is None:
+        raise RegistryError(f"no registered ALS version of model {name!r}: materialise `challenger` first")
+    return VersionRef.of(newest)
 
 
 def _check_name(name: str) -> None:
@@ -594,6 +663,10 @@ def load_champion_bundle(
 
 @dataclass(frozen=True)
 class GateDecision:
+    """What the gate decided for one ALS challenger. ``promote``: the challenger became champion;
+    ``promote_popularity``: the popularity baseline measured on the same holdout did instead (registered as
+    version ``popularity_version`` by `promote_if_better`); neither: the champion stays."""
+
     promote: bool
     reason: str
     challenger_version: int
@@ -604,19 +677,50 @@ class GateDecision:
     margin: float
     rule: str = RULE_BEATS_CHAMPION
     champion_load_error: str | None = None
+    promote_popularity: bool = False
+    champion_kind: str | None = None
+    popularity_version: int | None = None
 
-    def tags(self) -> dict[str, str]:
-        """Version tags (and asset metadata) describing the decision."""
+    @property
+    def changes_champion(self) -> bool:
+        return self.promote or self.promote_popularity
+
+    @property
+    def promoted_kind(self) -> str | None:
+        return KIND_ALS if self.promote else KIND_POPULARITY if self.promote_popularity else None
+
+    def _scores(self) -> dict[str, str]:
         return {
-            TAG_GATE_DECISION: "promoted" if self.promote else "rejected",
-            TAG_GATE_RULE: self.rule,
             f"{TAG_GATE_PREFIX}reason": self.reason,
-            f"{TAG_GATE_PREFIX}challenger_ndcg_at_10": _fmt(self.challenger_ndcg),
             f"{TAG_GATE_PREFIX}champion_version": "" if self.champion_version is None else str(self.champion_version),
             f"{TAG_GATE_PREFIX}champion_ndcg_at_10": _fmt(self.champion_ndcg),
             f"{TAG_GATE_PREFIX}popularity_ndcg_at_10": _fmt(self.popularity_ndcg),
             f"{TAG_GATE_PREFIX}margin": _fmt(self.margin),
             TAG_GATE_CHAMPION_LOAD_ERROR: self.champion_load_error or "",
+        }
+
+    def tags(self) -> dict[str, str]:
+        """The challenger version's tags (and asset metadata) describing the decision."""
+        tags = {
+            TAG_GATE_DECISION: "promoted" if self.promote else "rejected",
+            TAG_GATE_RULE: self.rule,
+            f"{TAG_GATE_PREFIX}challenger_ndcg_at_10": _fmt(self.challenger_ndcg),
+            **self._scores(),
+        }
+        if self.popularity_version is not None:
+            tags[TAG_GATE_POPULARITY_VERSION] = str(self.popularity_version)
+        return tags
+
+    def popularity_tags(self) -> dict[str, str]:
+        """The promoted popularity version's tags: the same decision seen from it. Its own NDCG@10 is its
+        `gate.challenger_ndcg_at_10` (it is the candidate that won), the ALS challenger's is `gate.als_*`."""
+        return {
+            TAG_GATE_DECISION: "promoted",
+            TAG_GATE_RULE: self.rule,
+            f"{TAG_GATE_PREFIX}challenger_ndcg_at_10": _fmt(self.popularity_ndcg),
+            **self._scores(),
+            TAG_GATE_ALS_VERSION: str(self.challenger_version),
+            TAG_GATE_ALS_NDCG: _fmt(self.challenger_ndcg),
         }
 
 
@@ -632,45 +736,91 @@ def decide(
     popularity_ndcg: float,
     margin: float = 0.0,
     champion_load_error: str | None = None,
+    champion_kind: str | None = None,
+    popularity_available: bool = False,
+    champion_popularity_of: int | None = None,
 ) -> GateDecision:
-    """The rule, always on the challenger's holdout: the challenger must beat popularity, and
+    """The rule, always on the challenger's holdout. An ALS challenger is promoted only if it beats popularity,
+    and
 
     - ``first_model`` (no champion): that is all;
-    - ``beats_champion``: it must also beat the champion's NDCG@10 + margin (a tie keeps the champion);
+    - ``beats_champion``: it must also beat the champion's NDCG@10 + margin (a tie keeps the champion),
+      whatever the champion's kind;
     - ``champion_unscorable`` (the champion could not be loaded or scored): beating popularity is all it can
       be judged on, so a broken champion never blocks promotions, and never lets a weak model through.
 
-    NaN never wins."""
+    When the challenger is not promoted and ``popularity_available`` (the caller can register the popularity
+    model counted on the challenger's training data), popularity is promoted instead where it is the best
+    measured: with no champion (``popularity_first_model``), over an unscorable champion
+    (``popularity_champion_unscorable``), over an ALS champion it beats by more than the margin
+    (``popularity_beats_champion``), and over a popularity champion, whose counts it refreshes without a
+    comparison (``popularity_refresh``). ``already_champion``: the challenger, or the popularity counted on
+    its data (``champion_popularity_of``), is the champion already. NaN never wins."""
     common = dict(challenger_version=challenger_version, challenger_ndcg=challenger_ndcg,
                   champion_version=champion_version, champion_ndcg=champion_ndcg,
-                  popularity_ndcg=popularity_ndcg, margin=margin, champion_load_error=champion_load_error)
+                  popularity_ndcg=popularity_ndcg, margin=margin, champion_load_error=champion_load_error,
+                  champion_kind=champion_kind)
     if champion_version is None:
         rule = RULE_FIRST_MODEL
-    elif champion_version == challenger_version:
+    elif champion_version == challenger_version or (
+            champion_kind == KIND_POPULARITY and champion_popularity_of == challenger_version):
         rule = RULE_ALREADY_CHAMPION
     elif champion_ndcg is None or not math.isfinite(champion_ndcg):
         rule = RULE_CHAMPION_UNSCORABLE
     else:
         rule = RULE_BEATS_CHAMPION
-    if not math.isfinite(challenger_ndcg):
-        return GateDecision(False, f"challenger NDCG@10 is {challenger_ndcg}", rule=rule, **common)
+
+    def keep(reason: str) -> GateDecision:
+        return GateDecision(False, reason, rule=rule, **common)
+
+    def popularity(popularity_rule: str, reason: str) -> GateDecision:
+        return GateDecision(False, f"{reason}: popularity promoted", rule=popularity_rule, promote_popularity=True,
+                            **common)
+
     if rule == RULE_ALREADY_CHAMPION:
-        return GateDecision(False, "challenger is already the champion", rule=rule, **common)
-    beats_popularity = challenger_ndcg > popularity_ndcg
-    versus_popularity = (f"challenger NDCG@10 {challenger_ndcg:.5f} {'>' if beats_popularity else '<='} "
-                         f"popularity {popularity_ndcg:.5f}")
+        if champion_version == challenger_version:
+            return keep("challenger is already the champion")
+        return keep(f"champion v{champion_version} is the popularity counted on v{challenger_version}'s data already")
+    popularity_ok = popularity_available and math.isfinite(popularity_ndcg)
+    if not math.isfinite(challenger_ndcg):
+        beats_popularity = False
+        versus_popularity = f"challenger NDCG@10 is {challenger_ndcg}"
+    else:
+        beats_popularity = challenger_ndcg > popularity_ndcg
+        versus_popularity = (f"challenger NDCG@10 {challenger_ndcg:.5f} {'>' if beats_popularity else '<='} "
+                             f"popularity {popularity_ndcg:.5f}")
     if rule == RULE_FIRST_MODEL:
-        return GateDecision(beats_popularity, f"first model: {versus_popularity}", rule=rule, **common)
+        if beats_popularity:
+            return GateDecision(True, f"first model: {versus_popularity}", rule=rule, **common)
+        if popularity_ok:
+            return popularity(RULE_POPULARITY_FIRST_MODEL, f"first model: {versus_popularity}")
+        return keep(f"first model: {versus_popularity}")
     if rule == RULE_CHAMPION_UNSCORABLE:
         cause = champion_load_error or f"NDCG@10 {champion_ndcg}"
-        return GateDecision(beats_popularity, f"champion v{champion_version} could not be scored ({cause}): "
-                                              f"{versus_popularity}", rule=rule, **common)
-    beats_champion = challenger_ndcg > champion_ndcg + margin
-    reason = (f"challenger NDCG@10 {challenger_ndcg:.5f} {'>' if beats_champion else '<='} champion "
-              f"v{champion_version} {champion_ndcg:.5f} + margin {margin:g}")
-    if beats_champion and not beats_popularity:
+        reason = f"champion v{champion_version} could not be scored ({cause}): {versus_popularity}"
+        if beats_popularity:
+            return GateDecision(True, reason, rule=rule, **common)
+        if popularity_ok:
+            return popularity(RULE_POPULARITY_CHAMPION_UNSCORABLE, reason)
+        return keep(reason)
+    what = "popularity champion" if champion_kind == KIND_POPULARITY else "champion"
+    if math.isfinite(challenger_ndcg):
+        beats_champion = challenger_ndcg > champion_ndcg + margin
+        reason = (f"challenger NDCG@10 {challenger_ndcg:.5f} {'>' if beats_champion else '<='} {what} "
+                  f"v{champion_version} {champion_ndcg:.5f} + margin {margin:g}")
+    else:
+        beats_champion, reason = False, versus_popularity
+    if beats_champion and beats_popularity:
+        return GateDecision(True, reason, rule=rule, **common)
+    if beats_champion:
         reason += f", but {versus_popularity}"
-    return GateDecision(beats_champion and beats_popularity, reason, rule=rule, **common)
+    if popularity_ok and champion_kind == KIND_POPULARITY:
+        return popularity(RULE_POPULARITY_REFRESH, f"{reason}; counted again on this training data")
+    if popularity_ok and popularity_ndcg > champion_ndcg + margin:
+        return popularity(RULE_POPULARITY_BEATS_CHAMPION,
+                          f"{reason}; popularity {popularity_ndcg:.5f} > champion v{champion_version} "
+                          f"{champion_ndcg:.5f} + margin {margin:g}")
+    return keep(reason)
 
 
 def lock_path_for(tracking_uri: str, fallback_dir: Path) -> Path:
@@ -716,6 +866,7 @@ def promote_if_better(
     margin: float = 0.0,
     extra_tags: Mapping[str, str] | None = None,
     champion_load_error: str | None = None,
+    register_popularity: Callable[[GateDecision], int] | None = None,
 ) -> GateDecision:
     """Move ``champion`` to the challenger if it wins; the replaced version becomes ``previous_champion``.
 
@@ -727,10 +878,18 @@ def promote_if_better(
     ``champion_load_error``: why the evaluated champion could not be scored (its NDCG is then None);
     ``score_champion`` raises BundleUnloadable for a champion that cannot be loaded. Either way the
     `champion_unscorable` rule decides.
+
+    ``register_popularity(decision) -> version``: registers the popularity model counted on the challenger's
+    training data (the baseline scored as ``popularity_ndcg``). Given, the gate may promote popularity (see
+    `decide`): it is registered only then, under the lock, so a retrain where it does not win adds nothing
+    to the registry. The popularity version gets the decision's `popularity_tags`.
     """
     evaluated_version, evaluated_ndcg = evaluated_champion
     with promotion_lock(lock_path):
         current = aliases(client, name).get(CHAMPION)
+        current_ref = None if current is None else get_version(client, name, current)
+        champion_kind = None if current_ref is None else current_ref.kind
+        popularity_of = None if current_ref is None else current_ref.tags.get(TAG_POPULARITY_OF)
         load_error = None
         if current is None or current == challenger_version:
             champion_ndcg = None
@@ -742,14 +901,20 @@ def promote_if_better(
             except BundleUnloadable as exc:
                 champion_ndcg, load_error = None, exc.cause
         decision = decide(challenger_version, challenger_ndcg, current, champion_ndcg, popularity_ndcg, margin,
-                          champion_load_error=load_error)
-        if decision.promote:
-            moves = {CHAMPION: challenger_version} if current is None else \
-                {PREVIOUS_CHAMPION: current, CHAMPION: challenger_version}
+                          champion_load_error=load_error, champion_kind=champion_kind,
+                          popularity_available=register_popularity is not None,
+                          champion_popularity_of=int(popularity_of) if popularity_of else None)
+        promoted = challenger_version if decision.promote else None
+        if decision.promote_popularity:
+            promoted = int(register_popularity(decision))
+            decision = dataclasses.replace(decision, popularity_version=promoted)
+        if promoted is not None:
+            moves = {CHAMPION: promoted} if current is None else {PREVIOUS_CHAMPION: current, CHAMPION: promoted}
             move_aliases(client, name, moves)
-        tags = {**decision.tags(), f"{TAG_GATE_PREFIX}decided_at": _utc_now()}
-        tags.update(extra_tags or {})
-        set_version_tags(client, VersionRef(name, challenger_version, None, {}), tags)
+        decided = {f"{TAG_GATE_PREFIX}decided_at": _utc_now(), **(extra_tags or {})}
+        set_version_tags(client, VersionRef(name, challenger_version, None, {}), {**decision.tags(), **decided})
+        if decision.promote_popularity:
+            set_version_tags(client, VersionRef(name, promoted, None, {}), {**decision.popularity_tags(), **decided})
     return decision
 
 
@@ -907,11 +1072,14 @@ def _version_entry(mv, aliases_of: Mapping[int, list[str]]) -> dict[str, Any]:
     ndcg = _float_tag(tags, f"{TAG_GATE_PREFIX}challenger_ndcg_at_10")
     entry = {
         "version": int(mv.version),
+        "kind": kind_of(tags),
         "aliases": aliases_of.get(int(mv.version), []),
         "status": mv.status,
         "run_id": mv.run_id,
         "ndcg_at_10": ndcg if ndcg is not None else _float_tag(tags, "eval.challenger_ndcg_at_10"),
-        "popularity_ndcg_at_10": _float_tag(tags, "eval.popularity_ndcg_at_10"),
+        "popularity_ndcg_at_10": next((v for v in (_float_tag(tags, "eval.popularity_ndcg_at_10"),
+                                                   _float_tag(tags, f"{TAG_GATE_PREFIX}popularity_ndcg_at_10"))
+                                       if v is not None), None),
         "decision": gate.get("decision"),  # None: never gated
         "rule": gate.get("rule"),
         "compared_with_version": int(gate["champion_version"]) if gate.get("champion_version") else None,
@@ -919,6 +1087,11 @@ def _version_entry(mv, aliases_of: Mapping[int, list[str]]) -> dict[str, Any]:
         "champion_load_error": gate.get("champion_load_error") or tags.get(TAG_EVAL_CHAMPION_LOAD_ERROR) or None,
         "decided_at": gate.get("decided_at"),
     }
+    if tags.get(TAG_POPULARITY_OF):  # a popularity version: the ALS challenger it was counted for and beat
+        entry["popularity_of_version"] = int(tags[TAG_POPULARITY_OF])
+        entry["als_ndcg_at_10"] = _float_tag(tags, TAG_GATE_ALS_NDCG)
+    elif tags.get(TAG_GATE_POPULARITY_VERSION):  # an ALS challenger that lost to the popularity promoted instead
+        entry["popularity_version"] = int(tags[TAG_GATE_POPULARITY_VERSION])
     if tags.get(TAG_MANUAL_PROMOTED_BY):
         entry["promoted_by_hand"] = {"by": tags[TAG_MANUAL_PROMOTED_BY], "at": tags.get(TAG_MANUAL_PROMOTED_AT),
                                      "reason": tags.get(TAG_MANUAL_REASON) or None,

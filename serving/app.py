@@ -39,7 +39,7 @@ from serving.schemas import (
     SimilarItemsResponse,
     batch_request_model,
 )
-from serving.service import NotReady, RecommendationService, UnknownItem
+from serving.service import NoSimilarItems, NotReady, RecommendationService, UnknownItem
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,11 @@ def default_source(config: ServingConfig) -> ModelSource:
 
 
 async def _refresh_events(events: WarehouseEvents, watcher: ModelWatcher, every_s: float) -> None:
-    """Re-read recent warehouse events for fold-in, for whichever model is live (its window decides the days)."""
+    """Re-read recent warehouse events for fold-in, for whichever model is live (its window decides the days);
+    a popularity model folds nobody in."""
     while True:
         model = watcher.current
-        if model is not None:
+        if model is not None and model.bundle.model is not None:
             try:
                 await asyncio.to_thread(events.refresh, model.fold_in_since)
             except Exception:
@@ -162,13 +163,19 @@ def create_app(config: ServingConfig | None = None, source: ModelSource | None =
             recommendations=[{"item_id": i, "score": s} for i, s in zip(result.item_ids, result.scores)]))
 
     @app.get("/similar-items/{item_id}", response_model=SimilarItemsResponse,
-             responses={**NOT_READY, 404: {"model": ErrorResponse, "description": "The model does not know the item."}},
+             responses={**NOT_READY, 404: {"model": ErrorResponse, "description": (
+                 "The model does not know the item, or the served model is a popularity model (it has no item "
+                 "factors, so no similar items); the detail says which.")}},
              tags=["recommendations"])
     async def similar_items(item_id: IdPath, n: TopN = default_n) -> Response:
-        """Items closest to `item_id` by cosine similarity of item factors."""
+        """Items closest to `item_id` by cosine similarity of item factors (an ALS model only)."""
         model = service.model()
         try:
             ids, scores = service.similar_items(model, item_id, n)
+        except NoSimilarItems:
+            raise HTTPException(404, detail=f"{model.key.name} version {model.key.version} is a popularity model: "
+                                            "it has no item factors, so no similar items (they come back when an "
+                                            "ALS version is champion; GET /model says the kind)") from None
         except UnknownItem:
             raise HTTPException(404, detail=f"item {item_id!r} is unknown to {model.key.name} "
                                             f"version {model.key.version}") from None
@@ -205,7 +212,8 @@ def create_app(config: ServingConfig | None = None, source: ModelSource | None =
 
     @app.get("/model", response_model=ModelInfo, responses=NOT_READY, tags=["operations"])
     async def model_info() -> ModelInfo:
-        """The served model: name, version, when it was trained, its NDCG@10 and data sizes."""
+        """The served model: name, version, kind (als or popularity), when it was trained, its NDCG@10 and data
+        sizes."""
         return ModelInfo(**service.model().info)
 
     return app

@@ -173,7 +173,8 @@ def build_loaded_model(key: ModelKey, bundle: ModelBundle, extra: dict[str, Any]
         "n_users": len(bundle.users),
         "n_items": len(bundle.items),
         "n_interactions": int(bundle.seen.nnz),
-        "factors": int(bundle.model.item_factors.shape[1]),
+        "kind": bundle.kind,
+        "factors": None if bundle.model is None else int(bundle.model.item_factors.shape[1]),
         "metadata": bundle.metadata,
         **extra,
     }

@@ -67,6 +67,10 @@ class ReadyResponse(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     version: int | None
+    kind: Literal["als", "popularity"] = Field(description="als: ALS factors (popularity for users it does not "
+                                                           "know); popularity: the most popular items for everybody, "
+                                                           "known users' seen items excluded (the champion when ALS "
+                                                           "lost to popularity on the holdout).")
     source: Literal["mlflow", "bundle_dir"]
     uri: str
     run_id: str | None = None
@@ -79,7 +83,7 @@ class ModelInfo(BaseModel):
     n_users: int
     n_items: int
     n_interactions: int = Field(description="Nonzero (user, item) pairs the model was trained on.")
-    factors: int
+    factors: int | None = Field(description="ALS latent factors; null for a popularity model.")
     metadata: dict[str, Any] = Field(default_factory=dict, description="The bundle's own metadata.")
     tags: dict[str, str] = Field(default_factory=dict, description="The registered version's tags.")
 

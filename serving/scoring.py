@@ -16,6 +16,9 @@ the GIL (FastAPI's threadpool scores on both cores while the event loop parses H
 Every true top-n item is a candidate (its upper bound >= its score >= the n-th best score >= every threshold
 on the way), so the result is exact, not approximate. Ties keep the lower item index first.
 tests/test_serving_scoring.py checks the results against the bundle, adversarial factors included.
+
+A bundle of kind ``popularity`` has no factors: a known user's list is the popularity ranking walked from the
+top, skipping the user's seen items (`_popular_unseen`), which is what `PopularityRecommender.recommend` gives.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numba as nb
 import numpy as np
 import scipy.sparse as sp
 
-from als_core.bundle import SOURCE_ALS, SOURCE_FOLD_IN, SOURCE_POPULARITY, ModelBundle
+from als_core.bundle import SOURCE_ALS, SOURCE_FOLD_IN, SOURCE_POPULARITY, ModelBundle, NoItemFactors
 from als_core.topk import mask_items, top_n
 
 # Reassociation lets LLVM vectorise the dot products; NaN/inf semantics stay.
@@ -138,6 +141,24 @@ def _top_n(q, scale, offsets, offset_err, factors, vectors, n, excl_indptr, excl
                 count = _insert(out_ids[b], out_scores[b], count, n, i, s)
 
 
+@nb.njit(nogil=True, cache=True)
+def _popular_unseen(ranking, item_scores, n, excl_indptr, excl_indices, out_ids, out_scores):
+    """Per row: the first ``n`` items of ``ranking`` not among the row's excluded items (CSR rows, sorted
+    indices), with their ``item_scores``; unfilled slots keep what the caller put there (-1, -inf)."""
+    for b in range(len(excl_indptr) - 1):
+        lo, hi = excl_indptr[b], excl_indptr[b + 1]
+        count = 0
+        for r in range(len(ranking)):
+            if count == n:
+                break
+            i = ranking[r]
+            if hi > lo and _contains(excl_indices, lo, hi, i):
+                continue
+            out_ids[b, count] = i
+            out_scores[b, count] = item_scores[i]
+            count += 1
+
+
 @dataclass(frozen=True)
 class ItemMatrix:
     """Item vectors in the forms the kernels read: exact (``factors``, the model's dtype), int8 with one float32
@@ -210,16 +231,22 @@ class Scorer:
     def __init__(self, bundle: ModelBundle, max_n: int):
         model = bundle.model
         self.bundle = bundle
+        self.kind = bundle.kind
         self.max_n = int(max_n)
         self.n_items = len(bundle.items)
-        self.user_factors = np.ascontiguousarray(model.user_factors)
-        item_factors = np.ascontiguousarray(model.item_factors)
-        if not (np.isfinite(item_factors).all() and np.isfinite(self.user_factors).all()):
-            raise ValueError("the model has non-finite factors: refusing to serve it")
-        biases = model.item_bias if getattr(model, "use_biases", False) else None  # explicit mode ranks by them
-        self.items = ItemMatrix.of(item_factors, biases)
-        norms = np.linalg.norm(item_factors, axis=1)
-        self.normalised_items = ItemMatrix.of(item_factors / np.where(norms > 0, norms, 1)[:, None], batches=False)
+        if model is not None:
+            self.user_factors = np.ascontiguousarray(model.user_factors)
+            item_factors = np.ascontiguousarray(model.item_factors)
+            if not (np.isfinite(item_factors).all() and np.isfinite(self.user_factors).all()):
+                raise ValueError("the model has non-finite factors: refusing to serve it")
+            biases = model.item_bias if getattr(model, "use_biases", False) else None  # explicit mode ranks by them
+            self.items = ItemMatrix.of(item_factors, biases)
+            norms = np.linalg.norm(item_factors, axis=1)
+            self.normalised_items = ItemMatrix.of(item_factors / np.where(norms > 0, norms, 1)[:, None],
+                                                  batches=False)
+        else:
+            self.ranking = np.ascontiguousarray(bundle.popularity.ranking, dtype=np.int64)
+            self.item_scores = np.ascontiguousarray(bundle.popularity.item_scores, dtype=np.float32)
         seen = sp.csr_matrix(bundle.seen)
         seen.sort_indices()
         self.seen_indptr = seen.indptr.astype(np.int64)
@@ -234,9 +261,19 @@ class Scorer:
     def _warm_up(self) -> None:
         """Compile (or load from numba's cache) the kernel and als_core's fold-in solve before the first
         request, not during it: a cold numba compile takes seconds."""
-        if self.n_items:
+        if self.n_items and self.bundle.model is None:
+            self._top_unseen(np.zeros(2, np.int64), np.empty(0, np.int64), 1, 1)
+        elif self.n_items:
             self.items.top_n(self.user_factors[:1], 1, np.zeros(2, np.int64), np.empty(0, np.int64))
             self.fold_in([(self.bundle.item_ids[:1], np.ones(1, np.float32))], 1)
+
+    def _top_unseen(self, indptr: np.ndarray, indices: np.ndarray, n_users: int, n: int):
+        """A popularity model's lists: the ranking without each user's seen items."""
+        n_out = min(int(n), self.n_items)
+        ids = np.full((n_users, n_out), -1, np.int64)
+        scores = np.full((n_users, n_out), -np.inf, np.float32)
+        _popular_unseen(self.ranking, self.item_scores, n_out, indptr, np.asarray(indices, np.int64), ids, scores)
+        return ids, scores
 
     def _empty(self, n_users: int, n: int) -> Scored:
         n_out = min(int(n), self.n_items)
@@ -250,8 +287,9 @@ class Scorer:
         out.sources[rows] = SOURCE_POPULARITY
 
     def recommend_rows(self, user_rows: np.ndarray, n: int) -> Scored:
-        """Users by bundle row (-1: unknown). Known users with history: ALS, seen items excluded; others:
-        the popularity list (a user without history has seen nothing to exclude)."""
+        """Users by bundle row (-1: unknown). Known users with history: ALS (a popularity model: its ranking),
+        seen items excluded; others: the popularity list (a user without history has seen nothing to
+        exclude)."""
         user_rows = np.asarray(user_rows, dtype=np.int64)
         out = self._empty(len(user_rows), n)
         scored = user_rows >= 0
@@ -261,9 +299,13 @@ class Scorer:
             starts, stops = self.seen_indptr[rows], self.seen_indptr[rows + 1]
             indptr = np.concatenate([[0], np.cumsum(stops - starts)])
             indices = np.concatenate([self.seen_indices[a:b] for a, b in zip(starts, stops)])
-            out.item_index[scored], out.scores[scored] = self.items.top_n(self.user_factors[rows], n, indptr,
-                                                                          indices)
-            out.sources[scored] = SOURCE_ALS
+            if self.bundle.model is None:
+                out.item_index[scored], out.scores[scored] = self._top_unseen(indptr, indices, len(rows), n)
+                out.sources[scored] = SOURCE_POPULARITY
+            else:
+                out.item_index[scored], out.scores[scored] = self.items.top_n(self.user_factors[rows], n, indptr,
+                                                                              indices)
+                out.sources[scored] = SOURCE_ALS
         if (~scored).any():
             self._fill_popular(out, np.flatnonzero(~scored), n)
         return out
@@ -271,8 +313,12 @@ class Scorer:
     def fold_in(self, histories: list[tuple[np.ndarray, np.ndarray]], n: int) -> Scored:
         """Users the model does not know, from their own (item ids, weights): one exact least-squares solve per
         user against the item factors (`ALS.recalculate_user`, the same as `ModelBundle.fold_in`), their items
-        excluded. A user with no item the model knows gets the popularity list."""
+        excluded. A user with no item the model knows (every user, for a popularity model) gets the
+        popularity list."""
         out = self._empty(len(histories), n)
+        if self.bundle.model is None:
+            self._fill_popular(out, np.arange(len(histories)), n)
+            return out
         rows, cols, vals = [], [], []
         folded = []
         for pos, (item_ids, weights) in enumerate(histories):
@@ -300,7 +346,10 @@ class Scorer:
 
     def similar_items(self, item_index: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Items closest to one item by cosine similarity of item factors, the item itself excluded (as
-        `ALS.similar_items`, with the normalised factors computed once per model instead of per call)."""
+        `ALS.similar_items`, with the normalised factors computed once per model instead of per call). A
+        popularity model has no factors: NoItemFactors."""
+        if self.bundle.model is None:
+            raise NoItemFactors("a popularity model has no item factors: no similar items")
         ids, scores = self.normalised_items.top_n(self.normalised_items.factors[item_index], n,
                                                   np.array([0, 1]), np.array([item_index]))
         keep = ids[0] >= 0

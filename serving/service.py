@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from als_core.bundle import NoItemFactors
 from serving.fold_in import WarehouseEvents
 from serving.model_source import LoadedModel, ModelWatcher
 
@@ -17,6 +18,10 @@ class NotReady(Exception):
 
 class UnknownItem(KeyError):
     pass
+
+
+class NoSimilarItems(Exception):
+    """The live model is a popularity model: it has no item factors to compare items with."""
 
 
 @dataclass(frozen=True)
@@ -56,11 +61,12 @@ class RecommendationService:
         return model
 
     def plan(self, model: LoadedModel, user_ids: list) -> Plan:
-        """Route each user: model row (known) or, for unknown users, their recent events (fold-in) if any."""
+        """Route each user: model row (known) or, for unknown users, their recent events (fold-in) if any. A
+        popularity model folds nobody in: unknown users get its list as it is."""
         rows = model.bundle.users.lookup(user_ids)
         histories: list = [None] * len(user_ids)
         unknown = np.flatnonzero(rows < 0).tolist()
-        if unknown and self.events is not None:
+        if unknown and self.events is not None and model.bundle.model is not None:
             for pos, history in zip(unknown, self.events.histories([user_ids[i] for i in unknown])):
                 histories[pos] = history
         return Plan(list(user_ids), rows, histories)
@@ -83,9 +89,15 @@ class RecommendationService:
         return results
 
     def similar_items(self, model: LoadedModel, item_id: str, n: int) -> tuple[list, list[float]]:
-        """(external item ids, cosine scores) of the items closest to ``item_id``."""
+        """(external item ids, cosine scores) of the items closest to ``item_id``. NoSimilarItems for a
+        popularity model, UnknownItem for an item the model does not know."""
+        if model.bundle.model is None:
+            raise NoSimilarItems(item_id)
         index = int(model.bundle.items.lookup([item_id])[0])
         if index < 0:
             raise UnknownItem(item_id)
-        ids, scores = model.scorer.similar_items(index, n)
+        try:
+            ids, scores = model.scorer.similar_items(index, n)
+        except NoItemFactors:
+            raise NoSimilarItems(item_id) from None
         return model.bundle.item_ids[ids].tolist(), scores.tolist()

@@ -67,12 +67,16 @@ def test_gate_sequence_and_rollback(settings, gate):
     assert registry.champion_ref(client, name).version == v1
 
 
-def test_first_model_that_loses_to_popularity_is_not_champion(settings, gate):
+def test_with_popularity_off_a_first_model_that_loses_to_popularity_is_not_champion(settings, gate):
+    """`champion` config `popularity: false`: only the ALS challenger can be promoted (tests/
+    test_popularity_champion.py has the default, where popularity is promoted instead)."""
     _, resource, client = gate
-    version, evaluation, champion, _ = retrain(settings, resource, WEAK)
+    version, evaluation, champion, _ = retrain(settings, resource, WEAK, champion={"popularity": False})
     assert evaluation["challenger_ndcg_at_10"] < evaluation["popularity_ndcg_at_10"]
     assert champion["decision"] == "rejected" and champion["champion_version"] == "none"
     assert registry.aliases(client, resource.model_name) == {}
+    assert [v.version for v in registry.make_client(resource.tracking_uri).search_model_versions(
+        f"name = '{resource.model_name}'")] == [version]  # no popularity version registered
     # a losing challenger is a normal, successful run; its check warns
     result = materialize([model_assets.recommendations], resource, settings)
     assert metadata_of(result, "recommendations")["champion_version"] == "none"
@@ -80,8 +84,8 @@ def test_first_model_that_loses_to_popularity_is_not_champion(settings, gate):
 
 def test_a_champion_whose_files_are_gone_is_reported_and_the_gate_goes_on(settings, sqlite_only):
     """The champion's model directory is moved out of mlartifacts/: evaluation reports it (version, cause) in
-    its log, metadata and the version's tags instead of failing, and the gate promotes only a challenger that
-    beats popularity, saying which rule applied."""
+    its log, metadata and the version's tags instead of failing, and the gate replaces it with what measured
+    best: popularity over a challenger that loses to it, saying which rule applied."""
     import shutil
 
     publish_training_data(settings)
@@ -105,18 +109,23 @@ def test_a_champion_whose_files_are_gone_is_reported_and_the_gate_goes_on(settin
     load_error = weak_eval["champion_load_error"]
     assert load_error.startswith(f"v{v1}: ") and str(model_dir) in load_error
     assert weak_eval["challenger_ndcg_at_10"] < weak_eval["popularity_ndcg_at_10"]
-    assert weak["decision"] == "rejected" and weak["rule"] == "champion_unscorable"
+    assert weak["decision"] == "popularity promoted" and weak["rule"] == "popularity_champion_unscorable"
     assert str(model_dir) in weak["champion_load_error"]
     tags = registry.get_version(client, name, v2).tags
     assert tags[registry.TAG_EVAL_CHAMPION_VERSION] == str(v1)
     assert "is missing" in tags[registry.TAG_EVAL_CHAMPION_LOAD_ERROR]
-    assert tags[registry.TAG_GATE_RULE] == "champion_unscorable" and tags[registry.TAG_GATE_CHAMPION_LOAD_ERROR]
-    assert registry.aliases(client, name) == {"champion": v1}
+    assert tags[registry.TAG_GATE_RULE] == "popularity_champion_unscorable"
+    assert tags[registry.TAG_GATE_CHAMPION_LOAD_ERROR] and tags[registry.TAG_GATE_DECISION] == "rejected"
+    popularity = weak["popularity_version"]
+    assert registry.aliases(client, name) == {"champion": popularity, "previous_champion": v1}
+    assert registry.get_version(client, name, popularity).kind == "popularity"
 
-    v3, better_eval, better, _ = retrain(settings, resource, BETTER)
+    # a challenger that beats the popularity champion (and popularity) replaces it
+    v4, better_eval, better, _ = retrain(settings, resource, BETTER)
+    assert better_eval["champion_version"] == popularity
     assert better_eval["challenger_ndcg_at_10"] > better_eval["popularity_ndcg_at_10"]
-    assert better["decision"] == "promoted" and better["rule"] == "champion_unscorable"
-    assert registry.aliases(client, name) == {"champion": v3, "previous_champion": v1}
+    assert better["decision"] == "promoted" and better["rule"] == "beats_champion"
+    assert registry.aliases(client, name) == {"champion": v4, "previous_champion": popularity}
 
 
 def test_the_champion_is_rescored_on_the_challengers_holdout_not_its_own(settings, sqlite_only):

@@ -5,7 +5,9 @@ Nothing passes between these assets through an IO manager: each writes to MLflow
 - the challenger of this Dagster run is the model version tagged ``dagster_run_id=<run id>``; an asset
   materialised on its own (another run id) takes the newest version of the model;
 - the evaluation's scores are tags ``eval.*`` of that version, which the champion gate reads;
-- the holdout a challenger is judged on is an artifact of its MLflow run (``holdout/holdout.npz``).
+- the holdout a challenger is judged on is an artifact of its MLflow run (``holdout/holdout.npz``);
+- the popularity model the evaluation measured next to the challenger is registered by the gate only when it
+  is the one promoted (a version of kind ``popularity``, counted on the challenger's training data).
 docs/registry.md describes the MLflow layout.
 """
 
@@ -49,11 +51,38 @@ def mlflow_failure_is_a_run_failure() -> Iterator[None]:
 
 
 def target_version(client, mlflow: MLflowResource, context: dg.AssetExecutionContext, version: int | None):
-    """The version this step works on: the one given in its config, else this run's challenger (the newest
-    version when the asset runs on its own)."""
-    if version is not None:
-        return registry.get_version(client, mlflow.model_name, version)
-    return registry.find_version(client, mlflow.model_name, context.run.run_id)
+    """The ALS challenger this step works on: the one given in its config, else this run's challenger (the
+    newest ALS version when the asset runs on its own)."""
+    if version is None:
+        return registry.find_version(client, mlflow.model_name, context.run.run_id)
+    ref = registry.get_version(client, mlflow.model_name, version)
+    if ref.kind != registry.KIND_ALS:
+        raise dg.Failure(description=(
+            f"{ref.name} v{ref.version} is a {ref.kind} model, registered by the gate for ALS challenger "
+            f"v{ref.tags.get(registry.TAG_POPULARITY_OF, '?')}: evaluation and the gate judge ALS challengers "
+            f"(give that version instead)"))
+    return ref
+
+
+def event_weights(instance, window_start: str, window_end: str) -> dict | None:
+    """The event weighting behind the training data: the config of the `interactions` materialisation that
+    built this window (its run's config, else the defaults), or None when the instance has no such record."""
+    from pipelines.defs.interactions import InteractionsConfig
+
+    try:
+        record = instance.get_latest_materialization_event(dg.AssetKey("interactions"))
+        if record is None or record.asset_materialization is None:
+            return None
+        metadata = record.asset_materialization.metadata
+        window = (getattr(metadata.get("window_start"), "value", None), getattr(metadata.get("window_end"), "value", None))
+        if window != (window_start, window_end):
+            return None
+        run = instance.get_run_by_id(record.run_id)
+        given = ((run.run_config or {}).get("ops", {}).get("interactions", {}).get("config") or {}) if run else {}
+        config = InteractionsConfig(**given)
+    except Exception:  # a description of the model, never a reason to fail training
+        return None
+    return {key: getattr(config, key) for key in ("view_weight", "cart_weight", "purchase_weight", "half_life_days")}
 
 
 def dagster_run_alive(instance, run_id: str) -> bool | None:
@@ -168,7 +197,8 @@ def challenger(context: dg.AssetExecutionContext, config: ChallengerConfig, mlfl
         if closed:
             context.log.warning(f"marked KILLED {len(closed)} MLflow run(s) left RUNNING by Dagster runs that are "
                                 f"over: {', '.join(closed)}")
-        identity = {registry.TAG_DAGSTER_RUN_ID: run_id, registry.TAG_HOLDOUT_FINGERPRINT: data.holdout_fingerprint,
+        identity = {registry.TAG_DAGSTER_RUN_ID: run_id, registry.TAG_MODEL_KIND: registry.KIND_ALS,
+                    registry.TAG_HOLDOUT_FINGERPRINT: data.holdout_fingerprint,
                     "training_window": f"{data.window_start}..{data.window_end}", "training_split": data.split,
                     "training_snapshot": str(snapshot), "hyperparameters_from": source}
         mlflow_run = registry.start_training_run(client, experiment_id, f"challenger {data.window_end}", identity)
@@ -210,7 +240,8 @@ def challenger(context: dg.AssetExecutionContext, config: ChallengerConfig, mlfl
                 bundle = ModelBundle.build(model, data.user_ids, data.item_ids, data.train, metadata={
                     "hyperparameters": params, "training_window": [data.window_start, data.window_end],
                     "holdout_fingerprint": data.holdout_fingerprint, "mlflow_run_id": mlflow_run,
-                    "dagster_run_id": run_id})
+                    "dagster_run_id": run_id,
+                    "event_weights": event_weights(context.instance, data.window_start, data.window_end)})
                 bundle_dir = bundle.save(Path(tmp) / "bundle")
                 version = registry.register_bundle(mlflow.tracking_uri, mlflow_run, mlflow.model_name, bundle_dir,
                                                    bundle.user_ids[:2], identity)
@@ -380,9 +411,41 @@ def ndcg_history_picture(client, name: str, path: Path, last: int = HISTORY_VERS
 
 
 class ChampionConfig(dg.Config):
-    margin: float = Field(default=0.0, ge=0, description="Promote only if challenger NDCG@10 > champion NDCG@10 + margin.")
+    margin: float = Field(default=0.0, ge=0, description="Promote only if challenger NDCG@10 > champion NDCG@10 + margin "
+                                                          "(popularity over an ALS champion: the same margin).")
+    popularity: bool = Field(default=True, description="Promote the popularity model where it measured best (registered "
+                                                       "then); false: only the ALS challenger can be promoted.")
     version: int | None = Field(default=None, description="Evaluated model version to gate; empty = this run's "
                                                          "challenger (the newest version when champion runs on its own).")
+
+
+def register_popularity_of(client, mlflow: MLflowResource, ref, decision: registry.GateDecision,
+                           dagster_run_id: str):
+    """Register the popularity model counted on challenger ``ref``'s training data (its bundle's ids, seen
+    items and popularity ranking: exactly what the evaluation scored as popularity) as a version of its own."""
+    from als_core.bundle import KIND_POPULARITY
+
+    bundle = registry.load_version_bundle(mlflow.tracking_uri, ref.name, ref.version)
+    window = bundle.metadata.get("training_window") or ref.tags.get("training_window", "").split("..")
+    popularity = bundle.as_popularity(metadata={
+        "kind": KIND_POPULARITY,
+        "ranking": "distinct users per item in the training data (ties: summed event weight, then item order); "
+                   "a known user's seen items are skipped",
+        "training_window": window, "event_weights": bundle.metadata.get("event_weights"),
+        "counted_for_version": ref.version, "counted_for_run_id": ref.run_id,
+        "holdout_fingerprint": ref.tags.get(registry.TAG_HOLDOUT_FINGERPRINT, ""),
+        "ndcg@10": decision.popularity_ndcg, "dagster_run_id": dagster_run_id,
+    })
+    with registry.mlflow_errors(f"reading the metrics of run {ref.run_id}"):
+        challenger_metrics = client.get_run(ref.run_id).data.metrics if ref.run_id else {}
+    metrics = {key: value for key, value in challenger_metrics.items()
+               if key.startswith(("data_", "eval_popularity_"))}
+    tags = {key: ref.tags[key] for key in (registry.TAG_HOLDOUT_FINGERPRINT, "training_window", "training_split",
+                                           "training_snapshot") if key in ref.tags}
+    tags[registry.TAG_DAGSTER_RUN_ID] = dagster_run_id
+    end = window[-1] if window else ""
+    return registry.register_popularity(mlflow.tracking_uri, mlflow.experiment_id(client), ref.name, ref,
+                                        popularity, f"popularity {end}".strip(), tags, metrics)
 
 
 def _run_metric(client, run_id: str | None, key: str) -> float | None:
@@ -393,15 +456,23 @@ def _run_metric(client, run_id: str | None, key: str) -> float | None:
     return None if value is None else float(value)
 
 
+def decision_word(decision: registry.GateDecision) -> str:
+    """promoted (the challenger), popularity promoted, or rejected (the champion stays)."""
+    if decision.promote_popularity:
+        return "popularity promoted"
+    return "promoted" if decision.promote else "rejected"
+
+
 def gate_summary(decision: registry.GateDecision, fit_seconds: float | None) -> str:
     """The run's and version's description: decision, the three NDCG@10 on the same holdout, fit time."""
     champion = ("no champion" if decision.champion_version is None
                 else f"champion v{decision.champion_version} {_ndcg(decision.champion_ndcg)}")
+    popularity = "" if decision.popularity_version is None else f" (registered as v{decision.popularity_version})"
     lines = [
-        f"**{'promoted' if decision.promote else 'rejected'}** ({decision.rule}): {decision.reason}",
+        f"**{decision_word(decision)}** ({decision.rule}): {decision.reason}",
         "",
         f"NDCG@10 on the same holdout: challenger v{decision.challenger_version} "
-        f"{_ndcg(decision.challenger_ndcg)}, {champion}, popularity {_ndcg(decision.popularity_ndcg)}",
+        f"{_ndcg(decision.challenger_ndcg)}, {champion}, popularity {_ndcg(decision.popularity_ndcg)}{popularity}",
     ]
     if fit_seconds is not None:
         lines.append(f"\nALS fit: {fit_seconds:.1f} s")
@@ -422,8 +493,10 @@ def _tag_float(tags: dict, key: str) -> float | None:
     deps=[evaluation],
     pool="promotion",
     kinds={"mlflow"},
-    description="Moves the `champion` alias to the challenger if it beats the champion on the same holdout "
-                "(the first model: if it beats popularity). A losing challenger is a normal outcome.",
+    description="Moves the `champion` alias to the challenger if it beats the champion and popularity on the same "
+                "holdout; where popularity measured best (no champion, or it beats the champion; or it refreshes a "
+                "popularity champion) registers the popularity model and promotes it instead. A losing challenger "
+                "is a normal outcome.",
 )
 def champion(context: dg.AssetExecutionContext, config: ChampionConfig, mlflow: MLflowResource) -> dg.MaterializeResult:
     with mlflow_failure_is_a_run_failure():
@@ -443,16 +516,33 @@ def champion(context: dg.AssetExecutionContext, config: ChampionConfig, mlflow: 
             return _score(bundle, registry.load_holdout(client, ref.run_id))[DECIDING]
 
         fingerprint = ref.tags.get(registry.TAG_HOLDOUT_FINGERPRINT, "")
+
+        def register_popularity(decision: registry.GateDecision) -> int:
+            popularity = register_popularity_of(client, mlflow, ref, decision, context.run.run_id)
+            context.log.info(f"registered popularity (counted on v{ref.version}'s training data) as "
+                             f"{popularity.name} v{popularity.version}")
+            return popularity.version
+
         decision = registry.promote_if_better(
             client, ref.name, ref.version, challenger_ndcg, popularity_ndcg, evaluated, rescore, mlflow.lock_path,
             margin=config.margin,
             extra_tags={"gate.dagster_run_id": context.run.run_id, "gate.holdout_fingerprint": fingerprint},
-            champion_load_error=ref.tags.get(registry.TAG_EVAL_CHAMPION_LOAD_ERROR) or None)
+            champion_load_error=ref.tags.get(registry.TAG_EVAL_CHAMPION_LOAD_ERROR) or None,
+            register_popularity=register_popularity if config.popularity else None)
         now = registry.aliases(client, ref.name)
+        champion_kind = (registry.get_version(client, ref.name, now[registry.CHAMPION]).kind
+                         if registry.CHAMPION in now else None)
         fit_seconds = _run_metric(client, ref.run_id, "fit_seconds")
-        registry.set_descriptions(client, ref.name, ref.version, ref.run_id, gate_summary(decision, fit_seconds))
-    context.log.info(f"{'PROMOTED' if decision.promote else 'kept the champion'} ({decision.rule}): "
-                     f"{decision.reason}")
+        summary = gate_summary(decision, fit_seconds)
+        registry.set_descriptions(client, ref.name, ref.version, ref.run_id, summary)
+        if decision.popularity_version is not None:
+            popularity_ref = registry.get_version(client, ref.name, decision.popularity_version)
+            registry.set_descriptions(client, ref.name, popularity_ref.version, popularity_ref.run_id, summary)
+    if decision.promote_popularity:
+        outcome = f"POPULARITY PROMOTED as v{decision.popularity_version}"
+    else:
+        outcome = "PROMOTED" if decision.promote else "kept the champion"
+    context.log.info(f"{outcome} ({decision.rule}): {decision.reason}")
     if decision.champion_load_error:
         context.log.error(f"champion v{decision.champion_version} cannot be loaded: {decision.champion_load_error}")
     # the numbers first, as floats and ints, so Dagster plots them across retrains (the asset's Plots tab)
@@ -463,7 +553,7 @@ def champion(context: dg.AssetExecutionContext, config: ChampionConfig, mlflow: 
            if decision.champion_ndcg is not None else {}),
         "promoted": dg.MetadataValue.int(int(decision.promote)),
         **({"fit_seconds": dg.MetadataValue.float(fit_seconds)} if fit_seconds is not None else {}),
-        "decision": dg.MetadataValue.text("promoted" if decision.promote else "rejected"),
+        "decision": dg.MetadataValue.text(decision_word(decision)),
         "rule": dg.MetadataValue.text(decision.rule),
         "reason": dg.MetadataValue.text(decision.reason),
         **({"champion_load_error": dg.MetadataValue.text(
@@ -474,7 +564,10 @@ def champion(context: dg.AssetExecutionContext, config: ChampionConfig, mlflow: 
         "dagster_run_id": dg.MetadataValue.text(context.run.run_id),
         "champion_version": dg.MetadataValue.int(now[registry.CHAMPION]) if registry.CHAMPION in now
         else dg.MetadataValue.text("none"),
+        "champion_kind": dg.MetadataValue.text(champion_kind or "none"),
     }
+    if decision.popularity_version is not None:
+        metadata["popularity_version"] = dg.MetadataValue.int(decision.popularity_version)
     if decision.champion_ndcg is not None:
         metadata["compared_with_version"] = dg.MetadataValue.int(decision.champion_version)
     return dg.MaterializeResult(metadata=metadata)
@@ -496,8 +589,9 @@ class RecommendationsConfig(dg.Config):
     deps=[champion],
     pool="duckdb",
     kinds={"duckdb", "mlflow"},
-    description="The champion's top-N for every user it knows, in DuckDB table `recommendations` (replaced whole when "
-                "the champion or N changes; left alone while it already holds them).",
+    description="The champion's top-N (ALS or popularity, seen items excluded) for every user it knows, in DuckDB table "
+                "`recommendations` (replaced whole when the champion or N changes; left alone while it already holds "
+                "them).",
 )
 def recommendations(context: dg.AssetExecutionContext, config: RecommendationsConfig, mlflow: MLflowResource,
                     duckdb: DuckDBResource) -> dg.MaterializeResult:
@@ -528,7 +622,8 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationsCo
                                               "rows": dg.MetadataValue.int(0)})
     ref, bundle = loaded
     prescored = scored_lists.load(Settings.from_env(), ref.run_id, min(config.n, len(bundle.items)))
-    context.log.info(f"scoring {len(bundle.user_ids)} users with champion v{ref.version}, top {config.n}")
+    context.log.info(f"scoring {len(bundle.user_ids)} users with champion v{ref.version} ({bundle.kind}), "
+                     f"top {config.n}")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="recommendations-") as tmp:
         _, staged = recommendations_table.stage(bundle, ref.version, config.n, config.batch_size, Path(tmp),
@@ -548,6 +643,7 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationsCo
     context.log.info(f"wrote {rows} rows for {users} users in {seconds:.1f}s")
     return dg.MaterializeResult(metadata={
         "champion_version": dg.MetadataValue.int(int(version)),
+        "champion_kind": dg.MetadataValue.text(bundle.kind),
         "rows": dg.MetadataValue.int(int(rows)),
         "users": dg.MetadataValue.int(int(users)),
         "distinct_items": dg.MetadataValue.int(int(distinct_items)),
