@@ -71,6 +71,7 @@ class ChampionSummary:
     events: int | None = None
     events_source: str | None = None  # "run" (logged by the training) | "warehouse" (counted in its window now)
     load_error: str | None = None  # why its model cannot be loaded; None: it loads
+    kind: str = registry.KIND_ALS  # als | popularity (version tag registry.TAG_MODEL_KIND)
 
 
 @dataclass
@@ -258,6 +259,7 @@ def read_registry(settings: Settings, limit: int = DEFAULT_LIMIT) -> RegistrySta
             with registry.mlflow_errors(f"reading champion v{champion}"):
                 mv = client.get_model_version(name, str(champion))
                 status.champion = _champion_summary(client, _version_summary(mv, aliases_of))
+                status.champion.kind = registry.kind_of(mv.tags)
             status.champion.load_error = _load_error(uri, name, champion)
             if status.champion.load_error and status.previous_champion not in (None, champion):
                 status.previous_champion_loads = _load_error(uri, name, status.previous_champion) is None
@@ -428,6 +430,8 @@ def _champion_lines(reg: RegistryStatus) -> list[str]:
         return [f"Champion: none. {reg.message or ''}".rstrip()]
     lines = [f"Champion: {reg.model_name} v{champion.version}   NDCG@10 {_score(champion.ndcg_at_10)}"
              f"   (popularity {_score(champion.popularity_ndcg_at_10)})"]
+    lines.append(f"  kind      {champion.kind}" + (" (the most popular items, a known user's seen ones excluded)"
+                                                    if champion.kind == registry.KIND_POPULARITY else ""))
     lines.append(f"  trained   {champion.trained_at or 'at an unknown time'}")
     data = [f"window {champion.window}"] if champion.window else []
     if champion.events is not None:
