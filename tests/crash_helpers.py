@@ -99,9 +99,10 @@ def dagster_cli(settings: Settings, *args: str, log: Path) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT)
 
 
-def newest_run_id(instance: dg.DagsterInstance, after: float) -> str | None:
+def new_run_id(instance: dg.DagsterInstance, known: set[str]) -> str | None:
+    """The run created since ``known`` (the run ids there were before), if there is one yet."""
     records = instance.get_run_records(limit=1)
-    if records and records[0].create_timestamp.timestamp() >= after - 1:
+    if records and records[0].dagster_run.run_id not in known:
         return records[0].dagster_run.run_id
     return None
 
@@ -134,10 +135,10 @@ def step_workers(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[i
 def start_until(settings: Settings, args: list[str], log: Path, what: str,
                 reached: Callable[[dg.DagsterInstance, str], bool]) -> tuple[subprocess.Popen, str]:
     """Start `dagster <args>` and wait until ``reached(instance, run_id)``; returns (process, run id)."""
-    started = time.time()
-    process = dagster_cli(settings, *args, log=log)
     with open_instance(settings) as instance:
-        run_id = wait_for(lambda: newest_run_id(instance, started), "the run to be created", process=process)
+        known = {record.dagster_run.run_id for record in instance.get_run_records()}
+        process = dagster_cli(settings, *args, log=log)
+        run_id = wait_for(lambda: new_run_id(instance, known), "the run to be created", process=process)
         wait_for(lambda: reached(instance, run_id), what, process=process)
     return process, run_id
 

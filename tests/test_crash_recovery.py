@@ -169,8 +169,8 @@ def test_kill_during_events_keeps_the_old_day_then_the_next_run_ingests(settings
     old_files = warehouse(settings, "SELECT source_file, content_sha256 FROM ingested_files WHERE partition_day = ?",
                           [day])
     land(settings, days=DAYS[:2], seed=4, n_events=20_000)  # the day's file changes: the next ingest replaces it
-    # read after the first file, inside the transaction: 12 GB of zeros take the step long enough to kill it there
-    member = gzip.compress(b"\0" * (64 << 20), compresslevel=9)
+    # read after the first file, inside the transaction: 12 GB of empty lines take long enough to kill the step there
+    member = gzip.compress(b"\n" * (64 << 20), compresslevel=9)
     slow = settings.landing_dir / f"events-{day}.zz.csv.gz"
     slow.write_bytes(member * 200)
 
