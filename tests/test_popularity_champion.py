@@ -67,6 +67,32 @@ def test_a_popularity_bundle_is_arrays_and_json_and_recommends_what_evaluation_m
     assert loaded.fold_in(als_bundle.item_ids[:2], n=3)[2] == "popularity"
 
 
+def test_the_serving_scorer_answers_what_the_popularity_bundle_answers():
+    """serving.scoring on a popularity bundle (one user, and batches past the block size) equals
+    `recommend_many`, with heavy users whose seen items cover most of the head, and ties in the counts."""
+    from serving.scoring import Scorer
+
+    rng = np.random.default_rng(7)
+    n_users, n_items = 300, 120
+    density = np.where(np.arange(n_users) < 10, 0.9, 0.05)[:, None]  # ten users saw nearly everything
+    train = sp.csr_matrix((rng.random((n_users, n_items)) < density).astype(np.float32) * rng.choice([3, 10, 40], (
+        n_users, n_items)).astype(np.float32))
+    bundle = ModelBundle.build_popularity(np.arange(n_users) * 7, np.arange(n_items) + 50, train)
+    scorer = Scorer(bundle, max_n=100)
+    rows = np.concatenate([np.arange(n_users), [-1, -1]])
+    for n in (1, 10, 100):
+        expected = bundle.recommend_many(np.concatenate([bundle.user_ids, [-5, -6]]), n=n)
+        got = scorer.recommend_rows(rows, n)
+        np.testing.assert_array_equal(got.item_index, expected.item_index)
+        np.testing.assert_array_equal(got.scores, expected.scores)
+        assert set(got.sources) == {"popularity"}
+        for row in (0, 5, 150):
+            single = scorer.recommend_rows(np.array([row]), n)
+            np.testing.assert_array_equal(single.item_index[0], expected.item_index[row])
+    with pytest.raises(NoItemFactors):
+        scorer.similar_items(0, 5)
+
+
 # ------------------------------------------------------------------------------------------ the rule
 
 
