@@ -347,7 +347,7 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, mlfl
             if champion_error is not None:
                 champion_from = "not scored"
                 context.log.error(f"champion v{champion.version} could not be scored ({champion_error}): the gate "
-                                  f"promotes the challenger only if it beats popularity")
+                                  f"promotes the challenger if it beats popularity, else popularity")
         registry.log_metrics(client, ref.run_id, {
             f"eval_{role}_{metric_key(key)}": value
             for role, values in scores.items() if values for key, value in values.items()})
