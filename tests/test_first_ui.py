@@ -3,20 +3,25 @@ from the same files, the onboarding pop-up stays closed, and stopping `make ui` 
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 import httpx
 import pytest
 
-from crash_helpers import DAYS, ROOT, ingest, land, open_instance, wait_for
+from crash_helpers import (DAYS, ROOT, holds_pool, ingest, land, new_run_id, open_instance, run_messages,
+                           step_workers, wait_for)
 from mlflow_server import free_port
 from pipelines.defs import automation
-from pipelines.recovery import process_start_time
+from pipelines.recovery import process_alive, process_start_time
 
 START_S = 120.0
 STOP_S = 30.0
@@ -101,13 +106,11 @@ def still_running(tree: dict[int, float]) -> list[str]:
     return left
 
 
-@pytest.fixture
-def make_ui(settings, tmp_path):
-    """`make ui` in a session of its own (as in a terminal) on a free port, after two days were ingested;
-    yields (process, port, log path). Whatever is left of it is killed at the end."""
-    land(settings, days=DAYS[:2])
-    ingest(settings, days=DAYS[:2])
-    port, log = free_port(), tmp_path / "make-ui.log"
+@contextlib.contextmanager
+def running_make_ui(log: Path) -> Iterator[tuple[subprocess.Popen, int]]:
+    """`make ui` in a session of its own (as in a terminal) on a free port, with the test's pipeline home;
+    yields (process, port) once it answers. Whatever is left of it is killed at the end."""
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
     # -o: take the installed virtualenv as it is (the test runs from it), whatever the lock file's time
     with open(log, "w") as out:
@@ -122,7 +125,7 @@ def make_ui(settings, tmp_path):
                 return False
 
         wait_for(answers, f"`make ui` to answer on port {port}", timeout_s=START_S, process=process)
-        yield process, port, log
+        yield process, port
     finally:
         for pid in process_tree(process.pid):
             try:
@@ -130,6 +133,16 @@ def make_ui(settings, tmp_path):
             except ProcessLookupError:
                 pass
         process.wait(timeout=30)
+
+
+@pytest.fixture
+def make_ui(settings, tmp_path):
+    """`make ui` after two days were ingested; yields (process, port, log path)."""
+    land(settings, days=DAYS[:2])
+    ingest(settings, days=DAYS[:2])
+    log = tmp_path / "make-ui.log"
+    with running_make_ui(log) as (process, port):
+        yield process, port, log
 
 
 @pytest.mark.slow
@@ -160,3 +173,37 @@ def test_make_ui_stopped_by_sigterm_to_make_ends_every_process(make_ui):
     wait_for(lambda: not still_running(tree), "every process of `make ui` to end after SIGTERM to make",
              timeout_s=STOP_S)  # before: dagster dev and its servers were left running
     assert time.monotonic() - start < STOP_S
+
+
+@pytest.mark.slow
+def test_under_make_ui_a_killed_run_worker_ends_its_steps_and_the_daemon_frees_its_slot(settings, tmp_path):
+    day = DAYS[1]
+    land(settings, days=DAYS[:2])
+    ingest(settings, days=DAYS[:2])
+    config = settings.dagster_home / "dagster.yaml"  # the shipped one, polled faster for the test
+    shipped = config.read_text()
+    config.write_text(shipped.replace("poll_interval_seconds: 30", "poll_interval_seconds: 2")
+                      .replace("free_slots_after_run_end_seconds: 30", "free_slots_after_run_end_seconds: 1"))
+    assert config.read_text() != shipped
+    # the day changes: the landing sensor requests it, and its run reads the second file inside its transaction
+    land(settings, days=[day], seed=4, n_events=10_000)
+    member = gzip.compress(b"\n" * (64 << 20), compresslevel=9)
+    (settings.landing_dir / f"events-{day}.zz.csv.gz").write_bytes(member * 400)
+
+    with open_instance(settings) as instance:
+        known = {record.dagster_run.run_id for record in instance.get_run_records()}
+        with running_make_ui(tmp_path / "make-ui.log"):
+            run_id = wait_for(lambda: new_run_id(instance, known), "the landing sensor's run of the changed day")
+            assert instance.get_run_by_id(run_id).tags["dagster/partition"] == day
+            wait_for(lambda: any(m.startswith("file 1/2 ") for m in run_messages(instance, run_id)),
+                     "the ingest transaction to be open")
+            [start] = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_START)
+            workers = step_workers(instance, run_id)
+            os.kill(start.dagster_event.pid, signal.SIGKILL)  # the run worker the code server started
+
+            wait_for(lambda: not any(process_alive(pid, seen) for pid, seen in workers.values()),
+                     "the step process to end with its run worker", timeout_s=30)
+            wait_for(lambda: instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE,
+                     "the run to be marked failed", timeout_s=60)
+            wait_for(lambda: not holds_pool(instance, run_id, "duckdb"),
+                     "the daemon's run monitoring to free the run's slot", timeout_s=60)  # before: never
