@@ -1,6 +1,6 @@
 """Prepare the persistent Dagster instance of the project (DAGSTER_HOME = Settings.dagster_home).
 
-    eval "$(python -m pipelines.instance)"   # creates it if needed, recovers stuck runs, prints `export DAGSTER_HOME=...`
+    eval "$(python -m pipelines.instance)"   # creates it, recovers stuck runs, prints `export DAGSTER_HOME=...`
     dagster dev                               # then uses the pools limits of pipelines/dagster.yaml
 
 The shipped `pipelines/dagster.yaml` is copied only when the instance has none, so local edits

@@ -43,6 +43,8 @@ PARENT_POLL_S = 0.5
 INTERRUPT_GRACE_S = 5.0  # after the parent died: Dagster's own interrupt first, then SIGKILL
 RECOVER_COMMAND = "python -m pipelines recover"
 
+_watching_parent = False
+
 
 # ------------------------------------------------------------------------------------------ processes
 
@@ -94,10 +96,11 @@ def die_with_parent() -> None:
     step fails and its cleanup runs) comes first, SIGKILL after INTERRUPT_GRACE_S. No-op elsewhere."""
     import multiprocessing
 
+    global _watching_parent
     parent = multiprocessing.parent_process()
-    if parent is None or getattr(die_with_parent, "_watching", False):
+    if parent is None or _watching_parent:
         return
-    die_with_parent._watching = True  # type: ignore[attr-defined]
+    _watching_parent = True
     parent_pid = parent.pid
 
     def watch() -> None:

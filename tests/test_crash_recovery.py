@@ -37,7 +37,8 @@ import json, sys
 import dagster as dg
 from pipelines.definitions import defs
 
-job_name, partition, selection, config = sys.argv[1], sys.argv[2] or None, json.loads(sys.argv[3]), json.loads(sys.argv[4])
+job_name, partition = sys.argv[1], sys.argv[2] or None
+selection, config = json.loads(sys.argv[3]), json.loads(sys.argv[4])
 result = defs().resolve_job_def(job_name).execute_in_process(
     instance=dg.DagsterInstance.get(), partition_key=partition, run_config=config,
     asset_selection=[dg.AssetKey(key) for key in selection] or None, raise_on_error=False)

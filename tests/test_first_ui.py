@@ -58,8 +58,9 @@ def test_sensor_requests_the_days_when_the_warehouse_cannot_be_read(settings):
     land(settings)
     ingest(settings)
     holder = subprocess.Popen(  # a run writing the warehouse: the sensor does not wait for it
-        [sys.executable, "-c", "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('locked', flush=True); "
-                               "time.sleep(60)", str(settings.duckdb_path)], stdout=subprocess.PIPE, text=True)
+        [sys.executable, "-c", "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); "
+                               "print('locked', flush=True); time.sleep(60)", str(settings.duckdb_path)],
+        stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert requested(evaluate_sensor(settings)) == DAYS  # an ingest of the same files: nothing lost

@@ -40,5 +40,6 @@ def test_daily_retrain_under_the_multiprocess_executor_trains_gates_and_promotes
     tags = registry.get_version(client, settings.model_name, 1).tags
     assert tags["gate.decision"] == "promoted" and tags["gate.dagster_run_id"] == run.run_id
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
-        written = con.execute("SELECT model_version, count(DISTINCT user_id) FROM recommendations GROUP BY ALL").fetchall()
+        written = con.execute("SELECT model_version, count(DISTINCT user_id) FROM recommendations "
+                              "GROUP BY ALL").fetchall()
     assert written == [(1, len(bundle.user_ids))]
