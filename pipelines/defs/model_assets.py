@@ -74,7 +74,7 @@ def event_weights(instance, window_start: str, window_end: str) -> dict | None:
         if record is None or record.asset_materialization is None:
             return None
         metadata = record.asset_materialization.metadata
-        window = (getattr(metadata.get("window_start"), "value", None), getattr(metadata.get("window_end"), "value", None))
+        window = tuple(getattr(metadata.get(key), "value", None) for key in ("window_start", "window_end"))
         if window != (window_start, window_end):
             return None
         run = instance.get_run_by_id(record.run_id)
@@ -411,10 +411,11 @@ def ndcg_history_picture(client, name: str, path: Path, last: int = HISTORY_VERS
 
 
 class ChampionConfig(dg.Config):
-    margin: float = Field(default=0.0, ge=0, description="Promote only if challenger NDCG@10 > champion NDCG@10 + margin "
-                                                          "(popularity over an ALS champion: the same margin).")
-    popularity: bool = Field(default=True, description="Promote the popularity model where it measured best (registered "
-                                                       "then); false: only the ALS challenger can be promoted.")
+    margin: float = Field(default=0.0, ge=0, description="Promote only if challenger NDCG@10 > champion NDCG@10 + "
+                                                          "margin (popularity over an ALS champion: the same margin).")
+    popularity: bool = Field(default=True, description="Promote the popularity model where it measured best "
+                                                       "(registered then); false: only the ALS challenger can be "
+                                                       "promoted.")
     version: int | None = Field(default=None, description="Evaluated model version to gate; empty = this run's "
                                                          "challenger (the newest version when champion runs on its own).")
 
@@ -589,9 +590,9 @@ class RecommendationsConfig(dg.Config):
     deps=[champion],
     pool="duckdb",
     kinds={"duckdb", "mlflow"},
-    description="The champion's top-N (ALS or popularity, seen items excluded) for every user it knows, in DuckDB table "
-                "`recommendations` (replaced whole when the champion or N changes; left alone while it already holds "
-                "them).",
+    description="The champion's top-N (ALS or popularity, seen items excluded) for every user it knows, in DuckDB "
+                "table `recommendations` (replaced whole when the champion or N changes; left alone while it already "
+                "holds them).",
 )
 def recommendations(context: dg.AssetExecutionContext, config: RecommendationsConfig, mlflow: MLflowResource,
                     duckdb: DuckDBResource) -> dg.MaterializeResult:
