@@ -685,10 +685,6 @@ class GateDecision:
     def changes_champion(self) -> bool:
         return self.promote or self.promote_popularity
 
-    @property
-    def promoted_kind(self) -> str | None:
-        return KIND_ALS if self.promote else KIND_POPULARITY if self.promote_popularity else None
-
     def _scores(self) -> dict[str, str]:
         return {
             f"{TAG_GATE_PREFIX}reason": self.reason,

@@ -75,7 +75,7 @@ def test_with_popularity_off_a_first_model_that_loses_to_popularity_is_not_champ
     assert evaluation["challenger_ndcg_at_10"] < evaluation["popularity_ndcg_at_10"]
     assert champion["decision"] == "rejected" and champion["champion_version"] == "none"
     assert registry.aliases(client, resource.model_name) == {}
-    assert [v.version for v in registry.make_client(resource.tracking_uri).search_model_versions(
+    assert [int(v.version) for v in registry.make_client(resource.tracking_uri).search_model_versions(
         f"name = '{resource.model_name}'")] == [version]  # no popularity version registered
     # a losing challenger is a normal, successful run; its check warns
     result = materialize([model_assets.recommendations], resource, settings)
