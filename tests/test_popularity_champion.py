@@ -192,6 +192,8 @@ def test_with_no_champion_a_challenger_that_loses_to_popularity_makes_popularity
     assert float(popularity.tags[registry.TAG_GATE_ALS_NDCG]) == pytest.approx(evaluation["challenger_ndcg_at_10"])
     for key in ("holdout_fingerprint", "training_window", registry.TAG_DAGSTER_RUN_ID, "gate.dagster_run_id"):
         assert popularity.tags[key] == challenger.tags.get(key, result.run_id), key
+    for version in (v1, v2):  # MLflow's version page starts with the decision
+        assert client.get_model_version(name, str(version)).description.startswith("**popularity promoted**")
     run = client.get_run(popularity.run_id)  # a run of its own, with the kind and what it was counted for
     assert run.info.run_id != challenger.run_id and run.info.status == "FINISHED"
     assert run.data.tags[registry.TAG_MODEL_KIND] == "popularity"
@@ -228,7 +230,8 @@ def test_a_popularity_champion_is_refreshed_and_replaced_only_by_an_als_challeng
     refresh = sequence["refresh"]
     v3 = metadata_of(refresh, "challenger")["model_version"]
     evaluation, gate = metadata_of(refresh, "evaluation"), metadata_of(refresh, "champion")
-    assert evaluation["champion_version"] == v2  # the popularity champion re-scored on this holdout
+    assert evaluation["champion_version"] == v2  # the popularity champion re-scored on this holdout,
+    assert evaluation["champion_lists"] == "table recommendations"  # from the lists it wrote to the table
     # here it beats the old counts, but not this retrain's: the fresh counts replace the champion
     assert evaluation["champion_ndcg_at_10"] < evaluation["challenger_ndcg_at_10"] < evaluation["popularity_ndcg_at_10"]
     assert gate["decision"] == "popularity promoted" and gate["rule"] == "popularity_refresh"
