@@ -208,6 +208,11 @@ def test_kill_during_challenger_registers_nothing_then_the_next_run_trains(setti
     kill_cli_and_check_steps_die(settings, process, run_id)
 
     assert champion_version(settings) == 1 and versions(settings) == [1]
+    # the step was interrupted as Dagster interrupts a step (SIGINT), so it closed its own MLflow run
+    [killed] = client(settings).search_runs([registry.ensure_experiment(client(settings), registry.DEFAULT_EXPERIMENT,
+                                                                         settings.mlflow_artifact_root)],
+                                            filter_string=f"tags.{registry.TAG_DAGSTER_RUN_ID} = '{run_id}'")
+    assert killed.info.status == "FAILED"
     run_job(settings, "daily_retrain")
     assert champion_version(settings) in (1, 2) and versions(settings) == [1, 2]
     assert_failed_and_freed(settings, run_id)
