@@ -214,7 +214,8 @@ def test_kill_during_challenger_registers_nothing_then_the_next_run_trains(setti
                                             filter_string=f"tags.{registry.TAG_DAGSTER_RUN_ID} = '{run_id}'")
     assert killed.info.status == "FAILED"
     run_job(settings, "daily_retrain")
-    assert champion_version(settings) in (1, 2) and versions(settings) == [1, 2]
+    assert versions(settings)[:2] == [1, 2]  # the next run trained v2 (the gate may also register popularity)
+    assert champion_version(settings) in versions(settings)
     assert_failed_and_freed(settings, run_id)
 
 
@@ -253,7 +254,7 @@ def test_kill_during_promotion_keeps_the_champion_then_the_next_run_gates(settin
     assert problems["stuck_run"]["fix"] == recovery.RECOVER_COMMAND
     assert problems["not_gated"]["message"].startswith("v2 was evaluated but never gated")
     run_job(settings, "daily_retrain")  # before the fix: blocked by limit for pool promotion, for ever
-    assert champion_version(settings) in (1, 3)
+    assert champion_version(settings) != 2  # loads; v2's gate never ran
     assert "gate.decision" in registry.get_version(client(settings), settings.model_name, 3).tags
     assert_failed_and_freed(settings, run_id)
 
