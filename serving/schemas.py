@@ -69,8 +69,7 @@ class ModelInfo(BaseModel):
     version: int | None
     kind: Literal["als", "popularity"] = Field(description="als: ALS factors (popularity for users it does not "
                                                            "know); popularity: the most popular items for everybody, "
-                                                           "known users' seen items excluded (the champion when ALS "
-                                                           "lost to popularity on the holdout).")
+                                                           "known users' seen items excluded (no similar items).")
     source: Literal["mlflow", "bundle_dir"]
     uri: str
     run_id: str | None = None

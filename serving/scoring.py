@@ -231,7 +231,6 @@ class Scorer:
     def __init__(self, bundle: ModelBundle, max_n: int):
         model = bundle.model
         self.bundle = bundle
-        self.kind = bundle.kind
         self.max_n = int(max_n)
         self.n_items = len(bundle.items)
         if model is not None:
