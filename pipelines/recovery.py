@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 START_TIME_SLACK_S = 2.0
 PARENT_POLL_S = 0.5
 INTERRUPT_GRACE_S = 5.0  # after the parent died: Dagster's own interrupt first, then SIGKILL
-RECOVER_COMMAND = "python -m pipelines recover"
+RECOVER_COMMAND = ".venv/bin/python -m pipelines recover"
 
 _watching_parent = False
 

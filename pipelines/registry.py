@@ -955,7 +955,7 @@ def rollback(client: MlflowClient, name: str, lock_path: Path | None = None,
                 load_version_bundle(client.tracking_uri, name, restored)
             except BundleUnloadable as exc:
                 raise RegistryError(f"`{PREVIOUS_CHAMPION}`: {exc}: nothing changed; make a version that loads the "
-                                    f"champion with `python -m pipelines registry promote VERSION`") from exc
+                                    f"champion with `.venv/bin/python -m pipelines registry promote VERSION`") from exc
         if demoted is None:
             move_aliases(client, name, {CHAMPION: restored})
         else:

@@ -382,10 +382,10 @@ def find_problems(reg: RegistryStatus, runs: RunsStatus) -> list[Problem]:
     champion = reg.champion
     if champion is not None and champion.load_error:
         if reg.previous_champion_loads:
-            fix = "python -m pipelines registry rollback"
+            fix = ".venv/bin/python -m pipelines registry rollback"
             then = f"previous_champion v{reg.previous_champion} loads: roll back to it"
         else:
-            fix = "python -m pipelines registry promote VERSION"
+            fix = ".venv/bin/python -m pipelines registry promote VERSION"
             then = "put its files back, or make a version that loads the champion"
         problems.append(Problem(
             "champion_unloadable", f"champion v{champion.version} cannot be loaded: {champion.load_error}; "

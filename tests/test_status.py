@@ -274,9 +274,9 @@ def test_a_run_stuck_holding_a_pool_slot_is_shown_with_the_command_that_frees_it
     assert (run["run_id"], run["status"], run["pools"]) == (run_id, "STARTED", ["duckdb (hold_slot)"])
     assert "is gone" in run["problem"]
     stuck = problems_of(report)["stuck_run"]
-    assert run_id[:8] in stuck["message"] and stuck["fix"] == "python -m pipelines recover"
+    assert run_id[:8] in stuck["message"] and stuck["fix"] == ".venv/bin/python -m pipelines recover"
     text = run_status(settings).stdout
-    assert "STUCK" in text and "fix: python -m pipelines recover" in text
+    assert "STUCK" in text and "fix: .venv/bin/python -m pipelines recover" in text
 
     assert run_command(settings, "-m", "pipelines", "recover").returncode == 0
     code, report = status_json(settings)
@@ -307,7 +307,7 @@ def test_a_champion_that_cannot_be_loaded_is_shown_with_the_rollback_that_fixes_
     assert champion["version"] == 3 and "is missing" in champion["load_error"]
     problem = problems_of(report)["champion_unloadable"]
     assert "champion v3 cannot be loaded" in problem["message"] and "previous_champion v1 loads" in problem["message"]
-    assert problem["fix"] == "python -m pipelines registry rollback"
+    assert problem["fix"] == ".venv/bin/python -m pipelines registry rollback"
     assert "does not load: its model directory" in run_status(retrained).stdout
 
     assert run_command(retrained, "-m", "pipelines", "registry", "rollback").returncode == 0
@@ -322,7 +322,7 @@ def test_a_champion_without_a_loadable_previous_one_needs_a_promotion_by_hand(re
     move_model_away(retrained, 1, tmp_path)
     code, report = status_json(retrained)
     assert code == 1
-    assert problems_of(report)["champion_unloadable"]["fix"] == "python -m pipelines registry promote VERSION"
+    assert problems_of(report)["champion_unloadable"]["fix"] == ".venv/bin/python -m pipelines registry promote VERSION"
 
 
 def test_a_version_evaluated_but_never_gated_is_shown_with_the_command_that_gates_it(retrained, tmp_path):

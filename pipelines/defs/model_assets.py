@@ -615,7 +615,7 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationsCo
                                                             champion_now.version))
         except registry.BundleUnloadable as exc:
             raise dg.Failure(description=f"{exc}. `recommendations` left as they were. Make a loadable version "
-                                         f"the champion: `python -m pipelines registry promote VERSION` (or "
+                                         f"the champion: `.venv/bin/python -m pipelines registry promote VERSION` (or "
                                          f"`registry rollback`).") from exc
     if loaded is None:
         context.log.warning(f"{mlflow.model_name} has no champion yet: `recommendations` left unchanged")
