@@ -3,14 +3,16 @@
     eval "$(python -m pipelines.instance)"   # creates it, recovers stuck runs, prints `export DAGSTER_HOME=...`
     dagster dev                               # then uses the pools limits of pipelines/dagster.yaml
 
-The shipped `pipelines/dagster.yaml` is copied only when the instance has none, so local edits
-there survive. It names `PipelineInstance` (below) as the instance class: Dagster's own instance,
+The shipped `pipelines/dagster.yaml` is copied when the instance has none, and replaces an instance's
+copy that nobody edited when a newer one ships (as a package manager treats an unmodified config file), so
+an upgrade gets the new settings and local edits survive. It names `PipelineInstance` (below) as the instance class: Dagster's own instance,
 plus the recovery of runs whose process died (pipelines/recovery.py) before every new run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shlex
@@ -26,6 +28,10 @@ from pipelines import recovery
 from pipelines.settings import Settings
 
 SHIPPED_CONFIG = Path(__file__).resolve().parent / "dagster.yaml"
+# sha256 of the instance's copy as this module wrote it: a copy that still has it is unedited
+SHIPPED_HASH_FILE = ".shipped-dagster.yaml.sha256"
+# earlier shipped versions, for instances prepared before the hash file existed
+EARLIER_SHIPPED_SHA256 = frozenset({"2bef26eb65329e66bcf48946fd313709d466cf8a4099789d536cbf5fc9b27cf7"})
 RECOVERY_INTERVAL_S = 2.0  # a backfill creates many runs at once: one check serves them all
 
 _log = logging.getLogger(__name__)
@@ -36,9 +42,23 @@ def prepare_dagster_home(settings: Settings | None = None) -> Path:
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
+    if not config.exists() or _unedited_older_copy(config):
         shutil.copyfile(SHIPPED_CONFIG, config)
+        (home / SHIPPED_HASH_FILE).write_text(_sha256(config) + "\n")
     return home
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _unedited_older_copy(config: Path) -> bool:
+    current = _sha256(config)
+    if current == _sha256(SHIPPED_CONFIG):
+        return False
+    hash_file = config.with_name(SHIPPED_HASH_FILE)
+    written = hash_file.read_text().strip() if hash_file.exists() else None
+    return current == written or current in EARLIER_SHIPPED_SHA256
 
 
 def dagster_env(settings: Settings | None = None) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -119,6 +120,47 @@ def test_instance_config_limits_every_pool_to_one(settings):
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")  # a local edit survives
     prepare_dagster_home(settings)
     assert "concurrency" not in (home / "dagster.yaml").read_text()
+
+
+# pipelines/dagster.yaml as the project shipped it before the instance class and run monitoring
+_SHIPPED_BEFORE_RECOVERY = """\
+# The Dagster instance config this project ships; `python -m pipelines.instance` copies it to
+# $DAGSTER_HOME/dagster.yaml (DAGSTER_HOME = <ALS_PIPELINE_HOME>/dagster), storage stays there.
+concurrency:
+  pools:
+    # Every pool of this project guards a single writer: `duckdb` (DuckDB allows one writing
+    # process per file) and `promotion` (moving the MLflow champion alias). A default of 1 gives
+    # each of them, and any pool added later, one slot without a `dagster instance concurrency set`.
+    default_limit: 1
+    granularity: op
+  runs:
+    max_concurrent_runs: 4
+
+telemetry:
+  enabled: false
+"""
+
+
+def test_an_unedited_older_instance_config_is_upgraded_an_edited_one_is_kept(settings):
+    from pipelines.instance import SHIPPED_HASH_FILE
+
+    home = settings.dagster_home
+    home.mkdir(parents=True)
+    (home / "dagster.yaml").write_text(_SHIPPED_BEFORE_RECOVERY)  # an instance prepared by the previous version
+    prepare_dagster_home(settings)
+    assert (home / "dagster.yaml").read_text() == SHIPPED_CONFIG.read_text()
+
+    # a copy this version wrote, unedited, when the shipped file changes later: replaced
+    older = SHIPPED_CONFIG.read_text().replace("start_timeout_seconds: 180", "start_timeout_seconds: 120")
+    (home / "dagster.yaml").write_text(older)
+    (home / SHIPPED_HASH_FILE).write_text(hashlib.sha256(older.encode()).hexdigest() + "\n")
+    prepare_dagster_home(settings)
+    assert (home / "dagster.yaml").read_text() == SHIPPED_CONFIG.read_text()
+
+    edited = _SHIPPED_BEFORE_RECOVERY.replace("max_concurrent_runs: 4", "max_concurrent_runs: 2")
+    (home / "dagster.yaml").write_text(edited)
+    prepare_dagster_home(settings)
+    assert (home / "dagster.yaml").read_text() == edited
 
 
 @pytest.mark.slow
