@@ -437,9 +437,7 @@ def register_popularity_of(client, mlflow: MLflowResource, ref, decision: regist
         "holdout_fingerprint": ref.tags.get(registry.TAG_HOLDOUT_FINGERPRINT, ""),
         "ndcg@10": decision.popularity_ndcg, "dagster_run_id": dagster_run_id,
     })
-    with registry.mlflow_errors(f"reading the metrics of run {ref.run_id}"):
-        challenger_metrics = client.get_run(ref.run_id).data.metrics if ref.run_id else {}
-    metrics = {key: value for key, value in challenger_metrics.items()
+    metrics = {key: value for key, value in _run_metrics(client, ref.run_id).items()
                if key.startswith(("data_", "eval_popularity_"))}
     tags = {key: ref.tags[key] for key in (registry.TAG_HOLDOUT_FINGERPRINT, "training_window", "training_split",
                                            "training_snapshot") if key in ref.tags}
@@ -449,12 +447,11 @@ def register_popularity_of(client, mlflow: MLflowResource, ref, decision: regist
                                         popularity, f"popularity {end}".strip(), tags, metrics)
 
 
-def _run_metric(client, run_id: str | None, key: str) -> float | None:
+def _run_metrics(client, run_id: str | None) -> dict[str, float]:
     if not run_id:
-        return None
-    with registry.mlflow_errors(f"reading {key} of run {run_id}"):
-        value = client.get_run(run_id).data.metrics.get(key)
-    return None if value is None else float(value)
+        return {}
+    with registry.mlflow_errors(f"reading the metrics of run {run_id}"):
+        return client.get_run(run_id).data.metrics
 
 
 def decision_word(decision: registry.GateDecision) -> str:
@@ -533,7 +530,7 @@ def champion(context: dg.AssetExecutionContext, config: ChampionConfig, mlflow: 
         now = registry.aliases(client, ref.name)
         champion_kind = (registry.get_version(client, ref.name, now[registry.CHAMPION]).kind
                          if registry.CHAMPION in now else None)
-        fit_seconds = _run_metric(client, ref.run_id, "fit_seconds")
+        fit_seconds = _run_metrics(client, ref.run_id).get("fit_seconds")
         summary = gate_summary(decision, fit_seconds)
         registry.set_descriptions(client, ref.name, ref.version, ref.run_id, summary)
         if decision.popularity_version is not None:
