@@ -34,7 +34,7 @@ ui: $(STAMP)
 
 ## the MLflow UI on http://127.0.0.1:5000 over the project's store
 mlflow-ui: $(STAMP)
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri "$$($(PY) -c 'from pipelines.settings import Settings; print(Settings.from_env().mlflow_tracking_uri)')" --host 127.0.0.1 --port 5000 --workers 1
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri "$$($(PY) -c 'from als_store.settings import Settings; print(Settings.from_env().mlflow_tracking_uri)')" --host 127.0.0.1 --port 5000 --workers 1
 
 ## the recommendation API on http://127.0.0.1:8000 serving the champion
 serve: $(STAMP)

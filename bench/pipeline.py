@@ -56,7 +56,7 @@ def bare_duckdb_per_day(files: list[Path], fmt: str, workdir: Path) -> float:
     transaction per day: what the ingest does, without its validation, quarantine and bookkeeping."""
     import duckdb
 
-    from pipelines import sql_files
+    from als_store import sql_files
 
     line = "file_row_number + 1" if fmt == "parquet" else "row_number() OVER ()"
     options = ", file_row_number = true" if fmt == "parquet" else ""
@@ -118,7 +118,7 @@ def main() -> int:
     start = dt.date(2026, 1, 1)
     os.environ["ALS_PIPELINE_START_DATE"] = start.isoformat()
     from pipelines.instance import prepare_dagster_home
-    from pipelines.settings import Settings
+    from als_store.settings import Settings
 
     settings = Settings.from_env()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

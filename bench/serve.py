@@ -67,7 +67,7 @@ def write_warehouse(path: Path, n_new_users: int, n_items: int, first_user: int,
     import duckdb
     import pandas as pd
 
-    from pipelines import sql_files
+    from als_store import sql_files
 
     rng = np.random.default_rng(seed)
     per_user = 8

@@ -31,7 +31,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from pipelines.settings import Settings
+from als_store.settings import Settings
 
 SPARSE_FIRST_USER = 10_000_000  # the sparse week's visitors are new: ids apart from the synthetic users
 API_START_TIMEOUT_S = 120.0

@@ -1,10 +1,10 @@
 """Load one day of landing files into DuckDB `events`, quarantining bad rows in `rejected_events`.
 
 The whole day is one transaction: the day's previous rows are deleted, every file is staged as
-text, validated by `sql/ingest_classify.sql` and inserted, and the result is verified before the
+text, validated by `als_store/sql/ingest_classify.sql` and inserted, and the result is verified before the
 commit. Parquet files whose mapped columns are typed (integer or string ids, string event names, a
 timestamp or, with an epoch preset, an integer time) skip the text round trip: each Arrow batch is
-registered with DuckDB and validated by `sql/ingest_typed_rows.sql` with the same rules, reasons and
+registered with DuckDB and validated by `als_store/sql/ingest_typed_rows.sql` with the same rules, reasons and
 details; good rows go straight into `events`, bad ones into `rejected_events`. Any failure rolls
 back to the previous state of the day. A file whose (decompressed) content was already loaded for
 the day under another name is recorded as a duplicate and skipped.
@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import sql_files
+from als_store import sql_files
 from pipelines.event_sources import EventMapping
 from pipelines.landing import LandingFile
 
@@ -467,7 +467,7 @@ def _canonical_events(con: duckdb.DuckDBPyConnection, events: pa.Array, mapping:
 def _utc_timestamps(column: pa.Array, time_unit: str, relative: str) -> pa.Array:
     """The mapped time as naive UTC timestamp[us], null where the text path finds no timestamp.
 
-    Gives what `sql/ingest_classify.sql` makes of the column's text: a timestamp keeps its instant
+    Gives what `als_store/sql/ingest_classify.sql` makes of the column's text: a timestamp keeps its instant
     (a zone only says how it was written), nanoseconds are cut to the microsecond below as the
     text parse does; an epoch is `CAST(CAST(value AS DOUBLE) * 1e6 (or 1e3) AS BIGINT)`
     microseconds, null where that is no TIMESTAMP, as the text path's TRY gives (it raises instead

@@ -25,7 +25,7 @@ from pathlib import Path
 import dagster as dg
 
 from pipelines import recovery
-from pipelines.settings import Settings
+from als_store.settings import Settings
 
 SHIPPED_CONFIG = Path(__file__).resolve().parent / "dagster.yaml"
 # sha256 of the instance's copy as this module wrote it: a copy that still has it is unedited

@@ -1,6 +1,6 @@
 """The champion's top-N for every user it knows, in DuckDB: view `recommendations(user_id, rank, item_id, score,
 model_version)` over the coded tables `recommendation_lists`, `recommendation_users` and `recommendation_items`
-(sql/recommendations_schema.sql), and the one-row table `recommendations_model` that says which model wrote
+(als_store/sql/recommendations_schema.sql), and the one-row table `recommendations_model` that says which model wrote
 them. No Dagster import.
 
 - `stage` scores the users into Parquet (bounded memory, no DuckDB lock held) and `replace` swaps the contents
@@ -21,10 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import sql_files
+from als_store import sql_files
 
 # Staged as numbers: bundle row of the user, rank, bundle index of the item, the float32 score. The external ids
-# are staged once each (two small id maps) and joined back by sql/recommendations_replace.sql: formatting 10M
+# are staged once each (two small id maps) and joined back by als_store/sql/recommendations_replace.sql: formatting 10M
 # ids as strings in numpy took 5.6 s at 200k users x top 50.
 _STAGED_SCHEMA = pa.schema([("user_index", pa.int32()), ("rank", pa.int32()), ("item_index", pa.int32()),
                             ("score", pa.float32())])
@@ -81,7 +81,7 @@ def stage(bundle, version: int, n: int, batch_size: int, directory: Path, log: C
           prescored: PrescoredLists | None = None) -> tuple[int, dict]:
     """Score every known user of ``bundle`` in batches into Parquet files under ``directory``; users in
     ``prescored`` are written from it instead of being scored again. Returns the number of rows staged and
-    the staged files' parameters of sql/recommendations_replace.sql."""
+    the staged files' parameters of als_store/sql/recommendations_replace.sql."""
     user_ids = bundle.user_ids
     params = {"staged_files": [str(directory / "recommendations.parquet")], "model_version": int(version)}
     for what, ids in (("user", user_ids), ("item", bundle.item_ids)):

@@ -1119,7 +1119,7 @@ def describe(client: MlflowClient, name: str, limit: int = 10) -> dict[str, Any]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m pipelines registry show|rollback|promote VERSION` against the pipeline's settings (env)."""
-    from pipelines.settings import Settings
+    from als_store.settings import Settings
 
     settings = Settings.from_env()
     parser = argparse.ArgumentParser(

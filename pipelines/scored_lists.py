@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.recommendations_table import PrescoredLists
-from pipelines.settings import Settings
+from als_store.settings import Settings
 
 KEEP = 3  # newest files kept: the latest challengers; older ones can no longer become champion unscored
 

@@ -26,9 +26,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pipelines import registry, sql_files, warehouse
+from als_store import sql_files, warehouse
+from pipelines import registry
 from pipelines.recovery import RECOVER_COMMAND
-from pipelines.settings import Settings
+from als_store.settings import Settings
 
 DEFAULT_LIMIT = 10
 DEFAULT_LOCK_WAIT_S = 3.0

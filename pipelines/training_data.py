@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from pipelines.settings import Settings
+from als_store.settings import Settings
 
 FORMAT_VERSION = 1
 _ARRAYS = "arrays.npz"
@@ -297,7 +297,7 @@ class CodedPairs:
     """Training pairs whose ids the warehouse has already coded: ``rows``/``cols`` index ``user_ids`` and
     ``item_ids`` (the distinct ids of the pairs, sorted). Coding millions of string ids is
     a hash join for DuckDB and a slow factorisation for numpy, so the asset lets DuckDB do it
-    (sql/training_encode.sql) and the result is the same as `temporal_split` / `random_split` build."""
+    (als_store/sql/training_encode.sql) and the result is the same as `temporal_split` / `random_split` build."""
 
     user_ids: np.ndarray
     item_ids: np.ndarray
@@ -315,7 +315,7 @@ class CodedPairs:
 def temporal_from_coded(
     train: CodedPairs, holdout_users, holdout_items, window_start: dt.date, window_end: dt.date
 ) -> TrainingData:
-    """`temporal_split` with the split already done by the warehouse (sql/training_temporal_pairs.sql):
+    """`temporal_split` with the split already done by the warehouse (als_store/sql/training_temporal_pairs.sql):
     ``train`` holds the pairs seen before the last day, the holdout the pairs first seen on it."""
     user_ids, holdout_users = type_id_axis(train.user_ids, holdout_users)
     item_ids, holdout_items = type_id_axis(train.item_ids, holdout_items)

@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from pipelines.settings import Settings
+from als_store.settings import Settings
 
 TUNABLE = ("factors", "regularization", "alpha")
 

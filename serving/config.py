@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.settings import Settings
+from als_store.settings import Settings
 
 
 def _number(env: Mapping[str, str], name: str, default, kind, minimum):

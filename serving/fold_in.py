@@ -2,7 +2,7 @@
 
 Opening the DuckDB file costs tens of milliseconds and scanning `events` for one user is a full scan (the table
 is ordered by day, not by user), and every open takes a file lock the pipeline's writer must wait for. So
-requests never touch DuckDB: a background task re-reads the recent events (`sql/serving_user_events.sql`)
+requests never touch DuckDB: a background task re-reads the recent events (`als_store/sql/serving_user_events.sql`)
 every few seconds on one short read-only connection and publishes an immutable in-memory snapshot; a request
 looks its user up in the current snapshot. A failed read (the pipeline holds the write lock, no `events` table
 yet) keeps the previous snapshot until it is too old, then fold-in is off (popularity) until a read succeeds.
@@ -20,7 +20,7 @@ import duckdb
 import numpy as np
 
 from als_core.bundle import IdIndex
-from pipelines import sql_files
+from als_store import sql_files
 
 log = logging.getLogger(__name__)
 

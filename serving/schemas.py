@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, model_validator
 
 # Ids are what the event logs used (the warehouse keeps them as text): 1-128 characters, none in U+0000-U+0020 or
-# U+007F-U+009F (no whitespace, no control character): the rule the ingest applies (sql/ingest_id_rule.sql), so
+# U+007F-U+009F (no whitespace, no control character): the rule the ingest applies (als_store/sql/ingest_id_rule.sql), so
 # every id it keeps can be requested. Integers in a JSON batch are accepted as ids too (within int64, as the
 # model stores them).
 MAX_ID_LENGTH = 128

@@ -20,7 +20,7 @@ from als_core.synthetic import generate_events
 from pipelines.instance import dagster_env, prepare_dagster_home
 from pipelines.landing import write_day_files
 from pipelines.recovery import process_alive
-from pipelines.settings import Settings
+from als_store.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DAYS = ["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04"]

@@ -11,7 +11,7 @@ from als_core.synthetic import generate_events
 from pipelines.defs import model_assets
 from pipelines.defs.mlflow_resource import MLflowResource
 from pipelines.defs.resources import DuckDBResource
-from pipelines.settings import Settings
+from als_store.settings import Settings
 from pipelines.training_data import TrainingData, publish, random_split
 
 EVENT_WEIGHTS = {"view": 3.0, "cart": 10.0, "purchase": 40.0}

@@ -26,7 +26,7 @@ from crash_helpers import (DAYS, QUIET, ROOT, WAIT_S, env, holds_pool, ingest, k
                            kill_run_holding, land, open_instance, run_messages, run_pool_user, start_until,
                            step_workers)
 from pipelines import recovery, registry
-from pipelines.settings import Settings
+from als_store.settings import Settings
 
 
 # One job of the code location run in process (as `make run` does) in a subprocess, so that a run that

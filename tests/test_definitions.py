@@ -187,7 +187,7 @@ def test_ingest_through_the_dagster_cli(settings):
 
 
 def test_settings_paths_are_absolute_and_follow_the_environment(tmp_path, monkeypatch):
-    from pipelines.settings import PROJECT_ROOT, Settings
+    from als_store.settings import PROJECT_ROOT, Settings
 
     defaults = Settings.from_env({})
     assert defaults.home == PROJECT_ROOT / ".data"

@@ -177,7 +177,7 @@ def gate_in_another_process(home: str, tracking_uri: str, model_name: str, versi
 
     try:
         os.environ["ALS_PIPELINE_HOME"] = home
-        from pipelines.settings import Settings
+        from als_store.settings import Settings
 
         settings = Settings.from_env()
         resource = mlflow_resource(settings, tracking_uri=tracking_uri, model_name=model_name)

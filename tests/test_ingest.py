@@ -180,7 +180,7 @@ def test_a_locked_warehouse_is_waited_for(settings):
 
     import duckdb
 
-    from pipelines import warehouse
+    from als_store import warehouse
 
     holder = subprocess.Popen(
         [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); time.sleep(2)",

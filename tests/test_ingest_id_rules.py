@@ -17,7 +17,8 @@ from conftest import query
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 from pydantic import StringConstraints, TypeAdapter, ValidationError
 
-from pipelines import event_ingest, warehouse
+from als_store import warehouse
+from pipelines import event_ingest
 from pipelines.event_sources import preset
 from pipelines.landing import files_for_day
 from serving.schemas import ID_PATTERN, MAX_ID_LENGTH

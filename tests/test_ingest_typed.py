@@ -12,7 +12,8 @@ import pytest
 from conftest import query
 
 from als_core.synthetic import generate_events
-from pipelines import event_ingest, sql_files, warehouse
+from als_store import sql_files, warehouse
+from pipelines import event_ingest
 from pipelines.event_ingest import LandingFileError, is_typed_parquet
 from pipelines.event_sources import preset
 from pipelines.landing import files_for_day
@@ -28,7 +29,7 @@ def _ts(text: str) -> dt.datetime:
 
 @pytest.fixture
 def sql_names(monkeypatch) -> list[str]:
-    """The names of the sql/ files run, in order (to see which path a file took)."""
+    """The names of the als_store/sql/ files run, in order (to see which path a file took)."""
     names: list[str] = []
     run = sql_files.run
 

@@ -17,7 +17,7 @@ from model_half import ALL_ASSETS, BETTER, GATE_ASSETS, GOOD, WEAK, materialize,
 from mlflow_server import closed_port_uri
 from pipelines import recommendations_table, registry
 from pipelines.defs import model_assets
-from pipelines.settings import Settings
+from als_store.settings import Settings
 from pipelines.tuned_params import write_best_params
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.instance import prepare_dagster_home
-from pipelines.settings import PROJECT_ROOT, Settings
+from als_store.settings import PROJECT_ROOT, Settings
 from ui_helpers import ServerProcess, artifacts_dir, browser_or_skip, free_port, graphql, pipeline_env, wait_for
 
 pytestmark = pytest.mark.slow

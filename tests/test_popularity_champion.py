@@ -23,7 +23,7 @@ from model_half import ALL_ASSETS, GOOD, WEAK, materialize, metadata_of, mlflow_
     small_training_data
 from pipelines import recommendations_table, registry
 from pipelines.defs import model_assets
-from pipelines.settings import Settings
+from als_store.settings import Settings
 from serving.config import ServingConfig
 from test_serving_api import items_of, serving, wait_for
 

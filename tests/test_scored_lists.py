@@ -7,7 +7,7 @@ import pytest
 
 from pipelines import scored_lists
 from pipelines.recommendations_table import PrescoredLists
-from pipelines.settings import Settings
+from als_store.settings import Settings
 
 
 def lists(depth: int, users: int = 4) -> PrescoredLists:

@@ -13,7 +13,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from pipelines import sql_files
+from als_store import sql_files
 from serving.fold_in import WarehouseEvents
 
 

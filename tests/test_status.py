@@ -20,7 +20,7 @@ import scipy.sparse as sp
 
 from pipelines import registry, status
 from pipelines.landing import write_day_files
-from pipelines.settings import PROJECT_ROOT, Settings
+from als_store.settings import PROJECT_ROOT, Settings
 
 CLI_TIMEOUT_S = 120
 # (challenger NDCG@10, popularity NDCG@10) per retrain, in order: v1 beats popularity, v2 loses to v1, v3 wins

@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from pipelines.settings import PROJECT_ROOT
+from als_store.settings import PROJECT_ROOT
 
 _CHECK = "import serving.app, mlflow.telemetry.utils as t; print(t.MLFLOW_DISABLE_TELEMETRY.get())"
 

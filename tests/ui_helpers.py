@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from pipelines.settings import PROJECT_ROOT
+from als_store.settings import PROJECT_ROOT
 
 STOP_TIMEOUT_S = 20.0
 CHROMIUM_FLAGS = (

@@ -15,11 +15,11 @@ import os
 import dagster as dg
 import duckdb
 
-from pipelines import sql_files, warehouse
+from als_store import sql_files, warehouse
 from pipelines.defs.partitions import event_days
 from pipelines.event_ingest import content_sha256
 from pipelines.landing import LandingFile, landing_files
-from pipelines.settings import Settings
+from als_store.settings import Settings
 
 WAREHOUSE_WAIT_S = 1.0  # the sensor reads the warehouse between the runs' writes, never waits for them
 

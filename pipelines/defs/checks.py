@@ -9,7 +9,7 @@ import datetime as dt
 import dagster as dg
 from pydantic import Field
 
-from pipelines import sql_files
+from als_store import sql_files
 from pipelines.defs.resources import DuckDBResource
 from pipelines.event_ingest import ensure_schema
 

@@ -14,7 +14,7 @@ from pipelines.defs.resources import DuckDBResource
 from pipelines.event_sources import PRESETS, EventMapping, preset
 from pipelines.landing import files_for_day
 from pipelines.markdown import markdown_table
-from pipelines.settings import Settings
+from als_store.settings import Settings
 
 
 class EventsConfig(dg.Config):

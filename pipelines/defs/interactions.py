@@ -1,4 +1,4 @@
-"""`interactions`: summed event weights per (user, item) over a window of days (sql/interactions.sql)."""
+"""`interactions`: summed event weights per (user, item) over a window of days (als_store/sql/interactions.sql)."""
 
 import datetime as dt
 
@@ -6,7 +6,7 @@ import dagster as dg
 import duckdb
 from pydantic import Field
 
-from pipelines import sql_files
+from als_store import sql_files
 from pipelines.event_ingest import ensure_schema
 from pipelines.defs.ingest import events
 from pipelines.defs.resources import DuckDBResource

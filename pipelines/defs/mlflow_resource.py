@@ -12,7 +12,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from pipelines import registry
-from pipelines.settings import Settings
+from als_store.settings import Settings
 
 
 class MLflowResource(dg.ConfigurableResource):

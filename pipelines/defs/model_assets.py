@@ -25,11 +25,12 @@ import numpy as np
 from duckdb import IOException as DuckDBIOError
 from pydantic import Field
 
-from pipelines import plots, recommendations_table, registry, scored_lists, sql_files
+from als_store import sql_files
+from pipelines import plots, recommendations_table, registry, scored_lists
 from pipelines.defs.mlflow_resource import MLflowResource
 from pipelines.defs.resources import DuckDBResource
 from pipelines.markdown import markdown_table
-from pipelines.settings import Settings
+from als_store.settings import Settings
 from pipelines.training_data import TrainingData, latest_dir
 from pipelines.tuned_params import read_best_params
 

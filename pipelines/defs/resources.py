@@ -13,8 +13,8 @@ import dagster as dg
 import duckdb
 from pydantic import Field
 
-from pipelines import warehouse
-from pipelines.settings import Settings
+from als_store import warehouse
+from als_store.settings import Settings
 
 
 class DuckDBResource(dg.ConfigurableResource):

@@ -7,10 +7,10 @@ import duckdb
 import numpy as np
 from pydantic import Field
 
-from pipelines import sql_files
+from als_store import sql_files
 from pipelines.defs.interactions import interactions
 from pipelines.defs.resources import DuckDBResource
-from pipelines.settings import Settings
+from als_store.settings import Settings
 from pipelines.training_data import (
     CodedPairs,
     TrainingData,
@@ -68,7 +68,7 @@ def _no_training_pairs_message(data: TrainingData, config: TrainingDataConfig) -
 
 
 def _coded_pairs(con) -> CodedPairs:
-    """The pairs of temp table `split_pairs` with a training weight, ids coded by sql/training_encode.sql."""
+    """The pairs of temp table `split_pairs` with a training weight, ids coded by als_store/sql/training_encode.sql."""
     sql_files.run(con, "training_encode")
     (user_ids,) = _columns(sql_files.run(con, "training_user_ids"))
     (item_ids,) = _columns(sql_files.run(con, "training_item_ids"))

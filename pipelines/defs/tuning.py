@@ -16,7 +16,7 @@ from pydantic import Field
 from als_core.tuning import TuningPoint, tune
 from pipelines import plots, registry
 from pipelines.defs.mlflow_resource import MLflowResource
-from pipelines.settings import Settings
+from als_store.settings import Settings
 from pipelines.training_data import TrainingData, latest_dir
 from pipelines.tuned_params import write_best_params
 
