@@ -2,6 +2,7 @@
 
 from .als import ALS
 from .bundle import ModelBundle, evaluate_on_holdout
+from .hyperparameters import Hyperparameters
 from .popularity import PopularityRecommender
 
-__all__ = ["ALS", "ModelBundle", "PopularityRecommender", "evaluate_on_holdout"]
+__all__ = ["ALS", "Hyperparameters", "ModelBundle", "PopularityRecommender", "evaluate_on_holdout"]

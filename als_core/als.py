@@ -19,11 +19,12 @@ from threadpoolctl import ThreadpoolController
 
 from . import _kernels
 from ._validation import as_csr, as_user_items, check_ids, check_n
+from .hyperparameters import DEFAULTS, Hyperparameters
+from .hyperparameters import names as hyperparameter_names
 from .topk import score_top_n
 
 log = logging.getLogger(__name__)
 
-_SOLVERS = ("cg", "cholesky")
 # row blocks handed to the threads per half-step: many more than threads, so a block of heavy rows
 # (very popular items) does not leave the other threads idle
 _BLOCKS_PER_THREAD = 64
@@ -65,56 +66,45 @@ class ALS:
     ``loss_history`` holds the objective after every iteration, divided by the total weight of the data
     term (implicit: the sum of confidences over all user-item pairs, the normalisation ``implicit``
     reports; explicit: the number of ratings).
+
+    The hyperparameters, their defaults and their checks are ``als_core.hyperparameters.Hyperparameters``:
+    ``ALS.from_hyperparameters(h)`` builds a model from one, ``model.hyperparameters`` gives it back.
     """
 
     def __init__(
         self,
-        factors: int = 64,
-        regularization: float = 0.01,
-        alpha: float = 40.0,
-        iterations: int = 15,
-        solver: str = "cg",
-        cg_steps: int = 3,
-        implicit: bool = True,
-        use_biases: bool = False,
-        weighted_regularization: bool = False,
-        dtype=np.float32,
-        random_state: int | None = None,
+        factors: int = DEFAULTS.factors,
+        regularization: float = DEFAULTS.regularization,
+        alpha: float = DEFAULTS.alpha,
+        iterations: int = DEFAULTS.iterations,
+        solver: str = DEFAULTS.solver,
+        cg_steps: int = DEFAULTS.cg_steps,
+        implicit: bool = DEFAULTS.implicit,
+        use_biases: bool = DEFAULTS.use_biases,
+        weighted_regularization: bool = DEFAULTS.weighted_regularization,
+        dtype=DEFAULTS.dtype,
+        random_state: int | None = DEFAULTS.random_state,
         num_threads: int = 0,
-        tol: float | None = None,
+        tol: float | None = DEFAULTS.tol,
         callback: Callable[[int, float, float], None] | None = None,
     ):
-        if int(factors) < 1:
-            raise ValueError(f"factors must be >= 1, got {factors}")
-        if not regularization >= 0:
-            raise ValueError(f"regularization must be >= 0, got {regularization}")
-        if not alpha >= 0:
-            raise ValueError(f"alpha must be >= 0, got {alpha}")
-        if int(iterations) < 0:
-            raise ValueError(f"iterations must be >= 0, got {iterations}")
-        if solver not in _SOLVERS:
-            raise ValueError(f"solver must be one of {_SOLVERS}, got {solver!r}")
-        if int(cg_steps) < 1:
-            raise ValueError(f"cg_steps must be >= 1, got {cg_steps}")
-        if np.dtype(dtype) not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-        if use_biases and implicit:
-            raise ValueError("use_biases is for explicit ratings (implicit=False)")
-        if tol is not None and not tol >= 0:
-            raise ValueError(f"tol must be >= 0, got {tol}")
-        self.factors = int(factors)
-        self.regularization = float(regularization)
-        self.alpha = float(alpha)
-        self.iterations = int(iterations)
-        self.solver = solver
-        self.cg_steps = int(cg_steps)
-        self.implicit = bool(implicit)
-        self.use_biases = bool(use_biases)
-        self.weighted_regularization = bool(weighted_regularization)
-        self.dtype = np.dtype(dtype)
-        self.random_state = random_state
+        checked = Hyperparameters(
+            factors=factors, regularization=regularization, alpha=alpha, iterations=iterations, solver=solver,
+            cg_steps=cg_steps, implicit=implicit, use_biases=use_biases,
+            weighted_regularization=weighted_regularization, dtype=dtype, random_state=random_state, tol=tol)
+        self.factors = checked.factors
+        self.regularization = checked.regularization
+        self.alpha = checked.alpha
+        self.iterations = checked.iterations
+        self.solver = checked.solver
+        self.cg_steps = checked.cg_steps
+        self.implicit = checked.implicit
+        self.use_biases = checked.use_biases
+        self.weighted_regularization = checked.weighted_regularization
+        self.dtype = np.dtype(checked.dtype)
+        self.random_state = checked.random_state
+        self.tol = checked.tol
         self.num_threads = int(num_threads)
-        self.tol = tol
         self.callback = callback
 
         self.user_factors: np.ndarray | None = None
@@ -128,22 +118,20 @@ class ALS:
         self._basis: np.ndarray | None = None  # during a CG fit: the turn applied to both factor matrices
 
     # ------------------------------------------------------------------ parameters and persistence
+    @classmethod
+    def from_hyperparameters(cls, hyperparameters: Hyperparameters, num_threads: int = 0,
+                             callback: Callable[[int, float, float], None] | None = None) -> "ALS":
+        return cls(**hyperparameters.to_dict(), num_threads=num_threads, callback=callback)
+
+    @property
+    def hyperparameters(self) -> Hyperparameters:
+        """The model's hyperparameters as they stand (an attribute changed by hand, e.g. ``iterations`` before a
+        warm-started ``fit``, is checked here)."""
+        return Hyperparameters(**{name: getattr(self, name) for name in hyperparameter_names()})
+
     def get_params(self) -> dict:
-        return {
-            "factors": self.factors,
-            "regularization": self.regularization,
-            "alpha": self.alpha,
-            "iterations": self.iterations,
-            "solver": self.solver,
-            "cg_steps": self.cg_steps,
-            "implicit": self.implicit,
-            "use_biases": self.use_biases,
-            "weighted_regularization": self.weighted_regularization,
-            "dtype": self.dtype.name,
-            "random_state": self.random_state,
-            "num_threads": self.num_threads,
-            "tol": self.tol,
-        }
+        """The hyperparameters and ``num_threads``, JSON-ready (what ``save`` writes)."""
+        return {**self.hyperparameters.to_dict(), "num_threads": self.num_threads}
 
     def save(self, path: str | Path) -> None:
         """Write ``<path>.npz`` (arrays) and ``<path>.json`` (parameters). Nothing is pickled."""
@@ -162,8 +150,8 @@ class ALS:
     def load(cls, path: str | Path) -> "ALS":
         stem = _stem(path)
         params = json.loads(stem.with_suffix(".json").read_text())
-        params["dtype"] = np.dtype(params["dtype"])
-        model = cls(**params)
+        num_threads = params.pop("num_threads", 0)
+        model = cls.from_hyperparameters(Hyperparameters.from_dict(params), num_threads=num_threads)
         with np.load(stem.with_suffix(".npz"), allow_pickle=False) as data:
             model.user_factors = data["user_factors"]
             model.item_factors = data["item_factors"]

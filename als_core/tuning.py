@@ -9,23 +9,18 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
 
 from .als import ALS
+from .hyperparameters import DEFAULTS, TUNING_GRID, Hyperparameters
 from .metrics import evaluate_ranking
 from .splits import random_holdout
 
 log = logging.getLogger(__name__)
-
-DEFAULT_SPACE: dict[str, list] = {
-    "factors": [32, 64, 128],
-    "regularization": [1.0, 10.0, 30.0],
-    "alpha": [1.0, 5.0, 20.0],
-}
 
 
 @dataclass
@@ -40,7 +35,8 @@ class TuningPoint:
 
 @dataclass
 class TuningResult:
-    best_params: dict
+    best_params: dict  # the searched values of the best point
+    best: Hyperparameters  # everything the best point was fitted with
     best_ndcg: float
     points: list[TuningPoint]
     validation_users: int
@@ -57,14 +53,15 @@ class TuningResult:
         return rows, cols, grid
 
 
-def grid_points(space: dict[str, list]) -> list[dict]:
-    """Every combination of the space's values, in a stable order."""
+def grid_points(space: Mapping[str, Sequence], base: Hyperparameters = DEFAULTS) -> list[dict]:
+    """Every combination of the space's values, in a stable order; each one is checked (``base`` with its
+    values must be valid hyperparameters) before anything is fitted."""
     if not space or any(len(values) == 0 for values in space.values()):
         raise ValueError(f"every parameter of the search space needs at least one value, got {space}")
-    unknown = set(space) - set(ALS().get_params())
-    if unknown:
-        raise ValueError(f"unknown ALS parameters in the search space: {sorted(unknown)}")
-    return [dict(zip(space, values)) for values in itertools.product(*space.values())]
+    points = [dict(zip(space, values)) for values in itertools.product(*space.values())]
+    for point in points:
+        base.replace(**point)
+    return points
 
 
 def _validation_ndcg(model: ALS, fit_part: sp.csr_matrix, validation: sp.csr_matrix, users: np.ndarray,
@@ -75,37 +72,42 @@ def _validation_ndcg(model: ALS, fit_part: sp.csr_matrix, validation: sp.csr_mat
 
 def tune(
     train: sp.csr_matrix,
-    space: dict[str, list] | None = None,
+    space: Mapping[str, Sequence] | None = None,
     *,
+    base: Hyperparameters = DEFAULTS,
     validation_fraction: float = 0.2,
     seed: int = 0,
     k: int = 10,
-    iterations: int = 15,
-    fixed_params: dict | None = None,
     early_stop: bool = True,
     checkpoint_fraction: float = 1 / 3,
     hopeless_ratio: float = 0.8,
     on_point: Callable[[TuningPoint], None] | None = None,
 ) -> TuningResult:
-    """Grid search over ``space`` scored by NDCG@k on a per-user random ``validation_fraction`` of ``train``.
+    """Grid search over ``space`` (default ``TUNING_GRID``) scored by NDCG@k on a per-user random
+    ``validation_fraction`` of ``train``. Each point is ``base`` with the point's values, fitted for
+    ``base.iterations``; ``seed`` draws the validation split and, unless ``base`` sets ``random_state``, the
+    factor initialisation.
 
     With ``early_stop``, each point first trains ``checkpoint_fraction`` of its iterations; a point whose
     NDCG is then below ``hopeless_ratio`` x the best finished point stops there (it is recorded, marked
-    ``stopped_early``). Survivors continue from where they were (warm start) to ``iterations``.
+    ``stopped_early``). Survivors continue from where they were (warm start) to ``base.iterations``.
     ``on_point`` is called after every point (e.g. to log it as a nested MLflow run).
     """
     fit_part, validation = random_holdout(train, fraction=validation_fraction, seed=seed)
     users = np.flatnonzero(np.diff(validation.indptr))
     if len(users) == 0:
         raise ValueError("the validation split is empty: too little training data to tune on")
+    if base.random_state is None:
+        base = base.replace(random_state=seed)
+    iterations = base.iterations
     checkpoint = max(1, int(round(iterations * checkpoint_fraction)))
     points: list[TuningPoint] = []
     best: TuningPoint | None = None
-    grid = grid_points(space or DEFAULT_SPACE)
-    for number, params in enumerate(grid, start=1):
+    grid = grid_points(space or TUNING_GRID, base)
+    for number, values in enumerate(grid, start=1):
         started = time.perf_counter()
-        all_params = {**(fixed_params or {}), **params}
-        model = ALS(**{**all_params, "iterations": checkpoint if early_stop else iterations, "random_state": seed})
+        params = base.replace(**values)
+        model = ALS.from_hyperparameters(params.replace(iterations=checkpoint) if early_stop else params)
         model.fit(fit_part)
         history = list(model.loss_history)
         metrics = _validation_ndcg(model, fit_part, validation, users, k)
@@ -115,12 +117,13 @@ def tune(
             model.fit(fit_part)  # warm start: the factors are already there
             history += model.loss_history
             metrics = _validation_ndcg(model, fit_part, validation, users, k)
-        point = TuningPoint(params, metrics[f"ndcg@{k}"], metrics, time.perf_counter() - started, stopped, history)
+        point = TuningPoint(values, metrics[f"ndcg@{k}"], metrics, time.perf_counter() - started, stopped, history)
         points.append(point)
         if not stopped and (best is None or point.ndcg > best.ndcg):
             best = point
-        log.info("tuning %d/%d %s ndcg@%d=%.4f%s (%.1fs)", number, len(grid), params, k, point.ndcg,
+        log.info("tuning %d/%d %s ndcg@%d=%.4f%s (%.1fs)", number, len(grid), values, k, point.ndcg,
                  " stopped early" if stopped else "", point.seconds)
         if on_point is not None:
             on_point(point)
-    return TuningResult(dict(best.params), best.ndcg, points, len(users), int(validation.nnz))
+    return TuningResult(dict(best.params), base.replace(**best.params), best.ndcg, points, len(users),
+                        int(validation.nnz))

@@ -7,13 +7,14 @@ import pytest
 import scipy.sparse as sp
 
 import als_core.tuning as tuning
-from als_core import ALS
+from als_core.hyperparameters import DEFAULTS, TUNABLE
+from als_core import ALS, Hyperparameters
 from als_core.diversity import beyond_accuracy, item_popularity
 from als_core.metrics import evaluate_ranking
 from als_core.splits import random_holdout
 from als_core.synthetic import generate_user_items
 
-SEED_DEFAULTS = {"factors": 64, "regularization": 0.01, "alpha": 40.0}
+SEED_DEFAULTS = {key: getattr(DEFAULTS, key) for key in TUNABLE}  # factors 64, regularization 0.01, alpha 40
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_tuned_parameters_beat_seed_defaults_without_reading_the_holdout(planted
 
     monkeypatch.setattr(tuning, "random_holdout", recording_split)
     space = {"factors": [16, 64], "regularization": [0.01, 10.0], "alpha": [1.0, 40.0]}
-    result = tuning.tune(train, space, iterations=10, seed=0)
+    result = tuning.tune(train, space, base=Hyperparameters(iterations=10), seed=0)
 
     # the search saw exactly the training matrix, which shares no pair with the holdout
     assert len(seen_by_search) == 1
@@ -54,23 +55,26 @@ def test_tuned_parameters_beat_seed_defaults_without_reading_the_holdout(planted
 def test_hopeless_points_stop_early(planted):
     train, _ = planted
     space = {"factors": [32, 1], "regularization": [10.0, 5000.0], "alpha": [1.0]}
-    result = tuning.tune(train, space, iterations=9, seed=0)
+    result = tuning.tune(train, space, base=Hyperparameters(iterations=9), seed=0)
     by_params = {(p.params["factors"], p.params["regularization"]): p for p in result.points}
     assert not by_params[(32, 10.0)].stopped_early
     assert len(by_params[(32, 10.0)].loss_history) == 9
     hopeless = by_params[(1, 5000.0)]
     assert hopeless.stopped_early and len(hopeless.loss_history) == 3
     assert result.best_params == {"factors": 32, "regularization": 10.0, "alpha": 1.0}
+    assert result.best == Hyperparameters(factors=32, regularization=10.0, alpha=1.0, iterations=9, random_state=0)
     rows, cols, grid = result.table("factors", "regularization")
     assert rows == [1, 32] and cols == [10.0, 5000.0] and grid.shape == (2, 2)
     assert grid[1, 0] == pytest.approx(result.best_ndcg)
 
 
 def test_search_space_is_validated():
-    with pytest.raises(ValueError, match="unknown ALS parameters"):
+    with pytest.raises(ValueError, match="unknown hyperparameters"):
         tuning.grid_points({"rank": [1]})
     with pytest.raises(ValueError, match="at least one value"):
         tuning.grid_points({"factors": []})
+    with pytest.raises(ValueError, match="alpha must be"):  # found before any point is fitted
+        tuning.grid_points({"factors": [8], "alpha": [1.0, -1.0]})
 
 
 def test_beyond_accuracy_hand_computed():
