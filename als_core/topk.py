@@ -38,9 +38,12 @@ _NEG_INF = np.float32(-np.inf)  # widens to float64 where the scores are float64
 
 
 @nb.njit(inline="always")
-def _insert(ids, best, n, item, value):
-    """Insert ``item`` into the descending ``best[:n]`` (unfilled slots hold -inf). Items come in increasing
-    index order, so an equal score stays behind the earlier item."""
+def insert_sorted(ids, best, n, item, value):
+    """Insert ``item`` into the descending ``best[:n]`` (unfilled slots hold -inf), dropping the last entry.
+    Callers pass items in increasing index order, so an equal score stays behind the earlier item.
+
+    serving/scoring.py's cached kernel inlines this too: numba's cache checks only the file of the cached
+    function, so after changing this one, touch serving/scoring.py (or clear its __pycache__) as well."""
     pos = n - 1
     while pos > 0 and best[pos - 1] < value:
         best[pos] = best[pos - 1]
@@ -55,7 +58,7 @@ def _scan(row, lo, hi, offset, n, ids, best, threshold):
     for i in range(lo, hi):
         s = row[i]
         if s > best[n - 1] and s >= threshold:  # best starts at -inf: NaN and -inf never enter
-            _insert(ids, best, n, offset + i, s)
+            insert_sorted(ids, best, n, offset + i, s)
 
 
 @nb.njit(inline="always")
@@ -140,7 +143,7 @@ def _select(row, offset, n, ids, best, columns, picked):
             i = base + picked[q]
             s = row[i]
             if s > best[n - 1] and s >= threshold:
-                _insert(ids, best, n, offset + i, s)
+                insert_sorted(ids, best, n, offset + i, s)
     _scan(row, n_rows * n_cols, n_items, offset, n, ids, best, threshold)
 
 

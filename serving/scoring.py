@@ -30,7 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from als_core.bundle import SOURCE_ALS, SOURCE_FOLD_IN, SOURCE_POPULARITY, ModelBundle, NoItemFactors
-from als_core.topk import mask_items, top_n
+from als_core.topk import insert_sorted, mask_items, top_n
 
 # Reassociation lets LLVM vectorise the dot products; NaN/inf semantics stay.
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
@@ -49,19 +49,6 @@ def _upper_bounds(q, scale, u32, h, start, stop, out):
         for j in range(q.shape[1]):
             acc += np.float32(q[i, j]) * u32[j]
         out[i - start] = (acc + h) * scale[i]
-
-
-@nb.njit(nogil=True, inline="always")
-def _insert(ids, values, count, n, item, value):
-    """Insert into a descending top-n held in ids/values[:count]; returns the new count."""
-    pos = count if count < n else n - 1
-    while pos > 0 and values[pos - 1] < value:
-        values[pos] = values[pos - 1]
-        ids[pos] = ids[pos - 1]
-        pos -= 1
-    values[pos] = value
-    ids[pos] = item
-    return count + 1 if count < n else count
 
 
 @nb.njit(nogil=True, inline="always")
@@ -88,7 +75,7 @@ def _top_n(q, scale, offsets, offset_err, factors, vectors, n, excl_indptr, excl
     bounds = np.empty(_BLOCK, np.float32)
     u32 = np.empty(k, np.float32)
     low_ids = np.empty(n, np.int64)
-    low = np.empty(n, np.float32)
+    low = np.empty(n, np.float32)  # the n best lower bounds so far, -inf where unfilled
     cand = np.empty(1024, np.int64)
     cand_up = np.empty(1024, np.float32)
     for b in range(vectors.shape[0]):
@@ -99,8 +86,8 @@ def _top_n(q, scale, offsets, offset_err, factors, vectors, n, excl_indptr, excl
             u32[j] = u[j]
             h += abs(u32[j])
         h *= np.float32(_BOUND_SLACK)
+        low.fill(np.float32(-np.inf))  # numba's `low[:] = -inf` costs 3% of a request
         threshold = np.float32(-np.inf)
-        n_low = 0
         n_cand = 0
         for start in range(0, n_items, _BLOCK):
             stop = min(start + _BLOCK, n_items)
@@ -123,11 +110,9 @@ def _top_n(q, scale, offsets, offset_err, factors, vectors, n, excl_indptr, excl
                 lower = up - 2 * scale[i] * h
                 if has_offsets:
                     lower -= 2 * offset_err[i]
-                if n_low < n or lower > threshold:
-                    n_low = _insert(low_ids, low, n_low, n, i, lower)
-                    if n_low == n:
-                        threshold = low[n - 1]
-        count = 0
+                if lower > threshold:  # threshold: the n-th best lower bound so far (-inf until n are in)
+                    insert_sorted(low_ids, low, n, i, lower)
+                    threshold = low[n - 1]
         for c in range(n_cand):
             if not cand_up[c] >= threshold:
                 continue
@@ -138,7 +123,7 @@ def _top_n(q, scale, offsets, offset_err, factors, vectors, n, excl_indptr, excl
             for j in range(k):
                 s += factors[i, j] * u[j]
             if s > out_scores[b, n - 1]:
-                count = _insert(out_ids[b], out_scores[b], count, n, i, s)
+                insert_sorted(out_ids[b], out_scores[b], n, i, s)
 
 
 @nb.njit(nogil=True, cache=True)
