@@ -37,8 +37,9 @@ class NoItemFactors(ValueError):
     """What needs item factors (similar items, fold-in) asked of a popularity bundle, which has none."""
 
 
-def as_id_array(ids) -> np.ndarray:
-    """External ids as an int64 or unicode array (never object: npz must load without pickle)."""
+def as_int64_or_str(ids) -> np.ndarray:
+    """External ids as an int64 or unicode array, their kind kept (strings are not parsed); never object,
+    because npz must load without pickle."""
     arr = np.asarray(ids)
     if arr.dtype.kind in "iu":
         return arr.astype(np.int64)
@@ -54,7 +55,7 @@ class IdIndex:
     strings) and anything that does not parse is simply unknown."""
 
     def __init__(self, ids: np.ndarray):
-        self.ids = as_id_array(ids)
+        self.ids = as_int64_or_str(ids)
         self._order = np.argsort(self.ids, kind="stable")
         self._sorted = self.ids[self._order]
         if np.any(self._sorted[1:] == self._sorted[:-1]):
@@ -245,7 +246,7 @@ class ModelBundle:
 
 def holdout_users(holdout_user_ids) -> np.ndarray:
     """The distinct users of a holdout, sorted: the rows of the lists `evaluate_on_holdout` judges."""
-    return sorted_unique(as_id_array(holdout_user_ids))
+    return sorted_unique(as_int64_or_str(holdout_user_ids))
 
 
 def evaluate_on_holdout(bundle: ModelBundle, holdout_user_ids, holdout_item_ids, k: int = 10,
@@ -261,8 +262,8 @@ def evaluate_on_holdout(bundle: ModelBundle, holdout_user_ids, holdout_item_ids,
     ``lists``: the bundle's lists for ``holdout_users(holdout_user_ids)``, row for row, when the caller already
     has them (scored deeper than ``k`` for another use, or read back from where they were stored); only their
     first ``k`` columns are judged. By default they are scored here (``recommend_many``, ``strategy``)."""
-    users = as_id_array(holdout_user_ids)
-    items = as_id_array(holdout_item_ids)
+    users = as_int64_or_str(holdout_user_ids)
+    items = as_int64_or_str(holdout_item_ids)
     if users.shape != items.shape or users.ndim != 1:
         raise ValueError("holdout user and item ids must be 1-D arrays of the same length")
     if len(users) == 0:

@@ -207,8 +207,9 @@ def _tab_separated_lines(users: pa.StringArray, items: pa.StringArray) -> bytes:
 # --------------------------------------------------------------------------- building
 
 
-def as_id_array(ids) -> np.ndarray:
-    """int64 when every id is a canonical decimal integer (lossless), else unicode strings."""
+def type_ids(ids) -> np.ndarray:
+    """One array typed as `type_id_axis` types an axis: int64 when every id is a canonical decimal integer
+    (lossless), else unicode strings."""
     (typed,) = type_id_axis(ids)
     return typed
 
@@ -227,22 +228,21 @@ def type_id_axis(*id_arrays) -> list[np.ndarray]:
         ints = [pc.cast(pa.array(text, type=pa.string()), pa.int64()).to_numpy() for text in texts]
     except (pa.ArrowInvalid, OverflowError):  # not integers, or past int64
         return texts
-    # canonical when the text is what the int64 prints back ('7\n' is not: the regex this replaced let a
-    # trailing newline through, and the conversion lost it)
+    # canonical when the text is what the int64 prints back: '007' parses to 7, but is another id than '7'
     if all(np.array_equal(back.astype(str), text) for back, text in zip(ints, texts)):
         return ints
     return texts
 
 
 def encode_ids(values) -> tuple[np.ndarray, np.ndarray]:
-    """(codes, ids): each value's row in ``ids``, the distinct values as `as_id_array` types them.
+    """(codes, ids): each value's row in ``ids``, the distinct values as `type_ids` types them.
 
     Hashing (pandas.factorize) instead of sorting millions of strings; only the distinct values are
     sorted and typed, so the order of the input does not change the result."""
     import pandas as pd
 
     codes, uniques = pd.factorize(np.asarray(values), sort=True)
-    return codes.astype(np.int64), as_id_array(np.asarray(uniques))
+    return codes.astype(np.int64), type_ids(np.asarray(uniques))
 
 
 def _prune(train: sp.csr_matrix, user_ids: np.ndarray, item_ids: np.ndarray):
@@ -333,7 +333,7 @@ def random_from_coded(
     from als_core.splits import random_holdout
 
     train, test = random_holdout(pairs.matrix(), fraction=fraction, seed=seed)
-    user_ids, item_ids = as_id_array(pairs.user_ids), as_id_array(pairs.item_ids)
+    user_ids, item_ids = type_ids(pairs.user_ids), type_ids(pairs.item_ids)
     holdout_users, holdout_items = _holdout_pairs(test, user_ids, item_ids)
     train, user_ids, item_ids = _prune(train, user_ids, item_ids)
     return TrainingData(

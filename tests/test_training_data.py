@@ -20,7 +20,7 @@ from pipelines.defs.interactions import interactions
 from pipelines.defs.training_data_asset import training_data
 from pipelines.landing import write_day_files
 from pipelines.training_data import (
-    TrainingData, as_id_array, latest_dir, publish, random_split, temporal_split, type_id_axis,
+    TrainingData, latest_dir, publish, random_split, temporal_split, type_id_axis, type_ids,
 )
 
 D1, D2, D3 = dt.date(2026, 1, 1), dt.date(2026, 1, 2), dt.date(2026, 1, 3)
@@ -75,9 +75,9 @@ def test_fingerprint_depends_on_the_pairs_only():
 
 
 def test_ids_become_int64_only_when_nothing_is_lost():
-    assert as_id_array(["3", "10", "-2", "0"]).dtype == np.int64
+    assert type_ids(["3", "10", "-2", "0"]).dtype == np.int64
     for mixed in (["3", "007"], ["3", "x"], ["3", "1.5"], ["99999999999999999999"], ["+3"]):
-        converted = as_id_array(mixed)
+        converted = type_ids(mixed)
         assert converted.dtype.kind == "U"
         assert converted.tolist() == mixed
 
