@@ -23,6 +23,7 @@ from .als import ALS
 from .diversity import beyond_accuracy
 from .metrics import evaluate_ranking
 from .popularity import PopularityRecommender
+from .weighting import DEFAULT_WEIGHTING, EventWeighting
 
 FORMAT_VERSION = 1
 SOURCE_ALS = "als"
@@ -107,10 +108,12 @@ class Recommendations:
 
 class ModelBundle:
     """A served model: its id maps, each user's seen items, a popularity ranking and, for kind ``als``, the
-    trained ALS model (``model`` is None for kind ``popularity``)."""
+    trained ALS model (``model`` is None for kind ``popularity``). ``weighting`` is how the events it was
+    trained on were weighted, so that fold-in weighs a new user's events the same way (the defaults when
+    not given)."""
 
     def __init__(self, model: ALS | None, user_ids, item_ids, seen: sp.csr_matrix, popularity: PopularityRecommender,
-                 metadata: dict | None = None):
+                 metadata: dict | None = None, weighting: EventWeighting = DEFAULT_WEIGHTING):
         self.model = model
         self.kind = KIND_ALS if model is not None else KIND_POPULARITY
         self.users = IdIndex(user_ids)
@@ -118,6 +121,7 @@ class ModelBundle:
         self.seen = sp.csr_matrix(seen, dtype=np.float32)
         self.popularity = popularity
         self.metadata = dict(metadata or {})
+        self.weighting = weighting
         if model is not None and (model.n_users != len(self.users) or model.n_items != len(self.items)):
             raise ValueError(
                 f"model is {model.n_users} users x {model.n_items} items but the id maps have "
@@ -131,20 +135,23 @@ class ModelBundle:
         self._has_history = np.diff(self.seen.indptr) > 0
 
     @classmethod
-    def build(cls, model: ALS, user_ids, item_ids, train_user_items, metadata: dict | None = None) -> "ModelBundle":
+    def build(cls, model: ALS, user_ids, item_ids, train_user_items, metadata: dict | None = None,
+              weighting: EventWeighting = DEFAULT_WEIGHTING) -> "ModelBundle":
         train = sp.csr_matrix(train_user_items)
-        return cls(model, user_ids, item_ids, train, PopularityRecommender().fit(train), metadata)
+        return cls(model, user_ids, item_ids, train, PopularityRecommender().fit(train), metadata, weighting)
 
     @classmethod
-    def build_popularity(cls, user_ids, item_ids, train_user_items, metadata: dict | None = None) -> "ModelBundle":
+    def build_popularity(cls, user_ids, item_ids, train_user_items, metadata: dict | None = None,
+                         weighting: EventWeighting = DEFAULT_WEIGHTING) -> "ModelBundle":
         """A popularity bundle counted on ``train_user_items`` (distinct users per item, ties by summed weight)."""
         train = sp.csr_matrix(train_user_items)
-        return cls(None, user_ids, item_ids, train, PopularityRecommender().fit(train), metadata)
+        return cls(None, user_ids, item_ids, train, PopularityRecommender().fit(train), metadata, weighting)
 
     def as_popularity(self, metadata: dict | None = None) -> "ModelBundle":
         """This bundle's own popularity baseline as a bundle of kind ``popularity``: the same id maps, seen
-        items and ranking, so it recommends exactly what ``recommend_many(strategy="popularity")`` measured."""
-        return ModelBundle(None, self.user_ids, self.item_ids, self.seen, self.popularity, metadata)
+        items, ranking and weighting, so it recommends exactly what ``recommend_many(strategy="popularity")``
+        measured."""
+        return ModelBundle(None, self.user_ids, self.item_ids, self.seen, self.popularity, metadata, self.weighting)
 
     @property
     def user_ids(self) -> np.ndarray:
@@ -165,7 +172,8 @@ class ModelBundle:
         # uncompressed: zlib over millions of indices took longer than the rest of the registration
         sp.save_npz(directory / "seen.npz", self.seen, compressed=False)
         (directory / "bundle.json").write_text(json.dumps(
-            {"format_version": FORMAT_VERSION, "kind": self.kind, "metadata": self.metadata}, indent=2, default=str))
+            {"format_version": FORMAT_VERSION, "kind": self.kind, "weighting": self.weighting.as_dict(),
+             "metadata": self.metadata}, indent=2, default=str))
         return directory
 
     @classmethod
@@ -181,7 +189,8 @@ class ModelBundle:
             user_ids, item_ids = ids["user_ids"], ids["item_ids"]
         model = ALS.load(directory / "als") if kind == KIND_ALS else None
         return cls(model, user_ids, item_ids, sp.load_npz(directory / "seen.npz"),
-                   PopularityRecommender.load(directory / "popularity.npz"), info.get("metadata", {}))
+                   PopularityRecommender.load(directory / "popularity.npz"), info.get("metadata", {}),
+                   EventWeighting.from_dict(info.get("weighting")))
 
     # ------------------------------------------------------------------ serving
     def recommend_many(self, user_ids, n: int = 10, strategy: str = "model") -> Recommendations:

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
+from als_core.weighting import DEFAULT_WEIGHTING, EventWeighting
 from als_store.settings import Settings
 
 FORMAT_VERSION = 1
@@ -43,6 +44,7 @@ class TrainingData:
     window_start: str  # YYYY-MM-DD, inclusive
     window_end: str
     split: str  # 'temporal' or 'random(fraction=..., seed=...)'
+    weighting: EventWeighting = DEFAULT_WEIGHTING  # how `train`'s values were made from the events
 
     def __post_init__(self) -> None:
         self.train = sp.csr_matrix(self.train, dtype=np.float32)
@@ -78,6 +80,7 @@ class TrainingData:
             "window_start": self.window_start,
             "window_end": self.window_end,
             "split": self.split,
+            "weighting": self.weighting.as_dict(),
             "users": len(self.user_ids),
             "items": len(self.item_ids),
             "nnz": int(self.train.nnz),
@@ -132,6 +135,7 @@ class TrainingData:
                 window_start=meta["window_start"],
                 window_end=meta["window_end"],
                 split=meta["split"],
+                weighting=EventWeighting.from_dict(meta.get("weighting")),
             )
         if data.holdout_fingerprint != meta["holdout_fingerprint"]:
             raise ValueError(f"{directory}: holdout does not match its recorded fingerprint (damaged files?)")
@@ -313,7 +317,8 @@ class CodedPairs:
 
 
 def temporal_from_coded(
-    train: CodedPairs, holdout_users, holdout_items, window_start: dt.date, window_end: dt.date
+    train: CodedPairs, holdout_users, holdout_items, window_start: dt.date, window_end: dt.date,
+    weighting: EventWeighting = DEFAULT_WEIGHTING,
 ) -> TrainingData:
     """`temporal_split` with the split already done by the warehouse (als_store/sql/training_temporal_pairs.sql):
     ``train`` holds the pairs seen before the last day, the holdout the pairs first seen on it."""
@@ -321,12 +326,13 @@ def temporal_from_coded(
     item_ids, holdout_items = type_id_axis(train.item_ids, holdout_items)
     return TrainingData(
         user_ids, item_ids, train.matrix(), holdout_users, holdout_items,
-        window_start.isoformat(), window_end.isoformat(), "temporal",
+        window_start.isoformat(), window_end.isoformat(), "temporal", weighting,
     )
 
 
 def random_from_coded(
-    pairs: CodedPairs, window_start: dt.date, window_end: dt.date, fraction: float = 0.2, seed: int = 0
+    pairs: CodedPairs, window_start: dt.date, window_end: dt.date, fraction: float = 0.2, seed: int = 0,
+    weighting: EventWeighting = DEFAULT_WEIGHTING,
 ) -> TrainingData:
     """The random split of coded pairs: `random_split` codes them in numpy, the asset in DuckDB (same rows and
     columns, so the same split)."""
@@ -338,5 +344,5 @@ def random_from_coded(
     train, user_ids, item_ids = _prune(train, user_ids, item_ids)
     return TrainingData(
         user_ids, item_ids, train, holdout_users, holdout_items,
-        window_start.isoformat(), window_end.isoformat(), f"random(fraction={fraction}, seed={seed})",
+        window_start.isoformat(), window_end.isoformat(), f"random(fraction={fraction}, seed={seed})", weighting,
     )

@@ -152,3 +152,39 @@ def test_id_index_rejects_repeated_ids(ids):
     with pytest.raises(ValueError, match="unique"):
         IdIndex(np.array(ids))
     IdIndex(np.array(sorted(set(ids))))  # the same ids once each are fine
+
+
+def test_the_weighting_round_trips_and_a_bundle_without_one_gets_the_defaults(bundle, tmp_path):
+    """The weighting that trained a model travels in bundle.json (fold-in in the API weighs new users with it);
+    its popularity bundle keeps it; a bundle.json without one loads with the defaults (3/10/40, no decay)."""
+    import json
+
+    from als_core.weighting import DEFAULT_WEIGHTING, EventWeighting
+
+    b, train = bundle
+    weighting = EventWeighting(view_weight=1.0, cart_weight=4.5, purchase_weight=12.0, half_life_days=7.0)
+    weighted = ModelBundle.build(b.model, b.user_ids, b.item_ids, train, weighting=weighting)
+    loaded = ModelBundle.load(weighted.save(tmp_path / "weighted"))
+    assert loaded.weighting == weighting
+    assert json.loads((tmp_path / "weighted" / "bundle.json").read_text())["weighting"] == {
+        "view_weight": 1.0, "cart_weight": 4.5, "purchase_weight": 12.0, "half_life_days": 7.0}
+    popularity = ModelBundle.load(loaded.as_popularity().save(tmp_path / "popularity"))
+    assert popularity.weighting == weighting
+
+    b.save(tmp_path / "plain")
+    assert ModelBundle.load(tmp_path / "plain").weighting == DEFAULT_WEIGHTING
+    info = json.loads((tmp_path / "plain" / "bundle.json").read_text())
+    del info["weighting"]
+    (tmp_path / "plain" / "bundle.json").write_text(json.dumps(info))
+    assert ModelBundle.load(tmp_path / "plain").weighting == EventWeighting(3.0, 10.0, 40.0, 0.0)
+
+
+@pytest.mark.parametrize("field", ["view_weight", "cart_weight", "purchase_weight", "half_life_days"])
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
+def test_a_weighting_refuses_negative_or_non_finite_values(field, value):
+    from als_core.weighting import EventWeighting
+
+    with pytest.raises(ValueError, match=field):
+        EventWeighting(**{field: value})
+    with pytest.raises(TypeError):
+        EventWeighting.from_dict({"view_weigth": 1.0})  # a misspelt field is an error, not a default

@@ -6,6 +6,7 @@ import dagster as dg
 import duckdb
 from pydantic import Field
 
+from als_core.weighting import DEFAULT_WEIGHTING, EventWeighting
 from als_store import sql_files
 from pipelines.event_ingest import ensure_schema
 from pipelines.defs.ingest import events
@@ -17,12 +18,20 @@ class InteractionsConfig(dg.Config):
     end_date: str | None = Field(
         default=None, description="Last day of the window (YYYY-MM-DD); empty: the latest day with events."
     )
-    view_weight: float = Field(default=3.0, ge=0, description="Weight of one view.")
-    cart_weight: float = Field(default=10.0, ge=0, description="Weight of one add-to-cart.")
-    purchase_weight: float = Field(default=40.0, ge=0, description="Weight of one purchase.")
+    view_weight: float = Field(default=DEFAULT_WEIGHTING.view_weight, ge=0, description="Weight of one view.")
+    cart_weight: float = Field(default=DEFAULT_WEIGHTING.cart_weight, ge=0, description="Weight of one add-to-cart.")
+    purchase_weight: float = Field(default=DEFAULT_WEIGHTING.purchase_weight, ge=0,
+                                   description="Weight of one purchase.")
     half_life_days: float = Field(
-        default=0.0, ge=0, description="Exponential time decay: an event this many days old counts half. 0 = off."
+        default=DEFAULT_WEIGHTING.half_life_days, ge=0,
+        description="Exponential time decay: an event this many days old counts half. 0 = off."
     )
+
+    @property
+    def weighting(self) -> EventWeighting:
+        """The weighting these fields give; recorded with the table (`interactions_window`), then carried by
+        the training snapshot and the model bundle."""
+        return EventWeighting(self.view_weight, self.cart_weight, self.purchase_weight, self.half_life_days)
 
 
 def build_interactions(con, config: InteractionsConfig) -> dict:
@@ -33,14 +42,7 @@ def build_interactions(con, config: InteractionsConfig) -> dict:
     ).fetchone()
     if end_day is None:
         raise dg.Failure("table `events` is empty: materialise some `events` partitions first")
-    params = {
-        "start_day": start_day,
-        "end_day": end_day,
-        "view_weight": config.view_weight,
-        "cart_weight": config.cart_weight,
-        "purchase_weight": config.purchase_weight,
-        "half_life_days": config.half_life_days,
-    }
+    params = {"start_day": start_day, "end_day": end_day, **config.weighting.as_dict()}
     sql_files.run(con, "weighted_events")
     con.execute("BEGIN TRANSACTION")
     try:
@@ -101,6 +103,7 @@ def interactions(
             "items": md.int(counts["items"]),
             "events": md.int(counts["events"]),
             "total_weight": md.float(counts["total_weight"]),
+            "weighting": md.json(config.weighting.as_dict()),
             "half_life_days": md.float(config.half_life_days),
             "id_type": md.text(counts["id_type"]),
         }

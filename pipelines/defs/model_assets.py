@@ -65,27 +65,6 @@ def target_version(client, mlflow: MLflowResource, context: dg.AssetExecutionCon
     return ref
 
 
-def event_weights(instance, window_start: str, window_end: str) -> dict | None:
-    """The event weighting behind the training data: the config of the `interactions` materialisation that
-    built this window (its run's config, else the defaults), or None when the instance has no such record."""
-    from pipelines.defs.interactions import InteractionsConfig
-
-    try:
-        record = instance.get_latest_materialization_event(dg.AssetKey("interactions"))
-        if record is None or record.asset_materialization is None:
-            return None
-        metadata = record.asset_materialization.metadata
-        window = tuple(getattr(metadata.get(key), "value", None) for key in ("window_start", "window_end"))
-        if window != (window_start, window_end):
-            return None
-        run = instance.get_run_by_id(record.run_id)
-        given = ((run.run_config or {}).get("ops", {}).get("interactions", {}).get("config") or {}) if run else {}
-        config = InteractionsConfig(**given)
-    except Exception:  # a description of the model, never a reason to fail training
-        return None
-    return {key: getattr(config, key) for key in ("view_weight", "cart_weight", "purchase_weight", "half_life_days")}
-
-
 def dagster_run_alive(instance, run_id: str) -> bool | None:
     """Whether a Dagster run is still going; None when this instance does not know it."""
     run = instance.get_run_by_id(run_id)
@@ -241,8 +220,7 @@ def challenger(context: dg.AssetExecutionContext, config: ChallengerConfig, mlfl
                 bundle = ModelBundle.build(model, data.user_ids, data.item_ids, data.train, metadata={
                     "hyperparameters": params, "training_window": [data.window_start, data.window_end],
                     "holdout_fingerprint": data.holdout_fingerprint, "mlflow_run_id": mlflow_run,
-                    "dagster_run_id": run_id,
-                    "event_weights": event_weights(context.instance, data.window_start, data.window_end)})
+                    "dagster_run_id": run_id}, weighting=data.weighting)
                 bundle_dir = bundle.save(Path(tmp) / "bundle")
                 version = registry.register_bundle(mlflow.tracking_uri, mlflow_run, mlflow.model_name, bundle_dir,
                                                    bundle.user_ids[:2], identity)
@@ -433,7 +411,7 @@ def register_popularity_of(client, mlflow: MLflowResource, ref, decision: regist
         "kind": KIND_POPULARITY,
         "ranking": "distinct users per item in the training data (ties: summed event weight, then item order); "
                    "a known user's seen items are skipped",
-        "training_window": window, "event_weights": bundle.metadata.get("event_weights"),
+        "training_window": window,
         "counted_for_version": ref.version, "counted_for_run_id": ref.run_id,
         "holdout_fingerprint": ref.tags.get(registry.TAG_HOLDOUT_FINGERPRINT, ""),
         "ndcg@10": decision.popularity_ndcg, "dagster_run_id": dagster_run_id,

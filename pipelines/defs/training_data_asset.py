@@ -7,6 +7,7 @@ import duckdb
 import numpy as np
 from pydantic import Field
 
+from als_core.weighting import EventWeighting
 from als_store import sql_files
 from pipelines.defs.interactions import interactions
 from pipelines.defs.resources import DuckDBResource
@@ -30,18 +31,21 @@ class TrainingDataConfig(dg.Config):
     seed: int = Field(default=0, description="Seed of the random split.")
 
 
-def _read_window(con) -> dict:
-    row = sql_files.run(con, "training_window").fetchone()
+def _read_window(con) -> tuple[dict, EventWeighting]:
+    """The window and the weighting `interactions` recorded with the table (`interactions_window`)."""
+    result = sql_files.run(con, "training_window")
+    row = result.fetchone()
     if row is None:
         raise dg.Failure("table `interactions_window` is empty: materialise `interactions` first")
-    keys = ("start_day", "end_day", "view_weight", "cart_weight", "purchase_weight", "half_life_days")
-    return dict(zip(keys, row))
+    record = dict(zip((column[0] for column in result.description), row))
+    window = {key: record.pop(key) for key in ("start_day", "end_day")}
+    return window, EventWeighting(**record)
 
 
 def build_training_data(con, config: TrainingDataConfig) -> TrainingData:
     """Read what the split needs, ids coded by DuckDB (then the caller closes the connection before
-    anything heavy)."""
-    window = _read_window(con)
+    anything heavy). The snapshot records the weighting read with the pairs, in the same connection."""
+    window, weighting = _read_window(con)
     if config.split == "temporal":
         try:
             sql_files.run(con, "training_temporal_pairs")
@@ -50,10 +54,11 @@ def build_training_data(con, config: TrainingDataConfig) -> TrainingData:
                              "materialise `interactions` again") from exc
         train = _coded_pairs(con)
         holdout_users, holdout_items = _columns(sql_files.run(con, "training_holdout_pairs"))
-        return temporal_from_coded(train, holdout_users, holdout_items, window["start_day"], window["end_day"])
+        return temporal_from_coded(train, holdout_users, holdout_items, window["start_day"], window["end_day"],
+                                   weighting)
     sql_files.run(con, "training_random_pairs")
     return random_from_coded(
-        _coded_pairs(con), window["start_day"], window["end_day"], config.holdout_fraction, config.seed
+        _coded_pairs(con), window["start_day"], window["end_day"], config.holdout_fraction, config.seed, weighting
     )
 
 
@@ -116,6 +121,7 @@ def training_data(
             "split": md.text(data.split),
             "window_start": md.text(data.window_start),
             "window_end": md.text(data.window_end),
+            "weighting": md.json(data.weighting.as_dict()),
             "path": md.path(str(latest_dir(settings))),
             "snapshot": md.path(str(snapshot)),
         }
