@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 COMMANDS = {
     "status": ("pipelines.status", "champion, last retrains and last ingest per day"),
-    "registry": ("pipelines.registry", "the aliases and newest versions, roll back, promote by hand "
-                                       "(show | rollback | promote VERSION [--reason TEXT])"),
+    "registry": ("pipelines.registry.cli", "the aliases and newest versions, roll back, promote by hand "
+                                           "(show | rollback | promote VERSION [--reason TEXT])"),
     "recover": ("pipelines.recovery", "fail runs whose process is gone and free the pool slots they hold"),
 }
 

@@ -4,10 +4,10 @@ the `als_core.bundle.ModelBundle` directory (arrays + JSON, no pickles) as its a
 The same file serves both kinds of bundle (``als`` and ``popularity``, said by the bundle itself).
 
 Input: a DataFrame with a ``user_id`` column. Params: ``n`` (top-N, default 10; declared in the signature, see
-`pipelines.registry.model_signature`). Output: one row per (user, rank): ``user_id, rank, item_id, score,
-source`` where source is "als" for users an ALS model knows and "popularity" for the others (for every user of
+`pipelines.registry.registration.model_signature`). Output: one row per (user, rank): ``user_id, rank, item_id,
+score, source`` where source is "als" for users an ALS model knows and "popularity" for the others (for every user of
 a popularity model, known users without their seen items), exactly as the serving API answers. Needs
-`als_core` importable (this project installed).
+`als_core` and `als_store` importable (this project installed).
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-BUNDLE_ARTIFACT_KEY = "bundle"  # same key as pipelines.registry.BUNDLE_ARTIFACT_KEY (not imported: this
-DEFAULT_N = 10                  # file is executed standalone by MLflow's loader)
+from als_store.model_tags import BUNDLE_ARTIFACT_KEY, DEFAULT_N
 
 
 class RecommenderModel(PythonModel):

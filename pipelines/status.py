@@ -2,7 +2,7 @@
 
 - the champion: version, NDCG@10, when it was trained and on how much data;
 - the last retrains: registered versions, newest first, with the gate's decision and scores (version tags
-  written by `pipelines.registry.promote_if_better`);
+  written by `pipelines.registry.promotion.promote_if_better`);
 - the last ingest of each `events` day with its rejected rows (DuckDB, read-only);
 - the Dagster runs in progress, and the pool slots they hold (the project's Dagster instance);
 - what needs a person, each with the one command that fixes it: a run stuck holding a pool slot (its process
@@ -26,8 +26,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from als_store import sql_files, warehouse
-from pipelines import registry
+from als_store import model_registry, model_tags, sql_files, warehouse
+from als_store.mlflow_store import (BundleUnloadable, RegistryError, check_reachable, make_client, mlflow_errors,
+                                    sqlite_path)
 from pipelines.recovery import RECOVER_COMMAND
 from als_store.settings import Settings
 
@@ -35,10 +36,7 @@ DEFAULT_LIMIT = 10
 DEFAULT_LOCK_WAIT_S = 3.0
 # MLflow's own HTTP retries take minutes against a dead server; the operator wants an answer now.
 _MLFLOW_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-_GATE = registry.TAG_GATE_PREFIX
 TAG_TRAINING_WINDOW = "training_window"  # run tag set by the challenger asset: "YYYY-MM-DD..YYYY-MM-DD"
-TAG_EVALUATED = f"{registry.TAG_EVAL_PREFIX}challenger_ndcg_at_10"  # set by `evaluation`
-TAG_EVALUATED_BY = f"{registry.TAG_EVAL_PREFIX}dagster_run_id"
 DAGSTER = ".venv/bin/dagster"
 INSTANCE = 'eval "$(.venv/bin/python -m pipelines.instance)"'
 
@@ -72,7 +70,7 @@ class ChampionSummary:
     events: int | None = None
     events_source: str | None = None  # "run" (logged by the training) | "warehouse" (counted in its window now)
     load_error: str | None = None  # why its model cannot be loaded; None: it loads
-    kind: str = registry.KIND_ALS  # als | popularity (version tag registry.TAG_MODEL_KIND)
+    kind: str = model_tags.KIND_ALS  # als | popularity (version tag model_tags.TAG_MODEL_KIND)
 
 
 @dataclass
@@ -172,15 +170,8 @@ class Status:
 # --------------------------------------------------------------------------------------------- MLflow
 
 
-def _float(value: Any) -> float | None:
-    try:
-        return float(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
-
-
 def _int(value: Any) -> int | None:
-    number = _float(value)
+    number = model_tags.tag_float(value)
     return None if number is None else int(number)
 
 
@@ -197,16 +188,16 @@ def _version_summary(mv, aliases_of: dict[int, list[str]]) -> VersionSummary:
         version=version,
         registered_at=_utc(mv.creation_timestamp),
         aliases=sorted(aliases_of.get(version, [])),
-        decision=tags.get(f"{_GATE}decision"),
-        ndcg_at_10=_float(tags.get(f"{_GATE}challenger_ndcg_at_10")),
-        champion_version=_int(tags.get(f"{_GATE}champion_version")),
-        champion_ndcg_at_10=_float(tags.get(f"{_GATE}champion_ndcg_at_10")),
-        popularity_ndcg_at_10=_float(tags.get(f"{_GATE}popularity_ndcg_at_10")),
-        reason=tags.get(f"{_GATE}reason"),
+        decision=tags.get(model_tags.TAG_GATE_DECISION),
+        ndcg_at_10=model_tags.tag_float(tags.get(model_tags.TAG_GATE_CHALLENGER_NDCG)),
+        champion_version=_int(tags.get(model_tags.TAG_GATE_CHAMPION_VERSION)),
+        champion_ndcg_at_10=model_tags.tag_float(tags.get(model_tags.TAG_GATE_CHAMPION_NDCG)),
+        popularity_ndcg_at_10=model_tags.tag_float(tags.get(model_tags.TAG_GATE_POPULARITY_NDCG)),
+        reason=tags.get(model_tags.TAG_GATE_REASON),
         run_id=mv.run_id,
-        dagster_run_id=tags.get(registry.TAG_DAGSTER_RUN_ID),
-        evaluated=bool(tags.get(TAG_EVALUATED)),
-        evaluated_by=tags.get(TAG_EVALUATED_BY) or None,
+        dagster_run_id=tags.get(model_tags.TAG_DAGSTER_RUN_ID),
+        evaluated=bool(tags.get(model_tags.TAG_EVAL_CHALLENGER_NDCG)),
+        evaluated_by=tags.get(model_tags.TAG_EVAL_DAGSTER_RUN_ID) or None,
     )
 
 
@@ -236,7 +227,7 @@ def _champion_summary(client, summary: VersionSummary) -> ChampionSummary:
 def read_registry(settings: Settings, limit: int = DEFAULT_LIMIT) -> RegistryStatus:
     uri, name = settings.mlflow_tracking_uri, settings.model_name
     status = RegistryStatus(tracking_uri=uri, model_name=name, state="ok")
-    db_path = registry.sqlite_path(uri)
+    db_path = sqlite_path(uri)
     if db_path is not None and not db_path.exists():
         # opening a missing sqlite store would create an empty one: report instead
         status.state, status.message = "empty", f"no MLflow store yet ({db_path}): nothing trained"
@@ -244,33 +235,33 @@ def read_registry(settings: Settings, limit: int = DEFAULT_LIMIT) -> RegistrySta
     for key, value in _MLFLOW_HTTP_ENV.items():
         os.environ.setdefault(key, value)
     try:
-        registry.check_reachable(uri)
-        client = registry.make_client(uri)
-        aliases = registry.aliases(client, name)
-        with registry.mlflow_errors(f"listing versions of {name!r}"):
+        check_reachable(uri)
+        client = make_client(uri)
+        aliases = model_registry.aliases(client, name)
+        with mlflow_errors(f"listing versions of {name!r}"):
             found = client.search_model_versions(f"name = '{name}'", max_results=limit,
                                                  order_by=["version_number DESC"])
         aliases_of: dict[int, list[str]] = {}
         for alias, version in aliases.items():
             aliases_of.setdefault(version, []).append(alias)
         status.versions = [_version_summary(mv, aliases_of) for mv in found]
-        champion = aliases.get(registry.CHAMPION)
-        status.previous_champion = aliases.get(registry.PREVIOUS_CHAMPION)
+        champion = aliases.get(model_tags.CHAMPION)
+        status.previous_champion = aliases.get(model_tags.PREVIOUS_CHAMPION)
         if champion is not None:
-            with registry.mlflow_errors(f"reading champion v{champion}"):
+            with mlflow_errors(f"reading champion v{champion}"):
                 mv = client.get_model_version(name, str(champion))
                 status.champion = _champion_summary(client, _version_summary(mv, aliases_of))
-                status.champion.kind = registry.kind_of(mv.tags)
+                status.champion.kind = model_tags.kind_of(mv.tags)
             status.champion.load_error = _load_error(uri, name, champion)
             if status.champion.load_error and status.previous_champion not in (None, champion):
                 status.previous_champion_loads = _load_error(uri, name, status.previous_champion) is None
-    except (registry.RegistryError, ValueError) as exc:
+    except (RegistryError, ValueError) as exc:
         status.state, status.message = "unavailable", f"MLflow unavailable: {exc}"
         return status
     if not status.versions:
         status.state, status.message = "empty", f"no registered version of {name!r} yet: nothing trained"
     elif status.champion is None:
-        status.message = f"no `{registry.CHAMPION}` alias: no version has passed the gate yet"
+        status.message = f"no `{model_tags.CHAMPION}` alias: no version has passed the gate yet"
     return status
 
 
@@ -278,8 +269,8 @@ def _load_error(uri: str, name: str, version: int) -> str | None:
     """Load the version's model as serving and the gate would: None when it loads, else why not. MLflow
     itself failing is not the model's fault: that raises MlflowUnavailable."""
     try:
-        registry.load_version_bundle(uri, name, version)
-    except registry.BundleUnloadable as exc:
+        model_registry.load_version_bundle(uri, name, version)
+    except BundleUnloadable as exc:
         return exc.cause
     return None
 
@@ -432,7 +423,7 @@ def _champion_lines(reg: RegistryStatus) -> list[str]:
     lines = [f"Champion: {reg.model_name} v{champion.version}   NDCG@10 {_score(champion.ndcg_at_10)}"
              f"   (popularity {_score(champion.popularity_ndcg_at_10)})"]
     lines.append(f"  kind      {champion.kind}" + (" (the most popular items, a known user's seen ones excluded)"
-                                                    if champion.kind == registry.KIND_POPULARITY else ""))
+                                                    if champion.kind == model_tags.KIND_POPULARITY else ""))
     lines.append(f"  trained   {champion.trained_at or 'at an unknown time'}")
     data = [f"window {champion.window}"] if champion.window else []
     if champion.events is not None:

@@ -1,8 +1,8 @@
 """Where the served model comes from, and the background watcher that swaps it.
 
 The MLflow source resolves ``models:/<name>@champion`` to a version number once per poll (pinned: the alias can
-move while a version downloads) and loads that version's bundle with `pipelines.registry` (the read side the
-pipeline uses too). The bundle-directory source serves one saved `ModelBundle` without MLflow (benchmarks,
+move while a version downloads) and loads that version's bundle with `als_store.model_registry` (the read side
+the pipeline uses too). The bundle-directory source serves one saved `ModelBundle` without MLflow (benchmarks,
 local runs). The watcher builds a complete, immutable `LoadedModel` off the request path and publishes it with
 one reference assignment; a failed load leaves the previous model serving.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -20,13 +19,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from als_core.bundle import ModelBundle
-from pipelines import registry
+from als_store import mlflow_store, model_registry
+from als_store.model_tags import (CHAMPION, TAG_EVAL_CHALLENGER_NDCG, TAG_GATE_CHALLENGER_NDCG, first_tag_float,
+                                  tag_float)
 from serving.scoring import Scorer
 
 log = logging.getLogger(__name__)
 
 # Version tags that carry the model's holdout NDCG@10, most specific first (set by evaluation and the gate).
-_NDCG_TAGS = ("eval.challenger_ndcg_at_10", f"{registry.TAG_GATE_PREFIX}challenger_ndcg_at_10")
+_NDCG_TAGS = (TAG_EVAL_CHALLENGER_NDCG, TAG_GATE_CHALLENGER_NDCG)
 
 
 @dataclass(frozen=True)
@@ -66,14 +67,6 @@ def _iso_ms(ms: int | None) -> str | None:
     return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _float_or_none(value) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def training_window(metadata: dict, tags: dict) -> tuple[str | None, str | None]:
     """(start, end) days the model was trained on: bundle metadata, else the run's version tag."""
     window = metadata.get("training_window")
@@ -94,8 +87,8 @@ def _day(text: str | None) -> dt.date | None:
 
 
 class MlflowChampionSource:
-    def __init__(self, tracking_uri: str, model_name: str, alias: str = registry.CHAMPION):
-        self.tracking_uri = registry.validate_tracking_uri(tracking_uri)
+    def __init__(self, tracking_uri: str, model_name: str, alias: str = CHAMPION):
+        self.tracking_uri = mlflow_store.validate_tracking_uri(tracking_uri)
         self.model_name = model_name
         self.alias = alias
         self._client = None
@@ -105,28 +98,28 @@ class MlflowChampionSource:
 
     def _get_client(self):
         if self._client is None:
-            self._client = registry.make_client(self.tracking_uri)
+            self._client = mlflow_store.make_client(self.tracking_uri)
         return self._client
 
     def resolve(self) -> ModelKey | None:
-        db_path = registry.sqlite_path(self.tracking_uri)
+        db_path = mlflow_store.sqlite_path(self.tracking_uri)
         if db_path is not None and not db_path.is_file():
             # opening it would create an empty store (and its tables) here: leave that to the pipeline
             raise FileNotFoundError(f"MLflow store {db_path} does not exist yet (has the pipeline run?)")
-        registry.check_reachable(self.tracking_uri)  # a dead server fails in seconds, not after MLflow's retries
-        ref = registry.champion_ref(self._get_client(), self.model_name, self.alias)
+        mlflow_store.check_reachable(self.tracking_uri)  # a dead server fails in seconds, not after MLflow's retries
+        ref = model_registry.champion_ref(self._get_client(), self.model_name, self.alias)
         if ref is None:
             return None
         return ModelKey(self.model_name, ref.version, "mlflow", ref.uri)
 
     def load(self, key: ModelKey) -> tuple[ModelBundle, dict[str, Any]]:
         client = self._get_client()
-        bundle = registry.load_bundle(self.tracking_uri, key.name, key.version)
-        with registry.mlflow_errors(f"reading {key.name} version {key.version}"):
+        bundle = model_registry.load_bundle(self.tracking_uri, key.name, key.version)
+        with mlflow_store.mlflow_errors(f"reading {key.name} version {key.version}"):
             version = client.get_model_version(key.name, str(key.version))
             run = client.get_run(version.run_id) if version.run_id else None
         tags = dict(version.tags or {})
-        ndcg = next((v for v in (_float_or_none(tags.get(t)) for t in _NDCG_TAGS) if v is not None), None)
+        ndcg = first_tag_float(tags, _NDCG_TAGS, finite=True)
         return bundle, {
             "run_id": version.run_id,
             "registered_at": _iso_ms(version.creation_timestamp),
@@ -156,7 +149,7 @@ class BundleDirSource:
         mtime = (self.directory / "bundle.json").stat().st_mtime
         return bundle, {"run_id": bundle.metadata.get("mlflow_run_id"), "registered_at": None,
                         "trained_at": _iso_ms(int(mtime * 1000)),
-                        "ndcg_at_10": _float_or_none(bundle.metadata.get("ndcg@10")), "tags": {}}
+                        "ndcg_at_10": tag_float(bundle.metadata.get("ndcg@10"), finite=True), "tags": {}}
 
 
 def build_loaded_model(key: ModelKey, bundle: ModelBundle, extra: dict[str, Any], max_n: int) -> LoadedModel:

@@ -1,7 +1,8 @@
 """A real `mlflow server` on 127.0.0.1 for tests where the HTTP path matters.
 
-Use it from a test module with ``pytest_plugins = ["mlflow_server"]`` (tests/ is on sys.path under pytest's default import mode) or import the fixture. One server
-per test session (start-up costs seconds); tests isolate themselves by model and experiment name, not by
+tests/conftest.py loads this module as a plugin (tests/ is on sys.path under pytest's default import mode),
+so its fixtures are there for every test module; a test may also import its helpers. One server per test
+session (start-up costs seconds); tests isolate themselves by model and experiment name, not by
 server.
 """
 

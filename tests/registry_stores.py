@@ -1,6 +1,7 @@
 """Shared fixtures for registry tests: a real MLflow store, either a sqlite file or a real `mlflow server`.
 
-Test modules opt in with ``pytest_plugins = ["mlflow_server", "registry_stores"]``.
+tests/conftest.py loads this module as a plugin: `store` (both kinds; the server one marked slow),
+`sqlite_only` and `register_placeholder` are there for every test module.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 import pytest
 from mlflow.exceptions import MlflowException
 
-from pipelines import registry
+from als_store import mlflow_store
+from pipelines.registry import promotion, run_log
 
 
 @dataclass(frozen=True)
@@ -31,10 +33,10 @@ class Store:
     lock_path: Path
 
     def client(self):
-        return registry.make_client(self.tracking_uri)
+        return mlflow_store.make_client(self.tracking_uri)
 
     def experiment_id(self, name: str = "tests") -> str:
-        return registry.ensure_experiment(self.client(), name, self.artifact_root)
+        return run_log.ensure_experiment(self.client(), name, self.artifact_root)
 
 
 def sqlite_store(root: Path) -> Store:
@@ -55,7 +57,7 @@ def store(request, tmp_path) -> Store:
     uri = request.getfixturevalue("mlflow_server")
     return Store(kind="server", tracking_uri=uri, artifact_root=tmp_path / "unused",
                  model_name=f"als-test-{uuid.uuid4().hex[:8]}",
-                 lock_path=registry.lock_path_for(uri, tmp_path))
+                 lock_path=promotion.lock_path_for(uri, tmp_path))
 
 
 @pytest.fixture
@@ -98,17 +100,18 @@ def promote_in_another_process(tracking_uri: str, model_name: str, lock_path: st
     """Target of a spawned process: the gate for ``version`` evaluated while there was no champion, with a
     champion re-scored from ``ndcg`` (slowly, to widen the race). Exits non-zero on any error."""
     try:
-        from pipelines import registry
+        from als_store import mlflow_store
+        from pipelines.registry import promotion, run_log
 
-        client = registry.make_client(tracking_uri)
+        client = mlflow_store.make_client(tracking_uri)
 
         def slow_score(champion_version: int) -> float:
             time.sleep(0.05)
             return ndcg[champion_version]
 
         barrier.wait(timeout=60)
-        registry.promote_if_better(client, model_name, version, ndcg[version], popularity, (None, None), slow_score,
-                                   lock_path)
+        promotion.promote_if_better(client, model_name, version, ndcg[version], popularity, (None, None), slow_score,
+                                    lock_path)
     except BaseException:
         traceback.print_exc()
         sys.exit(1)

@@ -25,7 +25,9 @@ import pytest
 from crash_helpers import (DAYS, QUIET, ROOT, WAIT_S, env, holds_pool, ingest, kill_cli_and_check_steps_die,
                            kill_run_holding, land, open_instance, run_messages, run_pool_user, start_until,
                            step_workers)
-from pipelines import recovery, registry
+from als_store import mlflow_store, model_registry, model_tags
+from pipelines import recovery
+from pipelines.registry import promotion, run_log
 from als_store.settings import Settings
 
 
@@ -77,12 +79,12 @@ def trained(settings: Settings) -> None:
 
 
 def client(settings: Settings):
-    return registry.make_client(settings.mlflow_tracking_uri)
+    return mlflow_store.make_client(settings.mlflow_tracking_uri)
 
 
 def champion_version(settings: Settings) -> int:
     """The champion alias points at a complete version: its bundle loads and knows users and items."""
-    ref, bundle = registry.load_champion_bundle(settings.mlflow_tracking_uri, settings.model_name)
+    ref, bundle = model_registry.load_champion_bundle(settings.mlflow_tracking_uri, settings.model_name)
     assert len(bundle.user_ids) and len(bundle.item_ids)
     return int(ref.version)
 
@@ -209,9 +211,9 @@ def test_kill_during_challenger_registers_nothing_then_the_next_run_trains(setti
 
     assert champion_version(settings) == 1 and versions(settings) == [1]
     # the step was interrupted as Dagster interrupts a step (SIGINT), so it closed its own MLflow run
-    [killed] = client(settings).search_runs([registry.ensure_experiment(client(settings), registry.DEFAULT_EXPERIMENT,
+    [killed] = client(settings).search_runs([run_log.ensure_experiment(client(settings), run_log.DEFAULT_EXPERIMENT,
                                                                          settings.mlflow_artifact_root)],
-                                            filter_string=f"tags.{registry.TAG_DAGSTER_RUN_ID} = '{run_id}'")
+                                            filter_string=f"tags.{model_tags.TAG_DAGSTER_RUN_ID} = '{run_id}'")
     assert killed.info.status == "FAILED"
     run_job(settings, "daily_retrain")
     assert versions(settings)[:2] == [1, 2]  # the next run trained v2 (the gate may also register popularity)
@@ -231,7 +233,7 @@ def _has_open(pid: int, path: Path) -> bool:
 def test_kill_during_promotion_keeps_the_champion_then_the_next_run_gates(settings, tmp_path):
     trained(settings)
     retrain(settings, "challenger", "evaluation")  # v2 evaluated, not gated yet
-    lock_path = registry.lock_path_for(settings.mlflow_tracking_uri, settings.home).resolve()
+    lock_path = promotion.lock_path_for(settings.mlflow_tracking_uri, settings.home).resolve()
     with open(lock_path, "a+") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # the champion step waits for it, holding pool `promotion`
 
@@ -246,7 +248,7 @@ def test_kill_during_promotion_keeps_the_champion_then_the_next_run_gates(settin
     assert_stuck_then_recovered(settings, run_id, "promotion")
 
     assert champion_version(settings) == 1
-    assert "gate.decision" not in registry.get_version(client(settings), settings.model_name, 2).tags
+    assert "gate.decision" not in model_registry.get_version(client(settings), settings.model_name, 2).tags
     report = subprocess.run([sys.executable, "-m", "pipelines", "status", "--json"], env=env(settings), cwd=ROOT,
                             capture_output=True, text=True, timeout=WAIT_S)
     assert report.returncode == 1  # a person is told, with the commands
@@ -255,7 +257,7 @@ def test_kill_during_promotion_keeps_the_champion_then_the_next_run_gates(settin
     assert problems["not_gated"]["message"].startswith("v2 was evaluated but never gated")
     run_job(settings, "daily_retrain")  # before the fix: blocked by limit for pool promotion, for ever
     assert champion_version(settings) != 2  # loads; v2's gate never ran
-    assert "gate.decision" in registry.get_version(client(settings), settings.model_name, 3).tags
+    assert "gate.decision" in model_registry.get_version(client(settings), settings.model_name, 3).tags
     assert_failed_and_freed(settings, run_id)
 
 
@@ -268,8 +270,8 @@ def test_kill_during_recommendations_keeps_the_old_table_then_the_next_run_write
     retrain(settings, "challenger", "evaluation")
     # promoted by hand (as docs/operating.md shows), so that `recommendations` has a new champion to write
     mlflow = client(settings)
-    mlflow.set_registered_model_alias(settings.model_name, registry.PREVIOUS_CHAMPION, "1")
-    mlflow.set_registered_model_alias(settings.model_name, registry.CHAMPION, "2")
+    mlflow.set_registered_model_alias(settings.model_name, model_tags.PREVIOUS_CHAMPION, "1")
+    mlflow.set_registered_model_alias(settings.model_name, model_tags.CHAMPION, "2")
 
     with duckdb.connect(str(settings.duckdb_path)):  # the step waits for the warehouse, holding pool `duckdb`
         process, run_id = start_until(

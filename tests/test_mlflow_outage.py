@@ -12,11 +12,10 @@ import dagster as dg
 import pytest
 
 from model_half import GOOD, mlflow_resource, publish_training_data
-from pipelines import registry
+from als_store import mlflow_store, model_tags
 from pipelines.defs import model_assets
 from pipelines.defs.resources import DuckDBResource
-
-pytest_plugins = ["mlflow_server"]
+from pipelines.registry import run_log
 
 STEP_FAILS_WITHIN_S = 30.0
 KILL_AFTER = "iteration 1/"  # the challenger's log line after the first ALS sweep: its MLflow run is open
@@ -55,7 +54,7 @@ def run_config() -> dict:
 @pytest.mark.slow
 def test_a_server_killed_mid_run_fails_the_step_in_seconds_and_the_next_challenger_closes_its_run(
         settings, own_mlflow_server, monkeypatch):
-    for key in registry.MLFLOW_HTTP_LIMITS:  # what the resource sets, not whatever another test left
+    for key in mlflow_store.MLFLOW_HTTP_LIMITS:  # what the resource sets, not whatever another test left
         monkeypatch.delenv(key, raising=False)
     publish_training_data(settings)
     server = own_mlflow_server()
@@ -72,14 +71,14 @@ def test_a_server_killed_mid_run_fails_the_step_in_seconds_and_the_next_challeng
         [failure] = result.get_step_failure_events()
         message = failure.step_failure_data.error.message
         assert "MLflow failed while" in message and "The champion alias was not changed" in message
-        assert all(key not in os.environ for key in registry.MLFLOW_HTTP_LIMITS)  # only for the step
+        assert all(key not in os.environ for key in mlflow_store.MLFLOW_HTTP_LIMITS)  # only for the step
 
         # the same store behind a new server: the run the dead step could not close is still RUNNING
         server = own_mlflow_server()
-        client = registry.make_client(server.uri)
-        experiment = client.get_experiment_by_name(registry.DEFAULT_EXPERIMENT)
+        client = mlflow_store.make_client(server.uri)
+        experiment = client.get_experiment_by_name(run_log.DEFAULT_EXPERIMENT)
         [left_open] = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
-        assert left_open.data.tags[registry.TAG_DAGSTER_RUN_ID] == result.run_id
+        assert left_open.data.tags[model_tags.TAG_DAGSTER_RUN_ID] == result.run_id
         assert instance.get_run_by_id(result.run_id).is_finished
 
         resource = mlflow_resource(settings, tracking_uri=server.uri)
@@ -87,5 +86,5 @@ def test_a_server_killed_mid_run_fails_the_step_in_seconds_and_the_next_challeng
         again = job.execute_in_process(run_config=run_config(), instance=instance)
     closed = client.get_run(left_open.info.run_id)
     assert closed.info.status == "KILLED"
-    assert closed.data.tags[registry.TAG_CLOSED_BY] == again.run_id
+    assert closed.data.tags[model_tags.TAG_CLOSED_BY] == again.run_id
     assert client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'") == []

@@ -15,8 +15,10 @@ import als_core
 from model_half import ALL_ASSETS, BETTER, GATE_ASSETS, GOOD, WEAK, materialize, metadata_of, mlflow_resource, \
     publish_training_data
 from mlflow_server import closed_port_uri
-from pipelines import recommendations_table, registry
+from als_store import mlflow_store, model_registry, model_tags
+from pipelines import recommendations_table
 from pipelines.defs import model_assets
+from pipelines.registry import run_log
 from als_store.settings import Settings
 from pipelines.tuned_params import write_best_params
 
@@ -43,14 +45,14 @@ def trained(tmp_path_factory):
 
 def test_challenger_run_logs_params_loss_history_and_registers_a_version(trained):
     settings, data, resource, result = trained
-    client = registry.make_client(resource.tracking_uri)
+    client = mlflow_store.make_client(resource.tracking_uri)
     meta = metadata_of(result, "challenger")
-    ref = registry.get_version(client, resource.model_name, meta["model_version"])
+    ref = model_registry.get_version(client, resource.model_name, meta["model_version"])
     run = client.get_run(ref.run_id)
 
     assert run.info.status == "FINISHED"
-    assert run.data.tags[registry.TAG_DAGSTER_RUN_ID] == result.run_id == ref.tags[registry.TAG_DAGSTER_RUN_ID]
-    assert ref.tags[registry.TAG_HOLDOUT_FINGERPRINT] == data.holdout_fingerprint
+    assert run.data.tags[model_tags.TAG_DAGSTER_RUN_ID] == result.run_id == ref.tags[model_tags.TAG_DAGSTER_RUN_ID]
+    assert ref.tags[model_tags.TAG_HOLDOUT_FINGERPRINT] == data.holdout_fingerprint
     assert run.data.params["factors"] == str(GOOD["factors"]) and run.data.params["hyperparameters_from"] == "config"
     loss = client.get_metric_history(ref.run_id, "train_loss")
     # iterations counted from 1, as in the loss picture and the step's log lines
@@ -59,18 +61,18 @@ def test_challenger_run_logs_params_loss_history_and_registers_a_version(trained
     assert run.data.metrics["fit_seconds"] > 0
     # the experiment's artifacts live under the pipeline home, not in ./mlruns of the test's cwd
     assert run.info.artifact_uri.startswith(settings.mlflow_artifact_root.as_uri())
-    holdout_users, holdout_items = registry.load_holdout(client, ref.run_id)
+    holdout_users, holdout_items = run_log.load_holdout(client, ref.run_id)
     assert np.array_equal(holdout_users, data.holdout_user_ids) and np.array_equal(holdout_items, data.holdout_item_ids)
-    bundle = registry.load_bundle(resource.tracking_uri, resource.model_name, ref.version)
+    bundle = model_registry.load_bundle(resource.tracking_uri, resource.model_name, ref.version)
     assert np.array_equal(bundle.user_ids, data.user_ids) and np.array_equal(bundle.item_ids, data.item_ids)
 
 
 def test_evaluation_and_first_promotion(trained):
     _, data, resource, result = trained
-    client = registry.make_client(resource.tracking_uri)
+    client = mlflow_store.make_client(resource.tracking_uri)
     evaluation = metadata_of(result, "evaluation")
     version = metadata_of(result, "challenger")["model_version"]
-    run = client.get_run(registry.get_version(client, resource.model_name, version).run_id)
+    run = client.get_run(model_registry.get_version(client, resource.model_name, version).run_id)
     for role in ("challenger", "popularity"):
         for metric in ("ndcg", "hit_rate", "precision", "recall", "map", "coverage"):
             assert f"eval_{role}_{metric}_at_10" in run.data.metrics
@@ -82,8 +84,8 @@ def test_evaluation_and_first_promotion(trained):
 
     champion = metadata_of(result, "champion")
     assert champion["decision"] == "promoted" and champion["champion_version"] == version
-    assert registry.aliases(client, resource.model_name) == {"champion": version}
-    tags = registry.get_version(client, resource.model_name, version).tags
+    assert model_registry.aliases(client, resource.model_name) == {"champion": version}
+    tags = model_registry.get_version(client, resource.model_name, version).tags
     assert tags["gate.decision"] == "promoted" and tags["gate.dagster_run_id"] == result.run_id
     assert tags["gate.holdout_fingerprint"] == data.holdout_fingerprint
 
@@ -118,7 +120,7 @@ def expected_rows(bundle, n: int, version: int) -> list[tuple]:
 def test_recommendations_table_equals_recommend_many_for_every_user(trained):
     settings, data, resource, result = trained
     version = metadata_of(result, "challenger")["model_version"]
-    bundle = registry.load_bundle(resource.tracking_uri, resource.model_name, version)
+    bundle = model_registry.load_bundle(resource.tracking_uri, resource.model_name, version)
     table = read_table(settings, "SELECT user_id, rank, item_id, score, model_version FROM recommendations "
                                  "ORDER BY user_id, rank")
     # the holdout users' lists come from the evaluation's scoring call, the others from this asset's batches:
@@ -227,7 +229,7 @@ def test_top_k_lists_read_back_equal_scoring_or_are_refused(tmp_path, string_ids
 def test_pyfunc_loads_from_the_champion_alias_and_honours_n(trained):
     settings, data, resource, result = trained
     users = [int(u) for u in data.user_ids[:3]] + [987654321]  # the last one is unknown to the model
-    with registry.using_tracking_uri(resource.tracking_uri):
+    with mlflow_store.using_tracking_uri(resource.tracking_uri):
         model = mlflow.pyfunc.load_model(f"models:/{resource.model_name}@champion")
         assert model.metadata.get_params_schema() is not None
         out = model.predict(pd.DataFrame({"user_id": users}), params={"n": 5})
@@ -285,8 +287,8 @@ def test_recommendations_are_left_alone_while_they_hold_the_champions_top_n(sett
 
 def test_mlflow_unreachable_fails_the_challenger_and_leaves_the_champion(trained):
     settings, data, resource, _ = trained
-    client = registry.make_client(resource.tracking_uri)
-    champion_before = registry.aliases(client, resource.model_name)
+    client = mlflow_store.make_client(resource.tracking_uri)
+    champion_before = model_registry.aliases(client, resource.model_name)
     dead = mlflow_resource(settings, tracking_uri=closed_port_uri(), model_name=resource.model_name)
     result = materialize(GATE_ASSETS, dead, settings, challenger=BETTER, raise_on_error=False)
     assert not result.success
@@ -299,7 +301,7 @@ def test_mlflow_unreachable_fails_the_challenger_and_leaves_the_champion(trained
         alone = materialize([asset], dead, settings, raise_on_error=False)
         [failure] = [e for e in alone.all_events if e.event_type_value == "STEP_FAILURE"]
         assert "unreachable" in str(failure.event_specific_data.error)
-    assert registry.aliases(client, resource.model_name) == champion_before
+    assert model_registry.aliases(client, resource.model_name) == champion_before
 
 
 def test_non_finite_factors_block_evaluation_and_register_nothing(settings, monkeypatch):
@@ -320,7 +322,7 @@ def test_non_finite_factors_block_evaluation_and_register_nothing(settings, monk
     assert check.metadata["non_finite_item_factors"].value == 1
     steps = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SUCCESS"}
     assert "evaluation" not in steps and "champion" not in steps
-    client = registry.make_client(resource.tracking_uri)
+    client = mlflow_store.make_client(resource.tracking_uri)
     assert client.search_model_versions(f"name = '{resource.model_name}'") == []
     runs = client.search_runs([resource.experiment_id(client)])
     assert [r.info.status for r in runs] == ["FAILED"]  # the diverged run is kept for diagnosis
@@ -334,8 +336,8 @@ def test_the_numbers_an_operator_watches_come_first_in_dagster_and_mlflow(traine
     [event] = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey("champion")]
     assert all(isinstance(event.materialization.metadata[key], (dg.FloatMetadataValue, dg.IntMetadataValue))
                for key in watched)
-    client = registry.make_client(resource.tracking_uri)
-    ref = registry.get_version(client, resource.model_name, meta["challenger_version"])
+    client = mlflow_store.make_client(resource.tracking_uri)
+    ref = model_registry.get_version(client, resource.model_name, meta["challenger_version"])
     run = client.get_run(ref.run_id)
     note = run.data.tags["mlflow.note.content"]
     assert note == client.get_model_version(resource.model_name, str(ref.version)).description
@@ -365,8 +367,8 @@ def test_a_launchpad_value_equal_to_the_default_still_wins_over_tuning(settings)
     resource = mlflow_resource(settings)
     result = materialize([model_assets.challenger], resource, settings,
                          challenger={"alpha": default_alpha, "iterations": 2})
-    client = registry.make_client(resource.tracking_uri)
-    ref = registry.get_version(client, resource.model_name, metadata_of(result, "challenger")["model_version"])
+    client = mlflow_store.make_client(resource.tracking_uri)
+    ref = model_registry.get_version(client, resource.model_name, metadata_of(result, "challenger")["model_version"])
     run_params = client.get_run(ref.run_id).data.params
     assert float(run_params["alpha"]) == default_alpha
     assert (run_params["factors"], float(run_params["regularization"])) == ("6", 3.0)
@@ -382,8 +384,8 @@ def test_evaluation_reads_the_champions_lists_from_the_table_and_scores_them_the
     resource = mlflow_resource(settings)
     first = materialize(ALL_ASSETS, resource, settings, challenger=GOOD, recommendations={"n": 20})
     champion_version = metadata_of(first, "challenger")["model_version"]
-    rescored = evaluate_on_holdout(registry.load_bundle(resource.tracking_uri, resource.model_name, champion_version),
-                                   data.holdout_user_ids, data.holdout_item_ids, k=10)["ndcg@10"]
+    champion_bundle = model_registry.load_bundle(resource.tracking_uri, resource.model_name, champion_version)
+    rescored = evaluate_on_holdout(champion_bundle, data.holdout_user_ids, data.holdout_item_ids, k=10)["ndcg@10"]
 
     second = materialize(GATE_ASSETS, resource, settings, challenger=WEAK)  # not promoted: v1 stays champion
     evaluated = metadata_of(second, "evaluation")

@@ -8,7 +8,7 @@ import duckdb
 import pytest
 
 from crash_helpers import WAIT_S, dagster_cli, ingest, land, open_instance, step_workers
-from pipelines import registry
+from als_store import mlflow_store, model_registry, model_tags
 
 MODEL_STEPS = {"interactions", "training_data", "challenger", "evaluation", "champion", "recommendations"}
 
@@ -34,10 +34,10 @@ def test_daily_retrain_under_the_multiprocess_executor_trains_gates_and_promotes
     pids = [pid for pid, _ in workers.values()]
     assert len(set(pids)) == len(pids) and start.dagster_event.pid not in pids
 
-    client = registry.make_client(settings.mlflow_tracking_uri)
-    ref, bundle = registry.load_champion_bundle(settings.mlflow_tracking_uri, settings.model_name)
-    assert ref.version == 1 and ref.tags[registry.TAG_DAGSTER_RUN_ID] == run.run_id
-    tags = registry.get_version(client, settings.model_name, 1).tags
+    client = mlflow_store.make_client(settings.mlflow_tracking_uri)
+    ref, bundle = model_registry.load_champion_bundle(settings.mlflow_tracking_uri, settings.model_name)
+    assert ref.version == 1 and ref.tags[model_tags.TAG_DAGSTER_RUN_ID] == run.run_id
+    tags = model_registry.get_version(client, settings.model_name, 1).tags
     assert tags["gate.decision"] == "promoted" and tags["gate.dagster_run_id"] == run.run_id
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
         written = con.execute("SELECT model_version, count(DISTINCT user_id) FROM recommendations "

@@ -432,12 +432,12 @@ def close_mlflow_assistant(browser) -> None:
 
 
 def test_mlflow_ui_shows_versions_alias_gate_tags_loss_and_plots(deployment, mlflow_ui):
-    from pipelines import registry
+    from als_store import mlflow_store, model_registry
 
     require_retrain(deployment)
     settings = deployment.settings
-    client = registry.make_client(settings.mlflow_tracking_uri)
-    champion = registry.champion_ref(client, settings.model_name)
+    client = mlflow_store.make_client(settings.mlflow_tracking_uri)
+    champion = model_registry.champion_ref(client, settings.model_name)
     assert champion is not None, "the retrain promoted nothing: no champion to look at"
     run = client.get_run(champion.run_id)
     experiment = run.info.experiment_id

@@ -21,8 +21,10 @@ from als_core import ALS
 from als_core.bundle import KIND_ALS, KIND_POPULARITY, ModelBundle, NoItemFactors, evaluate_on_holdout
 from model_half import ALL_ASSETS, GOOD, WEAK, materialize, metadata_of, mlflow_resource, publish_training_data, \
     small_training_data
-from pipelines import recommendations_table, registry
+from als_store import mlflow_store, model_registry, model_tags
+from pipelines import recommendations_table
 from pipelines.defs import model_assets
+from pipelines.registry import gate, promotion, run_log
 from als_store.settings import Settings
 from serving.config import ServingConfig
 from test_serving_api import items_of, serving, wait_for
@@ -98,8 +100,8 @@ def test_the_serving_scorer_answers_what_the_popularity_bundle_answers():
 
 def test_the_gate_chooses_the_best_it_measured():
     def decide(challenger, champion, popularity, kind=KIND_ALS, **kw):
-        return registry.decide(9, challenger, None if champion is None else 5, champion, popularity,
-                               champion_kind=None if champion is None else kind, popularity_available=True, **kw)
+        return gate.decide(9, challenger, None if champion is None else 5, champion, popularity,
+                           champion_kind=None if champion is None else kind, popularity_available=True, **kw)
 
     # no champion: whichever of challenger and popularity scores higher (a tie: popularity)
     assert decide(0.30, None, 0.20).promote
@@ -128,8 +130,8 @@ def test_the_gate_chooses_the_best_it_measured():
     assert decide(0.10, float("nan"), 0.20).rule == "popularity_champion_unscorable"
     # a NaN popularity never wins; without a way to register popularity, the gate is the ALS-only one
     assert not decide(0.10, None, float("nan")).changes_champion
-    assert not registry.decide(9, 0.10, None, None, 0.20).changes_champion
-    assert set(registry.POPULARITY_RULES) <= set(registry.RULES)
+    assert not gate.decide(9, 0.10, None, None, 0.20).changes_champion
+    assert set(gate.POPULARITY_RULES) <= set(gate.RULES)
     tags = decide(0.10, 0.20, 0.25).popularity_tags()
     assert tags["gate.challenger_ndcg_at_10"] == repr(0.25) and tags["gate.als_ndcg_at_10"] == repr(0.10)
     assert tags["gate.decision"] == "promoted" and tags["gate.rule"] == "popularity_beats_champion"
@@ -156,17 +158,17 @@ def sequence(tmp_path_factory):
         env.setenv("ALS_PIPELINE_HOME", str(tmp_path_factory.mktemp("popularity") / "home"))
         settings = Settings.from_env()
         resource = mlflow_resource(settings)
-        client = registry.make_client(resource.tracking_uri)
+        client = mlflow_store.make_client(resource.tracking_uri)
         out = {"settings": settings, "resource": resource, "client": client, "name": resource.model_name}
         out["data1"] = publish_training_data(settings, small_training_data(seed=1))
         out["first"] = materialize(ALL_ASSETS, resource, settings, challenger=WEAK, recommendations={"n": 20})
-        out["first_aliases"] = registry.aliases(client, resource.model_name)
-        out["first_found"] = (registry.find_version(client, resource.model_name).version,
-                              registry.find_version(client, resource.model_name, out["first"].run_id).version)
+        out["first_aliases"] = model_registry.aliases(client, resource.model_name)
+        out["first_found"] = (model_registry.find_version(client, resource.model_name).version,
+                              model_registry.find_version(client, resource.model_name, out["first"].run_id).version)
         out["first_table"] = table_rows(settings)
         out["data2"] = publish_training_data(settings, small_training_data(seed=2))
         out["refresh"] = materialize(ALL_ASSETS, resource, settings, challenger=WEAK, recommendations={"n": 20})
-        out["refresh_aliases"] = registry.aliases(client, resource.model_name)
+        out["refresh_aliases"] = model_registry.aliases(client, resource.model_name)
         out["good"] = materialize(ALL_ASSETS, resource, settings, challenger=GOOD, recommendations={"n": 20})
         yield out
 
@@ -182,25 +184,25 @@ def test_with_no_champion_a_challenger_that_loses_to_popularity_makes_popularity
     assert (gate["champion_version"], gate["champion_kind"]) == (v2, "popularity") and v2 == v1 + 1
     assert sequence["first_aliases"] == {"champion": v2}
 
-    challenger, popularity = registry.get_version(client, name, v1), registry.get_version(client, name, v2)
+    challenger, popularity = model_registry.get_version(client, name, v1), model_registry.get_version(client, name, v2)
     assert challenger.kind == "als" and challenger.tags["gate.decision"] == "rejected"
     assert challenger.tags["gate.rule"] == "popularity_first_model"
-    assert challenger.tags[registry.TAG_GATE_POPULARITY_VERSION] == str(v2)
-    assert popularity.kind == "popularity" and popularity.tags[registry.TAG_POPULARITY_OF] == str(v1)
+    assert challenger.tags[model_tags.TAG_GATE_POPULARITY_VERSION] == str(v2)
+    assert popularity.kind == "popularity" and popularity.tags[model_tags.TAG_POPULARITY_OF] == str(v1)
     assert popularity.tags["gate.decision"] == "promoted" and popularity.tags["gate.rule"] == "popularity_first_model"
     assert float(popularity.tags["gate.challenger_ndcg_at_10"]) == pytest.approx(evaluation["popularity_ndcg_at_10"])
-    assert float(popularity.tags[registry.TAG_GATE_ALS_NDCG]) == pytest.approx(evaluation["challenger_ndcg_at_10"])
-    for key in ("holdout_fingerprint", "training_window", registry.TAG_DAGSTER_RUN_ID, "gate.dagster_run_id"):
+    assert float(popularity.tags[model_tags.TAG_GATE_ALS_NDCG]) == pytest.approx(evaluation["challenger_ndcg_at_10"])
+    for key in ("holdout_fingerprint", "training_window", model_tags.TAG_DAGSTER_RUN_ID, "gate.dagster_run_id"):
         assert popularity.tags[key] == challenger.tags.get(key, result.run_id), key
     for version in (v1, v2):  # MLflow's version page starts with the decision
         assert client.get_model_version(name, str(version)).description.startswith("**popularity promoted**")
     run = client.get_run(popularity.run_id)  # a run of its own, with the kind and what it was counted for
     assert run.info.run_id != challenger.run_id and run.info.status == "FINISHED"
-    assert run.data.tags[registry.TAG_MODEL_KIND] == "popularity"
+    assert run.data.tags[model_tags.TAG_MODEL_KIND] == "popularity"
     assert run.data.metrics["eval_popularity_ndcg_at_10"] == pytest.approx(evaluation["popularity_ndcg_at_10"])
     # the popularity served is the popularity measured: re-scored on the challenger's holdout, the same NDCG
-    bundle = registry.load_bundle(sequence["resource"].tracking_uri, name, v2)
-    holdout = registry.load_holdout(client, challenger.run_id)
+    bundle = model_registry.load_bundle(sequence["resource"].tracking_uri, name, v2)
+    holdout = run_log.load_holdout(client, challenger.run_id)
     assert evaluate_on_holdout(bundle, *holdout)["ndcg@10"] == pytest.approx(evaluation["popularity_ndcg_at_10"])
     assert bundle.metadata["counted_for_version"] == v1
     assert bundle.metadata["training_window"] == [data.window_start, data.window_end]
@@ -217,7 +219,7 @@ def test_with_no_champion_a_challenger_that_loses_to_popularity_makes_popularity
     expected = bundle.recommend_many([user], n=20).items_of(0)[0].astype(str).tolist()
     assert frame[frame["user_id"] == str(user)]["item_id"].tolist() == expected
     # and MLflow's own loader serves it the same way
-    with registry.using_tracking_uri(sequence["resource"].tracking_uri):
+    with mlflow_store.using_tracking_uri(sequence["resource"].tracking_uri):
         predicted = mlflow.pyfunc.load_model(f"models:/{name}/{v2}").predict(
             pd.DataFrame({"user_id": [user]}), params={"n": 5})
     assert predicted["item_id"].astype(str).tolist() == expected[:5] and set(predicted["source"]) == {"popularity"}
@@ -237,8 +239,8 @@ def test_a_popularity_champion_is_refreshed_and_replaced_only_by_an_als_challeng
     assert gate["decision"] == "popularity promoted" and gate["rule"] == "popularity_refresh"
     v4 = gate["popularity_version"]
     assert sequence["refresh_aliases"] == {"champion": v4, "previous_champion": v2}
-    assert registry.get_version(client, name, v4).tags[registry.TAG_POPULARITY_OF] == str(v3)
-    assert registry.get_version(client, name, v3).tags["gate.decision"] == "rejected"
+    assert model_registry.get_version(client, name, v4).tags[model_tags.TAG_POPULARITY_OF] == str(v3)
+    assert model_registry.get_version(client, name, v3).tags["gate.decision"] == "rejected"
 
     good = sequence["good"]
     v5 = metadata_of(good, "challenger")["model_version"]
@@ -247,7 +249,7 @@ def test_a_popularity_champion_is_refreshed_and_replaced_only_by_an_als_challeng
     assert evaluation["challenger_ndcg_at_10"] > max(evaluation["champion_ndcg_at_10"],
                                                      evaluation["popularity_ndcg_at_10"])
     assert gate["decision"] == "promoted" and gate["rule"] == "beats_champion" and gate["champion_kind"] == "als"
-    assert registry.aliases(client, name) == {"champion": v5, "previous_champion": v4}
+    assert model_registry.aliases(client, name) == {"champion": v5, "previous_champion": v4}
     # no popularity version registered on a retrain where popularity did not win
     versions = sorted(int(mv.version) for mv in client.search_model_versions(f"name = '{name}'"))
     assert versions == [1, 2, 3, 4, 5]
@@ -260,8 +262,8 @@ def test_rollback_between_kinds_and_the_api_serves_both_with_hot_reload(sequence
     ALS back, in the API too."""
     settings, resource, client, name = (sequence[key] for key in ("settings", "resource", "client", "name"))
     v4, v5 = 4, 5
-    assert registry.aliases(client, name) == {"champion": v5, "previous_champion": v4}
-    als, popularity = (registry.load_bundle(resource.tracking_uri, name, v) for v in (v5, v4))
+    assert model_registry.aliases(client, name) == {"champion": v5, "previous_champion": v4}
+    als, popularity = (model_registry.load_bundle(resource.tracking_uri, name, v) for v in (v5, v4))
     known = int(popularity.user_ids[np.argmax(np.diff(popularity.seen.indptr))])  # the user who saw the most
     item = int(als.item_ids[0])
     config = ServingConfig(model_name=name, tracking_uri=resource.tracking_uri, duckdb_path=settings.duckdb_path,
@@ -273,11 +275,11 @@ def test_rollback_between_kinds_and_the_api_serves_both_with_hot_reload(sequence
         assert api.get(f"/similar-items/{item}").status_code == 200
         assert api.get(f"/recommendations/{known}").json()["source"] == "als"
 
-        assert registry.rollback(client, name, resource.lock_path) == (v5, v4)
+        assert promotion.rollback(client, name, resource.lock_path) == (v5, v4)
         wait_for(lambda: api.get("/model").json()["version"] == v4, 10, "the popularity version to be served")
         info = api.get("/model").json()
         assert (info["kind"], info["factors"]) == ("popularity", None)
-        assert info["ndcg_at_10"] == pytest.approx(float(registry.get_version(client, name, v4).tags[
+        assert info["ndcg_at_10"] == pytest.approx(float(model_registry.get_version(client, name, v4).tags[
             "gate.challenger_ndcg_at_10"]))
         body = api.get(f"/recommendations/{known}", params={"n": 10}).json()
         reference = popularity.recommend_many([known], n=10)
@@ -298,7 +300,7 @@ def test_rollback_between_kinds_and_the_api_serves_both_with_hot_reload(sequence
         frame, writer = table_rows(settings)
         assert writer.version == v4 and set(frame["model_version"]) == {v4}
 
-        assert registry.rollback(client, name, resource.lock_path) == (v4, v5)
+        assert promotion.rollback(client, name, resource.lock_path) == (v4, v5)
         wait_for(lambda: api.get("/model").json()["kind"] == "als", 10, "ALS to be served again")
         assert api.get(f"/similar-items/{item}").status_code == 200
 
@@ -345,7 +347,7 @@ def test_a_sparse_multi_day_log_where_als_loses_ends_with_a_champion_the_api_ser
     assert gate["decision"] == "popularity promoted" and gate["rule"] == "popularity_first_model"
     assert metadata_of(retrain, "recommendations")["champion_kind"] == "popularity"
 
-    bundle = registry.load_bundle(settings.mlflow_tracking_uri, settings.model_name, gate["popularity_version"])
+    bundle = model_registry.load_bundle(settings.mlflow_tracking_uri, settings.model_name, gate["popularity_version"])
     assert bundle.metadata["event_weights"] == {"view_weight": 3.0, "cart_weight": 10.0, "purchase_weight": 40.0,
                                                 "half_life_days": 0.0}
     assert bundle.metadata["training_window"][1] == "2026-01-07"  # (30 days ending on the last day, by default)

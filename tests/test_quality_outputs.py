@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from model_half import GATE_ASSETS, GOOD, WEAK, materialize, metadata_of, mlflow_resource, publish_training_data
-from pipelines import registry
+from als_store import mlflow_store, model_registry
 
 
 def test_evaluation_logs_beyond_accuracy_and_the_ndcg_history(settings):
@@ -12,8 +12,8 @@ def test_evaluation_logs_beyond_accuracy_and_the_ndcg_history(settings):
     materialize(GATE_ASSETS, mlflow, settings, challenger=GOOD)
     second = materialize(GATE_ASSETS, mlflow, settings, challenger=WEAK)
 
-    client = registry.make_client(settings.mlflow_tracking_uri)
-    latest = registry.get_version(client, settings.model_name, 2)
+    client = mlflow_store.make_client(settings.mlflow_tracking_uri)
+    latest = model_registry.get_version(client, settings.model_name, 2)
     metrics = client.get_run(latest.run_id).data.metrics
     for name in ("novelty_at_10", "entropy_at_10", "popular_share_at_10", "coverage_at_10"):
         assert f"eval_challenger_{name}" in metrics and f"eval_popularity_{name}" in metrics

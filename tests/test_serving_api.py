@@ -25,7 +25,8 @@ import uvicorn
 from als_core import ALS
 from als_core.bundle import ModelBundle
 from mlflow_server import _mlflow_executable, free_port, stop, wait_healthy
-from pipelines import registry
+from als_store import mlflow_store, model_tags
+from pipelines.registry import promotion, registration, run_log
 from serving.app import create_app
 from serving.config import ServingConfig
 from test_serving_fold_in import write_events
@@ -49,16 +50,16 @@ def store(tmp_path_factory):
     """One sqlite store for the module (creating its tables takes seconds) with versions 1 and 2 of MODEL."""
     root = tmp_path_factory.mktemp("serving-mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = registry.make_client(uri)
-    experiment = registry.ensure_experiment(client, "serving-tests", root / "mlartifacts")
+    client = mlflow_store.make_client(uri)
+    experiment = run_log.ensure_experiment(client, "serving-tests", root / "mlartifacts")
     bundles = {}
     for seed, factors, ndcg in [(1, 8, 0.21), (2, 5, 0.27)]:
         bundle = trained_bundle(seed, factors)
-        run_id = registry.start_training_run(client, experiment, f"seed {seed}", {})
+        run_id = run_log.start_training_run(client, experiment, f"seed {seed}", {})
         with tempfile.TemporaryDirectory() as tmp:
-            ref = registry.register_bundle(uri, run_id, MODEL, bundle.save(Path(tmp) / "bundle"), bundle.user_ids[:2],
-                                           {"eval.challenger_ndcg_at_10": repr(ndcg)})
-        registry.finish_run(client, run_id)
+            ref = registration.register_bundle(uri, run_id, MODEL, bundle.save(Path(tmp) / "bundle"),
+                                               bundle.user_ids[:2], {model_tags.TAG_EVAL_CHALLENGER_NDCG: repr(ndcg)})
+        run_log.finish_run(client, run_id)
         bundles[ref.version] = bundle
     return {"uri": uri, "root": root, "client": client, "bundles": bundles}
 
@@ -67,9 +68,9 @@ def set_champion(store, version: int | None) -> None:
     client = store["client"]
     if version is None:
         with contextlib.suppress(Exception):
-            client.delete_registered_model_alias(MODEL, registry.CHAMPION)
+            client.delete_registered_model_alias(MODEL, model_tags.CHAMPION)
     else:
-        client.set_registered_model_alias(MODEL, registry.CHAMPION, str(version))
+        client.set_registered_model_alias(MODEL, model_tags.CHAMPION, str(version))
 
 
 @contextlib.contextmanager
@@ -387,7 +388,7 @@ def test_under_load_a_promotion_and_a_rollback_answer_every_request_from_one_ver
     set_champion(store, 1)
     client = store["client"]
     with contextlib.suppress(Exception):
-        client.delete_registered_model_alias(MODEL, registry.PREVIOUS_CHAMPION)
+        client.delete_registered_model_alias(MODEL, model_tags.PREVIOUS_CHAMPION)
     v1, v2 = store["bundles"][1], store["bundles"][2]
     users = [int(u) for u in v1.user_ids[:40]]
     items = [int(i) for i in v1.item_ids[:30]]
@@ -417,7 +418,7 @@ def test_under_load_a_promotion_and_a_rollback_answer_every_request_from_one_ver
             wait_for(lambda: version_now() == 1, 60, "python -m serving to serve v1")
             with Load(f"http://127.0.0.1:{port}", expected, users, items) as load:
                 time.sleep(LOAD_SETTLE_S)
-                decision = registry.promote_if_better(
+                decision = promotion.promote_if_better(
                     client, MODEL, challenger_version=2, challenger_ndcg=0.27, popularity_ndcg=0.05,
                     evaluated_champion=(1, 0.21), score_champion=lambda version: 0.21,
                     lock_path=tmp_path / "promotion.lock")
@@ -425,7 +426,7 @@ def test_under_load_a_promotion_and_a_rollback_answer_every_request_from_one_ver
                 promote_s = wait_for(lambda: version_now() == 2, 30, "/model to show the promoted v2")
                 promoted_seen = time.monotonic()
                 time.sleep(LOAD_SETTLE_S)
-                assert registry.rollback(client, MODEL, tmp_path / "promotion.lock") == (2, 1)
+                assert promotion.rollback(client, MODEL, tmp_path / "promotion.lock") == (2, 1)
                 rollback_s = wait_for(lambda: version_now() == 1, 30, "/model to show v1 after the rollback")
                 rolled_back_seen = time.monotonic()
                 time.sleep(LOAD_SETTLE_S)

@@ -18,7 +18,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from pipelines import registry, status
+from als_store import mlflow_store, model_registry, model_tags
+from pipelines import status
+from pipelines.registry import promotion, registration, run_log
 from pipelines.landing import write_day_files
 from als_store.settings import PROJECT_ROOT, Settings
 
@@ -73,22 +75,22 @@ def tiny_bundle_dir(root: Path) -> Path:
 def register_retrains(settings: Settings, tmp: Path) -> None:
     """Three training runs through the registry's own functions, each gated like the pipeline does."""
     uri, name = settings.mlflow_tracking_uri, settings.model_name
-    client = registry.make_client(uri)
-    experiment = registry.ensure_experiment(client, registry.DEFAULT_EXPERIMENT, settings.mlflow_artifact_root)
+    client = mlflow_store.make_client(uri)
+    experiment = run_log.ensure_experiment(client, run_log.DEFAULT_EXPERIMENT, settings.mlflow_artifact_root)
     bundle_dir = tiny_bundle_dir(tmp)
-    lock = registry.lock_path_for(uri, settings.home)
+    lock = promotion.lock_path_for(uri, settings.home)
     scores: dict[int, float] = {}
     for i, (ndcg, popularity) in enumerate(RETRAINS):
-        run_id = registry.start_training_run(client, experiment, f"retrain-{i}",
-                                             {status.TAG_TRAINING_WINDOW: "2026-01-05..2026-01-06"})
-        registry.log_training(client, run_id, {"factors": 4}, [3.0, 2.0, 1.5], 0.1,
-                              {"events": 1000 * (i + 1), "users": 12, "items": 9})
-        registry.finish_run(client, run_id)
-        ref = registry.register_bundle(uri, run_id, name, bundle_dir, KNOWN_USERS,
-                                       {registry.TAG_DAGSTER_RUN_ID: f"dagster-{i}"})
-        champion = registry.aliases(client, name).get(registry.CHAMPION)
-        registry.promote_if_better(client, name, ref.version, ndcg, popularity, (champion, scores.get(champion)),
-                                   score_champion=scores.__getitem__, lock_path=lock)
+        run_id = run_log.start_training_run(client, experiment, f"retrain-{i}",
+                                            {status.TAG_TRAINING_WINDOW: "2026-01-05..2026-01-06"})
+        run_log.log_training(client, run_id, {"factors": 4}, [3.0, 2.0, 1.5], 0.1,
+                             {"events": 1000 * (i + 1), "users": 12, "items": 9})
+        run_log.finish_run(client, run_id)
+        ref = registration.register_bundle(uri, run_id, name, bundle_dir, KNOWN_USERS,
+                                           {model_tags.TAG_DAGSTER_RUN_ID: f"dagster-{i}"})
+        champion = model_registry.aliases(client, name).get(model_tags.CHAMPION)
+        promotion.promote_if_better(client, name, ref.version, ndcg, popularity, (champion, scores.get(champion)),
+                                    score_champion=scores.__getitem__, lock_path=lock)
         scores[ref.version] = ndcg
 
 
@@ -216,12 +218,12 @@ def test_locked_warehouse_is_reported_and_champion_still_shown(populated):
 def test_versions_without_champion_say_none_passed_the_gate(tmp_path):
     settings = Settings.from_env({"ALS_PIPELINE_HOME": str(tmp_path / "home")})
     uri, name = settings.mlflow_tracking_uri, settings.model_name
-    client = registry.make_client(uri)
-    experiment = registry.ensure_experiment(client, registry.DEFAULT_EXPERIMENT, settings.mlflow_artifact_root)
-    run_id = registry.start_training_run(client, experiment, "loses", {})
-    ref = registry.register_bundle(uri, run_id, name, tiny_bundle_dir(tmp_path), KNOWN_USERS, {})
-    registry.promote_if_better(client, name, ref.version, 0.05, 0.10, (None, None), score_champion=None,
-                               lock_path=registry.lock_path_for(uri, settings.home))
+    client = mlflow_store.make_client(uri)
+    experiment = run_log.ensure_experiment(client, run_log.DEFAULT_EXPERIMENT, settings.mlflow_artifact_root)
+    run_id = run_log.start_training_run(client, experiment, "loses", {})
+    ref = registration.register_bundle(uri, run_id, name, tiny_bundle_dir(tmp_path), KNOWN_USERS, {})
+    promotion.promote_if_better(client, name, ref.version, 0.05, 0.10, (None, None), score_champion=None,
+                                lock_path=promotion.lock_path_for(uri, settings.home))
     reg = status.read_registry(settings)
     assert reg.state == "ok" and reg.champion is None
     assert [v.decision for v in reg.versions] == ["rejected"]
@@ -295,7 +297,7 @@ def retrained(tmp_path, monkeypatch) -> Settings:
 
 
 def move_model_away(settings: Settings, version: int, tmp: Path) -> Path:
-    model_dir = registry.local_model_dir(settings.mlflow_tracking_uri, settings.model_name, version)
+    model_dir = model_registry.local_model_dir(settings.mlflow_tracking_uri, settings.model_name, version)
     return Path(shutil.move(model_dir, tmp / f"moved-v{version}"))
 
 
@@ -327,11 +329,12 @@ def test_a_champion_without_a_loadable_previous_one_needs_a_promotion_by_hand(re
 
 def test_a_version_evaluated_but_never_gated_is_shown_with_the_command_that_gates_it(retrained, tmp_path):
     uri, name = retrained.mlflow_tracking_uri, retrained.model_name
-    client = registry.make_client(uri)
-    experiment = registry.ensure_experiment(client, registry.DEFAULT_EXPERIMENT, retrained.mlflow_artifact_root)
-    run_id = registry.start_training_run(client, experiment, "evaluated", {})
-    ref = registry.register_bundle(uri, run_id, name, tiny_bundle_dir(tmp_path / "v4"), KNOWN_USERS, {})
-    registry.set_version_tags(client, ref, {status.TAG_EVALUATED: "0.3", status.TAG_EVALUATED_BY: "a-dead-run"})
+    client = mlflow_store.make_client(uri)
+    experiment = run_log.ensure_experiment(client, run_log.DEFAULT_EXPERIMENT, retrained.mlflow_artifact_root)
+    run_id = run_log.start_training_run(client, experiment, "evaluated", {})
+    ref = registration.register_bundle(uri, run_id, name, tiny_bundle_dir(tmp_path / "v4"), KNOWN_USERS, {})
+    registration.set_version_tags(client, ref, {model_tags.TAG_EVAL_CHALLENGER_NDCG: "0.3",
+                                                model_tags.TAG_EVAL_DAGSTER_RUN_ID: "a-dead-run"})
 
     code, report = status_json(retrained)
     assert code == 1
@@ -341,8 +344,8 @@ def test_a_version_evaluated_but_never_gated_is_shown_with_the_command_that_gate
     assert "--select champion" in problem["fix"] and f'"version": {ref.version}' in problem["fix"]
 
     # a newer version gated since: the old one is superseded, not waiting for a person
-    newer = registry.register_bundle(uri, run_id, name, tiny_bundle_dir(tmp_path / "v5"), KNOWN_USERS, {})
-    registry.promote_if_better(client, name, newer.version, 0.01, 0.10, (3, 0.35), score_champion=None,
-                               lock_path=registry.lock_path_for(uri, retrained.home))
+    newer = registration.register_bundle(uri, run_id, name, tiny_bundle_dir(tmp_path / "v5"), KNOWN_USERS, {})
+    promotion.promote_if_better(client, name, newer.version, 0.01, 0.10, (3, 0.35), score_champion=None,
+                                lock_path=promotion.lock_path_for(uri, retrained.home))
     code, report = status_json(retrained)
     assert code == 0 and report["problems"] == []

@@ -10,7 +10,7 @@ import pytest
 
 from als_core.splits import random_holdout
 from als_core.synthetic import generate_user_items
-from pipelines import registry
+from als_store import mlflow_store
 from pipelines.training_data import TrainingData, publish
 from pipelines.tuned_params import best_params_path, read_best_params
 
@@ -54,7 +54,7 @@ def test_tuning_asset_logs_nested_runs_and_writes_best_params(settings, publishe
     assert metadata["points"].value == 4
     assert "data:image/png;base64," in metadata["heatmaps"].value
 
-    client = registry.make_client(settings.mlflow_tracking_uri)
+    client = mlflow_store.make_client(settings.mlflow_tracking_uri)
     parent = client.get_run(payload["mlflow_run_id"])
     assert parent.data.tags["kind"] == "tuning"
     children = client.search_runs([parent.info.experiment_id],

@@ -25,11 +25,15 @@ import numpy as np
 from duckdb import IOException as DuckDBIOError
 from pydantic import Field
 
-from als_store import sql_files
-from pipelines import plots, recommendations_table, registry, scored_lists
+from als_store import model_tags, sql_files
+from als_store.mlflow_store import BundleUnloadable, MlflowUnavailable, mlflow_errors, quoted
+from pipelines import plots, recommendations_table, scored_lists
 from pipelines.defs.mlflow_resource import MLflowResource
 from pipelines.defs.resources import DuckDBResource
 from pipelines.markdown import markdown_table
+from pipelines.registry import run_log
+from pipelines.registry.gate import GateDecision
+from pipelines.registry.registration import set_version_tags
 from als_store.settings import Settings
 from pipelines.training_data import TrainingData, latest_dir
 from pipelines.tuned_params import read_best_params
@@ -47,7 +51,7 @@ def mlflow_failure_is_a_run_failure() -> Iterator[None]:
     """An MLflow outage fails the step with a message that says so (and nothing moved the champion alias)."""
     try:
         yield
-    except registry.MlflowUnavailable as exc:
+    except MlflowUnavailable as exc:
         raise dg.Failure(description=f"{exc}. The champion alias was not changed.") from exc
 
 
@@ -55,12 +59,12 @@ def target_version(client, mlflow: MLflowResource, context: dg.AssetExecutionCon
     """The ALS challenger this step works on: the one given in its config, else this run's challenger (the
     newest ALS version when the asset runs on its own)."""
     if version is None:
-        return registry.find_version(client, mlflow.model_name, context.run.run_id)
-    ref = registry.get_version(client, mlflow.model_name, version)
-    if ref.kind != registry.KIND_ALS:
+        return mlflow.challenger_of(client, context.run.run_id)
+    ref = mlflow.version(client, version)
+    if ref.kind != model_tags.KIND_ALS:
         raise dg.Failure(description=(
             f"{ref.name} v{ref.version} is a {ref.kind} model, registered by the gate for ALS challenger "
-            f"v{ref.tags.get(registry.TAG_POPULARITY_OF, '?')}: evaluation and the gate judge ALS challengers "
+            f"v{ref.tags.get(model_tags.TAG_POPULARITY_OF, '?')}: evaluation and the gate judge ALS challengers "
             f"(give that version instead)"))
     return ref
 
@@ -74,10 +78,6 @@ def dagster_run_alive(instance, run_id: str) -> bool | None:
 def table_model(ref, n: int) -> recommendations_table.TableModel:
     """What `recommendations` records about a model version writing ``n`` lists per user."""
     return recommendations_table.TableModel(ref.name, int(ref.version), ref.run_id, int(n))
-
-
-def metric_key(key: str) -> str:
-    return key.replace("@", "_at_")  # MLflow metric and tag names allow no '@'
 
 
 def _score(bundle, holdout: tuple[np.ndarray, np.ndarray], strategy: str = "model", lists=None) -> dict[str, float]:
@@ -172,16 +172,16 @@ def challenger(context: dg.AssetExecutionContext, config: ChallengerConfig, mlfl
     with mlflow_failure_is_a_run_failure():
         client = mlflow.client()  # checks reachability before minutes of training
         experiment_id = mlflow.experiment_id(client)
-        closed = registry.close_abandoned_runs(client, experiment_id,
-                                               lambda other: dagster_run_alive(context.instance, other), run_id)
+        closed = run_log.close_abandoned_runs(client, experiment_id,
+                                              lambda other: dagster_run_alive(context.instance, other), run_id)
         if closed:
             context.log.warning(f"marked KILLED {len(closed)} MLflow run(s) left RUNNING by Dagster runs that are "
                                 f"over: {', '.join(closed)}")
-        identity = {registry.TAG_DAGSTER_RUN_ID: run_id, registry.TAG_MODEL_KIND: registry.KIND_ALS,
-                    registry.TAG_HOLDOUT_FINGERPRINT: data.holdout_fingerprint,
+        identity = {model_tags.TAG_DAGSTER_RUN_ID: run_id, model_tags.TAG_MODEL_KIND: model_tags.KIND_ALS,
+                    model_tags.TAG_HOLDOUT_FINGERPRINT: data.holdout_fingerprint,
                     "training_window": f"{data.window_start}..{data.window_end}", "training_split": data.split,
                     "training_snapshot": str(snapshot), "hyperparameters_from": source}
-        mlflow_run = registry.start_training_run(client, experiment_id, f"challenger {data.window_end}", identity)
+        mlflow_run = run_log.start_training_run(client, experiment_id, f"challenger {data.window_end}", identity)
         try:
             context.log.info(f"training {params} ({source}) on {data.train.shape[0]} users x {data.train.shape[1]} "
                              f"items, {data.train.nnz} nonzeros; MLflow run {mlflow_run}")
@@ -194,9 +194,9 @@ def challenger(context: dg.AssetExecutionContext, config: ChallengerConfig, mlfl
             fit_seconds = time.perf_counter() - started
             sizes = {"users": data.train.shape[0], "items": data.train.shape[1], "nnz": int(data.train.nnz),
                      "holdout_pairs": data.holdout_pairs}
-            registry.log_training(client, mlflow_run, {**params, "hyperparameters_from": source},
+            run_log.log_training(client, mlflow_run, {**params, "hyperparameters_from": source},
                                   model.loss_history, fit_seconds, sizes)
-            registry.log_holdout(client, mlflow_run, data.holdout_user_ids, data.holdout_item_ids)
+            run_log.log_holdout(client, mlflow_run, data.holdout_user_ids, data.holdout_item_ids)
             check = factors_finite_result(model)
             metadata = {
                 "mlflow_run": dg.MetadataValue.url(mlflow.run_url(experiment_id, mlflow_run)),
@@ -209,12 +209,12 @@ def challenger(context: dg.AssetExecutionContext, config: ChallengerConfig, mlfl
             with tempfile.TemporaryDirectory(prefix="challenger-") as tmp:
                 if model.loss_history:
                     curve = plots.loss_curve(model.loss_history, Path(tmp) / "loss_curve.png")
-                    with registry.mlflow_errors("logging the loss curve"):
+                    with mlflow_errors("logging the loss curve"):
                         client.log_artifact(mlflow_run, str(curve), artifact_path="plots")
                     metadata["loss_curve"] = dg.MetadataValue.md(plots.markdown_image(curve, "training loss"))
                 if not check.passed:
                     # keep the run for diagnosis, but register nothing: a broken model must never be served
-                    registry.finish_run(client, mlflow_run, failed=True)
+                    run_log.finish_run(client, mlflow_run, failed=True)
                     context.log.error("non-finite factors: nothing registered")
                     return dg.MaterializeResult(metadata=metadata, check_results=[check])
                 bundle = ModelBundle.build(model, data.user_ids, data.item_ids, data.train, metadata={
@@ -222,12 +222,11 @@ def challenger(context: dg.AssetExecutionContext, config: ChallengerConfig, mlfl
                     "holdout_fingerprint": data.holdout_fingerprint, "mlflow_run_id": mlflow_run,
                     "dagster_run_id": run_id}, weighting=data.weighting)
                 bundle_dir = bundle.save(Path(tmp) / "bundle")
-                version = registry.register_bundle(mlflow.tracking_uri, mlflow_run, mlflow.model_name, bundle_dir,
-                                                   bundle.user_ids[:2], identity)
-            registry.finish_run(client, mlflow_run)
+                version = mlflow.register_bundle(mlflow_run, bundle_dir, bundle.user_ids[:2], identity)
+            run_log.finish_run(client, mlflow_run)
         except BaseException:
             with contextlib.suppress(Exception):
-                registry.finish_run(client, mlflow_run, failed=True)
+                run_log.finish_run(client, mlflow_run, failed=True)
             raise
     context.log.info(f"registered {version.name} version {version.version}")
     metadata["model_version"] = dg.MetadataValue.int(version.version)
@@ -293,11 +292,11 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, mlfl
     with mlflow_failure_is_a_run_failure():
         client = mlflow.client()
         ref = target_version(client, mlflow, context, config.version)
-        holdout = registry.load_holdout(client, ref.run_id)
+        holdout = run_log.load_holdout(client, ref.run_id)
         users = holdout_users(holdout[0])
         context.log.info(f"evaluating {ref.name} v{ref.version} on {len(holdout[0])} holdout pairs of {len(users)} "
                          f"users")
-        bundle = registry.load_bundle(mlflow.tracking_uri, ref.name, ref.version)
+        bundle = mlflow.load_bundle(ref.version)
         lists = bundle.recommend_many(users, n=max(K, config.keep_n))
         scores: dict[str, dict[str, float] | None] = {
             "challenger": _score(bundle, holdout, lists=lists), "champion": None,
@@ -305,14 +304,14 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, mlfl
         if config.keep_n:
             kept = keep_challenger_lists(Settings.from_env(), ref.run_id, bundle, users, lists)
             context.log.info(f"kept {kept} users' top {config.keep_n} for `recommendations`")
-        champion = registry.champion_ref(client, ref.name)
+        champion = mlflow.champion(client)
         champion_from, champion_error = "none", None
         if champion is not None:
             try:
                 if champion.version == ref.version:
                     champion_bundle, champion_lists, champion_from = bundle, lists, "the challenger's lists"
                 else:
-                    champion_bundle = registry.load_version_bundle(mlflow.tracking_uri, ref.name, champion.version)
+                    champion_bundle = mlflow.load_version_bundle(champion.version)
                     champion_lists = stored_champion_lists(duckdb, champion, champion_bundle, users,
                                                            context.log.warning)
                     champion_from = "scored" if champion_lists is None else "table recommendations"
@@ -321,22 +320,22 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, mlfl
                     scores["champion"] = _score(champion_bundle, holdout, lists=champion_lists)
                 except Exception as exc:  # loaded but not scorable on this holdout: judged as if unloadable
                     champion_error = f"scoring failed: {type(exc).__name__}: {exc}"
-            except registry.BundleUnloadable as exc:
+            except BundleUnloadable as exc:
                 champion_error = exc.cause
             if champion_error is not None:
                 champion_from = "not scored"
                 context.log.error(f"champion v{champion.version} could not be scored ({champion_error}): the gate "
                                   f"promotes the challenger if it beats popularity, else popularity")
-        registry.log_metrics(client, ref.run_id, {
-            f"eval_{role}_{metric_key(key)}": value
+        run_log.log_metrics(client, ref.run_id, {
+            f"eval_{role}_{model_tags.metric_name(key)}": value
             for role, values in scores.items() if values for key, value in values.items()})
-        registry.set_version_tags(client, ref, {
-            "eval.challenger_ndcg_at_10": repr(scores["challenger"][DECIDING]),
-            "eval.popularity_ndcg_at_10": repr(scores["popularity"][DECIDING]),
-            registry.TAG_EVAL_CHAMPION_VERSION: "" if champion is None else champion.version,
-            registry.TAG_EVAL_CHAMPION_NDCG: "" if scores["champion"] is None else repr(scores["champion"][DECIDING]),
-            registry.TAG_EVAL_CHAMPION_LOAD_ERROR: champion_error or "",
-            "eval.dagster_run_id": context.run.run_id,
+        set_version_tags(client, ref, {
+            model_tags.TAG_EVAL_CHALLENGER_NDCG: repr(scores["challenger"][DECIDING]),
+            model_tags.TAG_EVAL_POPULARITY_NDCG: repr(scores["popularity"][DECIDING]),
+            model_tags.TAG_EVAL_CHAMPION_VERSION: "" if champion is None else champion.version,
+            model_tags.TAG_EVAL_CHAMPION_NDCG: "" if scores["champion"] is None else repr(scores["champion"][DECIDING]),
+            model_tags.TAG_EVAL_CHAMPION_LOAD_ERROR: champion_error or "",
+            model_tags.TAG_EVAL_DAGSTER_RUN_ID: context.run.run_id,
         })
         experiment_id = client.get_run(ref.run_id).info.experiment_id
         with tempfile.TemporaryDirectory(prefix="evaluation-") as tmp:
@@ -359,7 +358,7 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, mlfl
         **({"champion_load_error": dg.MetadataValue.text(f"v{champion.version}: {champion_error}")}
            if champion_error else {}),
         "holdout_pairs": dg.MetadataValue.int(len(holdout[0])),
-        "holdout_fingerprint": dg.MetadataValue.text(ref.tags.get(registry.TAG_HOLDOUT_FINGERPRINT, "")),
+        "holdout_fingerprint": dg.MetadataValue.text(ref.tags.get(model_tags.TAG_HOLDOUT_FINGERPRINT, "")),
         "metrics": dg.MetadataValue.md(_metrics_table(scores)),
         "mlflow_run": dg.MetadataValue.url(mlflow.run_url(experiment_id, ref.run_id)),
     })
@@ -375,13 +374,14 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, mlfl
 def ndcg_history_picture(client, name: str, path: Path, last: int = HISTORY_VERSIONS) -> Path | None:
     """NDCG@10 of challenger, champion (re-scored on each retrain's holdout) and popularity over the last
     ``last`` evaluated versions, from the `eval.*` version tags the evaluation writes."""
-    with registry.mlflow_errors("reading the evaluation history"):
-        versions = client.search_model_versions(f"name = '{registry._quoted(name)}'")
-    evaluated = sorted((v for v in versions if "eval.challenger_ndcg_at_10" in v.tags), key=lambda v: int(v.version))
+    with mlflow_errors("reading the evaluation history"):
+        versions = client.search_model_versions(f"name = '{quoted(name)}'")
+    evaluated = sorted((v for v in versions if model_tags.TAG_EVAL_CHALLENGER_NDCG in v.tags),
+                       key=lambda v: int(v.version))
     if not evaluated:
         return None
     evaluated = evaluated[-last:]
-    series = {role: [_tag_float(v.tags, f"eval.{role}_ndcg_at_10") or math.nan for v in evaluated]
+    series = {role: [model_tags.tag_float(v.tags.get(model_tags.eval_ndcg_tag(role))) or math.nan for v in evaluated]
               for role in ("challenger", "champion", "popularity")}
     return plots.ndcg_history([f"v{v.version}" for v in evaluated], series, path)
 
@@ -399,13 +399,13 @@ class ChampionConfig(dg.Config):
                                                          "challenger (the newest version when champion runs on its own).")
 
 
-def register_popularity_of(client, mlflow: MLflowResource, ref, decision: registry.GateDecision,
+def register_popularity_of(client, mlflow: MLflowResource, ref, decision: GateDecision,
                            dagster_run_id: str):
     """Register the popularity model counted on challenger ``ref``'s training data (its bundle's ids, seen
     items and popularity ranking: exactly what the evaluation scored as popularity) as a version of its own."""
     from als_core.bundle import KIND_POPULARITY
 
-    bundle = registry.load_version_bundle(mlflow.tracking_uri, ref.name, ref.version)
+    bundle = mlflow.load_version_bundle(ref.version)
     window = bundle.metadata.get("training_window") or ref.tags.get("training_window", "").split("..")
     popularity = bundle.as_popularity(metadata={
         "kind": KIND_POPULARITY,
@@ -413,34 +413,26 @@ def register_popularity_of(client, mlflow: MLflowResource, ref, decision: regist
                    "a known user's seen items are skipped",
         "training_window": window,
         "counted_for_version": ref.version, "counted_for_run_id": ref.run_id,
-        "holdout_fingerprint": ref.tags.get(registry.TAG_HOLDOUT_FINGERPRINT, ""),
+        "holdout_fingerprint": ref.tags.get(model_tags.TAG_HOLDOUT_FINGERPRINT, ""),
         "ndcg@10": decision.popularity_ndcg, "dagster_run_id": dagster_run_id,
     })
-    metrics = {key: value for key, value in _run_metrics(client, ref.run_id).items()
+    metrics = {key: value for key, value in run_log.run_metrics(client, ref.run_id).items()
                if key.startswith(("data_", "eval_popularity_"))}
-    tags = {key: ref.tags[key] for key in (registry.TAG_HOLDOUT_FINGERPRINT, "training_window", "training_split",
+    tags = {key: ref.tags[key] for key in (model_tags.TAG_HOLDOUT_FINGERPRINT, "training_window", "training_split",
                                            "training_snapshot") if key in ref.tags}
-    tags[registry.TAG_DAGSTER_RUN_ID] = dagster_run_id
+    tags[model_tags.TAG_DAGSTER_RUN_ID] = dagster_run_id
     end = window[-1] if window else ""
-    return registry.register_popularity(mlflow.tracking_uri, mlflow.experiment_id(client), ref.name, ref,
-                                        popularity, f"popularity {end}".strip(), tags, metrics)
+    return mlflow.register_popularity(client, ref, popularity, f"popularity {end}".strip(), tags, metrics)
 
 
-def _run_metrics(client, run_id: str | None) -> dict[str, float]:
-    if not run_id:
-        return {}
-    with registry.mlflow_errors(f"reading the metrics of run {run_id}"):
-        return client.get_run(run_id).data.metrics
-
-
-def decision_word(decision: registry.GateDecision) -> str:
+def decision_word(decision: GateDecision) -> str:
     """promoted (the challenger), popularity promoted, or rejected (the champion stays)."""
     if decision.promote_popularity:
         return "popularity promoted"
     return "promoted" if decision.promote else "rejected"
 
 
-def gate_summary(decision: registry.GateDecision, fit_seconds: float | None) -> str:
+def gate_summary(decision: GateDecision, fit_seconds: float | None) -> str:
     """The run's and version's description: decision, the three NDCG@10 on the same holdout, fit time."""
     champion = ("no champion" if decision.champion_version is None
                 else f"champion v{decision.champion_version} {_ndcg(decision.champion_ndcg)}")
@@ -460,11 +452,6 @@ def _ndcg(value: float | None) -> str:
     return "not scored" if value is None else f"{value:.4f}"
 
 
-def _tag_float(tags: dict, key: str) -> float | None:
-    value = tags.get(key, "")
-    return float(value) if value != "" else None
-
-
 @dg.asset(
     group_name=GROUP,
     deps=[evaluation],
@@ -479,42 +466,42 @@ def champion(context: dg.AssetExecutionContext, config: ChampionConfig, mlflow: 
     with mlflow_failure_is_a_run_failure():
         client = mlflow.client()
         ref = target_version(client, mlflow, context, config.version)
-        challenger_ndcg = _tag_float(ref.tags, "eval.challenger_ndcg_at_10")
-        popularity_ndcg = _tag_float(ref.tags, "eval.popularity_ndcg_at_10")
+        challenger_ndcg = model_tags.tag_float(ref.tags.get(model_tags.TAG_EVAL_CHALLENGER_NDCG))
+        popularity_ndcg = model_tags.tag_float(ref.tags.get(model_tags.TAG_EVAL_POPULARITY_NDCG))
         if challenger_ndcg is None or popularity_ndcg is None:
             raise dg.Failure(description=f"{ref.name} v{ref.version} has no evaluation: materialise `evaluation` first")
-        evaluated_version = ref.tags.get(registry.TAG_EVAL_CHAMPION_VERSION) or None
+        evaluated_version = ref.tags.get(model_tags.TAG_EVAL_CHAMPION_VERSION) or None
         evaluated = (int(evaluated_version) if evaluated_version else None,
-                     _tag_float(ref.tags, registry.TAG_EVAL_CHAMPION_NDCG))
+                     model_tags.tag_float(ref.tags.get(model_tags.TAG_EVAL_CHAMPION_NDCG)))
 
         def rescore(version: int) -> float:
             context.log.info(f"champion changed to v{version} since evaluation: re-scoring it on the same holdout")
-            bundle = registry.load_version_bundle(mlflow.tracking_uri, ref.name, version)
-            return _score(bundle, registry.load_holdout(client, ref.run_id))[DECIDING]
+            bundle = mlflow.load_version_bundle(version)
+            return _score(bundle, run_log.load_holdout(client, ref.run_id))[DECIDING]
 
-        fingerprint = ref.tags.get(registry.TAG_HOLDOUT_FINGERPRINT, "")
+        fingerprint = ref.tags.get(model_tags.TAG_HOLDOUT_FINGERPRINT, "")
 
-        def register_popularity(decision: registry.GateDecision) -> int:
+        def register_popularity(decision: GateDecision) -> int:
             popularity = register_popularity_of(client, mlflow, ref, decision, context.run.run_id)
             context.log.info(f"registered popularity (counted on v{ref.version}'s training data) as "
                              f"{popularity.name} v{popularity.version}")
             return popularity.version
 
-        decision = registry.promote_if_better(
-            client, ref.name, ref.version, challenger_ndcg, popularity_ndcg, evaluated, rescore, mlflow.lock_path,
-            margin=config.margin,
-            extra_tags={"gate.dagster_run_id": context.run.run_id, "gate.holdout_fingerprint": fingerprint},
-            champion_load_error=ref.tags.get(registry.TAG_EVAL_CHAMPION_LOAD_ERROR) or None,
+        decision = mlflow.promote_if_better(
+            client, ref.version, challenger_ndcg, popularity_ndcg, evaluated, rescore, margin=config.margin,
+            extra_tags={model_tags.TAG_GATE_DAGSTER_RUN_ID: context.run.run_id,
+                        model_tags.TAG_GATE_HOLDOUT_FINGERPRINT: fingerprint},
+            champion_load_error=ref.tags.get(model_tags.TAG_EVAL_CHAMPION_LOAD_ERROR) or None,
             register_popularity=register_popularity if config.popularity else None)
-        now = registry.aliases(client, ref.name)
-        champion_kind = (registry.get_version(client, ref.name, now[registry.CHAMPION]).kind
-                         if registry.CHAMPION in now else None)
-        fit_seconds = _run_metrics(client, ref.run_id).get("fit_seconds")
+        now = mlflow.aliases(client)
+        champion_kind = (mlflow.version(client, now[model_tags.CHAMPION]).kind
+                         if model_tags.CHAMPION in now else None)
+        fit_seconds = run_log.run_metrics(client, ref.run_id).get("fit_seconds")
         summary = gate_summary(decision, fit_seconds)
-        registry.set_descriptions(client, ref.name, ref.version, ref.run_id, summary)
+        run_log.set_descriptions(client, ref.name, ref.version, ref.run_id, summary)
         if decision.popularity_version is not None:
-            popularity_ref = registry.get_version(client, ref.name, decision.popularity_version)
-            registry.set_descriptions(client, ref.name, popularity_ref.version, popularity_ref.run_id, summary)
+            popularity_ref = mlflow.version(client, decision.popularity_version)
+            run_log.set_descriptions(client, ref.name, popularity_ref.version, popularity_ref.run_id, summary)
     if decision.promote_popularity:
         outcome = f"POPULARITY PROMOTED as v{decision.popularity_version}"
     else:
@@ -539,7 +526,7 @@ def champion(context: dg.AssetExecutionContext, config: ChampionConfig, mlflow: 
         "margin": dg.MetadataValue.float(float(decision.margin)),
         "holdout_fingerprint": dg.MetadataValue.text(fingerprint),
         "dagster_run_id": dg.MetadataValue.text(context.run.run_id),
-        "champion_version": dg.MetadataValue.int(now[registry.CHAMPION]) if registry.CHAMPION in now
+        "champion_version": dg.MetadataValue.int(now[model_tags.CHAMPION]) if model_tags.CHAMPION in now
         else dg.MetadataValue.text("none"),
         "champion_kind": dg.MetadataValue.text(champion_kind or "none"),
     }
@@ -573,7 +560,7 @@ class RecommendationsConfig(dg.Config):
 def recommendations(context: dg.AssetExecutionContext, config: RecommendationsConfig, mlflow: MLflowResource,
                     duckdb: DuckDBResource) -> dg.MaterializeResult:
     with mlflow_failure_is_a_run_failure():
-        champion_now = registry.champion_ref(mlflow.client(), mlflow.model_name)  # fails fast when MLflow is down
+        champion_now = mlflow.champion(mlflow.client())  # fails fast when MLflow is down
         if champion_now is not None and not config.force:
             with duckdb.connect() as con:
                 recommendations_table.ensure_schema(con)
@@ -587,9 +574,8 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationsCo
                     "rescored": dg.MetadataValue.bool(False)})
         try:
             loaded = None if champion_now is None else \
-                (champion_now, registry.load_version_bundle(mlflow.tracking_uri, mlflow.model_name,
-                                                            champion_now.version))
-        except registry.BundleUnloadable as exc:
+                (champion_now, mlflow.load_version_bundle(champion_now.version))
+        except BundleUnloadable as exc:
             raise dg.Failure(description=f"{exc}. `recommendations` left as they were. Make a loadable version "
                                          f"the champion: `.venv/bin/python -m pipelines registry promote VERSION` (or "
                                          f"`registry rollback`).") from exc

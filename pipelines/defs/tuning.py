@@ -14,8 +14,10 @@ import dagster as dg
 from pydantic import Field
 
 from als_core.tuning import TuningPoint, tune
-from pipelines import plots, registry
+from als_store import model_tags
+from pipelines import plots
 from pipelines.defs.mlflow_resource import MLflowResource
+from pipelines.registry import run_log
 from als_store.settings import Settings
 from pipelines.training_data import TrainingData, latest_dir
 from pipelines.tuned_params import write_best_params
@@ -33,10 +35,6 @@ class TuningConfig(dg.Config):
     early_stop: bool = Field(default=True, description="Stop points far below the best after a third of their iterations.")
 
 
-def _metric_name(key: str) -> str:
-    return key.replace("@", "_at_")  # MLflow metric names allow no '@'
-
-
 @dg.asset(
     group_name=TUNING_GROUP,
     deps=["training_data"],
@@ -50,18 +48,19 @@ def tuning(context: dg.AssetExecutionContext, config: TuningConfig, mlflow: MLfl
     space = {"factors": config.factors, "regularization": config.regularization, "alpha": config.alpha}
     client = mlflow.client()
     experiment_id = mlflow.experiment_id(client)
-    parent = registry.start_training_run(client, experiment_id, "tuning",
-                                         {registry.TAG_DAGSTER_RUN_ID: context.run.run_id, "kind": "tuning"})
+    parent = run_log.start_training_run(client, experiment_id, "tuning",
+                                        {model_tags.TAG_DAGSTER_RUN_ID: context.run.run_id, "kind": "tuning"})
     context.log.info(f"tuning on {data.train.shape[0]} users x {data.train.shape[1]} items "
                      f"({data.train.nnz} nonzeros) over {space}")
 
     def log_point(point: TuningPoint) -> None:
-        child = registry.start_training_run(client, experiment_id, "tuning point", {
-            "mlflow.parentRunId": parent, registry.TAG_DAGSTER_RUN_ID: context.run.run_id,
+        child = run_log.start_training_run(client, experiment_id, "tuning point", {
+            "mlflow.parentRunId": parent, model_tags.TAG_DAGSTER_RUN_ID: context.run.run_id,
             "stopped_early": str(point.stopped_early)})
-        registry.log_training(client, child, point.params, point.loss_history, point.seconds, {})
-        registry.log_metrics(client, child, {f"validation_{_metric_name(k)}": v for k, v in point.metrics.items()})
-        registry.finish_run(client, child)
+        run_log.log_training(client, child, point.params, point.loss_history, point.seconds, {})
+        run_log.log_metrics(client, child, {f"validation_{model_tags.metric_name(k)}": v
+                                            for k, v in point.metrics.items()})
+        run_log.finish_run(client, child)
         context.log.info(f"{point.params}: validation NDCG@10 {point.ndcg:.4f}"
                          f"{' (stopped early)' if point.stopped_early else ''} in {point.seconds:.1f}s")
 
@@ -69,9 +68,9 @@ def tuning(context: dg.AssetExecutionContext, config: TuningConfig, mlflow: MLfl
     try:
         result = tune(data.train, space, validation_fraction=config.validation_fraction, seed=config.seed,
                       iterations=config.iterations, early_stop=config.early_stop, on_point=log_point)
-        registry.log_training(client, parent, {f"space_{k}": v for k, v in space.items()},
-                              [], time.perf_counter() - started, {"points": len(result.points)})
-        registry.log_metrics(client, parent, {"best_validation_ndcg_at_10": result.best_ndcg})
+        run_log.log_training(client, parent, {f"space_{k}": v for k, v in space.items()},
+                             [], time.perf_counter() - started, {"points": len(result.points)})
+        run_log.log_metrics(client, parent, {"best_validation_ndcg_at_10": result.best_ndcg})
         with tempfile.TemporaryDirectory() as tmp:
             pictures = []
             for rows, cols in (("factors", "regularization"), ("alpha", "regularization")):
@@ -80,9 +79,9 @@ def tuning(context: dg.AssetExecutionContext, config: TuningConfig, mlflow: MLfl
                 client.log_artifact(parent, str(path), artifact_path="tuning")
                 pictures.append(plots.markdown_image(path, f"NDCG@10 over {rows} x {cols}"))
     except Exception:
-        registry.finish_run(client, parent, failed=True)
+        run_log.finish_run(client, parent, failed=True)
         raise
-    registry.finish_run(client, parent)
+    run_log.finish_run(client, parent)
     written = write_best_params(settings, {
         "params": result.best_params, "validation_ndcg_at_10": result.best_ndcg, "mlflow_run_id": parent,
         "dagster_run_id": context.run.run_id, "training_window_end": data.window_end,
