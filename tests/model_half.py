@@ -50,13 +50,16 @@ def mlflow_resource(settings: Settings, tracking_uri: str | None = None, model_n
     )
 
 
-def materialize(assets, mlflow: MLflowResource, settings: Settings, raise_on_error: bool = True, **configs):
-    """``configs``: run config per asset name, e.g. ``challenger=GOOD, champion={"margin": 0.1}``."""
+def materialize(assets, mlflow: MLflowResource, settings: Settings, raise_on_error: bool = True,
+                instance: dg.DagsterInstance | None = None, **configs):
+    """``configs``: run config per asset name, e.g. ``challenger=GOOD, champion={"margin": 0.1}``. ``instance``:
+    the Dagster instance that records the run (default: a new ephemeral one, which has seen no tuning)."""
     return dg.materialize(
         assets,
         resources={"mlflow": mlflow, "duckdb": DuckDBResource(database=str(settings.duckdb_path))},
         run_config={"ops": {name: {"config": config} for name, config in configs.items()}} if configs else None,
         raise_on_error=raise_on_error,
+        instance=instance,
     )
 
 

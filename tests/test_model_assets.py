@@ -12,6 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 import als_core
+from als_core.hyperparameters import DEFAULTS
 from model_half import ALL_ASSETS, BETTER, GATE_ASSETS, GOOD, WEAK, materialize, metadata_of, mlflow_resource, \
     publish_training_data
 from mlflow_server import closed_port_uri
@@ -20,7 +21,6 @@ from pipelines import recommendations_table
 from pipelines.defs import model_assets
 from pipelines.registry import run_log
 from als_store.settings import Settings
-from pipelines.tuned_params import write_best_params
 
 
 def read_table(settings, sql: str, params=None) -> list[tuple]:
@@ -183,15 +183,9 @@ def test_staged_recommendations_replace_the_table_exactly(tmp_path, string_ids, 
     logged = []
     rows, staged = recommendations_table.stage(bundle, 4, 12, 5, tmp_path, logged.append, prescored)
     with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
-        if prescored is not None:  # a warehouse from before the coded layout: its table becomes the view
-            con.execute("CREATE TABLE recommendations (user_id VARCHAR, rank INTEGER, item_id VARCHAR, "
-                        "score DOUBLE, model_version INTEGER)")
-            con.execute("INSERT INTO recommendations VALUES ('old', 1, 'x', 1.0, 1)")
         recommendations_table.ensure_schema(con)
         for _ in range(2):  # the second run replaces the first
-            con.begin()
             recommendations_table.replace(con, staged, AWKWARD)
-            con.commit()
         table = con.execute("SELECT * FROM recommendations ORDER BY user_id, rank").fetchall()
         assert recommendations_table.written_by(con) == AWKWARD
         assert recommendations_table.holds(con, AWKWARD) == len(table)
@@ -346,24 +340,31 @@ def test_the_numbers_an_operator_watches_come_first_in_dagster_and_mlflow(traine
     assert f"ALS fit: {run.data.metrics['fit_seconds']:.1f} s" in note
 
 
-def test_tuned_parameters_apply_unless_the_run_config_sets_them(settings):
-    params, sources = model_assets.resolve_hyperparameters(model_assets.ChallengerConfig(), settings)
-    assert set(sources.values()) == {"default"} and params["alpha"] == model_assets.DEFAULT_TUNABLE["alpha"]
-    write_best_params(settings, {"params": {"factors": 5, "alpha": 2.0}})
-    params, sources = model_assets.resolve_hyperparameters(model_assets.ChallengerConfig(), settings)
-    assert (params["factors"], params["alpha"], params["regularization"]) == (5, 2.0, 0.01)
-    assert sources == {"factors": "tuning", "alpha": "tuning", "regularization": "default"}
-    params, sources = model_assets.resolve_hyperparameters(model_assets.ChallengerConfig(factors=7), settings)
-    assert (params["factors"], params["alpha"], sources["factors"]) == (7, 2.0, "config")
-    params, sources = model_assets.resolve_hyperparameters(model_assets.ChallengerConfig(use_tuned=False), settings)
-    assert (params["factors"], sources["factors"]) == (64, "default")
+def test_tuned_parameters_apply_unless_the_run_config_sets_them():
+    resolve, Config = model_assets.resolve_hyperparameters, model_assets.ChallengerConfig
+    params, sources = resolve(Config(), None)
+    assert set(sources.values()) == {"default"} and params == DEFAULTS.replace(random_state=0)
+    tuned = {"factors": 5, "alpha": 2.0}
+    params, sources = resolve(Config(), tuned)
+    assert (params.factors, params.alpha, params.regularization) == (5, 2.0, DEFAULTS.regularization)
+    assert sources == {"factors": "tuning", "regularization": "default", "alpha": "tuning"}
+    params, sources = resolve(Config(factors=7), tuned)
+    assert (params.factors, params.alpha, sources["factors"]) == (7, 2.0, "config")
+    params, sources = resolve(Config(use_tuned=False), tuned)
+    assert (params.factors, sources["factors"]) == (DEFAULTS.factors, "default")
+    with pytest.raises(ValueError, match="alpha must be"):  # checked by als_core.hyperparameters, once
+        resolve(Config(alpha=-1.0), None)
+
+
+def report_tuning(instance: dg.DagsterInstance, best_params: dict) -> None:
+    """A `tuning` materialisation with this result, recorded by `instance` (as the tuning asset records one)."""
+    instance.report_runless_asset_event(dg.AssetMaterialization(
+        "tuning", metadata={"best_params": dg.MetadataValue.json(best_params)}))
 
 
 def test_a_launchpad_value_equal_to_the_default_still_wins_over_tuning(settings):
     """Typing `alpha: 40.0` (the default) in the run config must not be replaced by the tuned alpha."""
     publish_training_data(settings)
-    write_best_params(settings, {"params": {"factors": 6, "alpha": 2.0, "regularization": 3.0}})
-    default_alpha = model_assets.DEFAULT_TUNABLE["alpha"]
     resource = mlflow_resource(settings)
     result = materialize([model_assets.challenger], resource, settings,
                          challenger={"alpha": default_alpha, "iterations": 2})

@@ -1,18 +1,18 @@
-"""The tuning asset through Dagster, against a real MLflow sqlite store: nested runs, heatmaps, best params."""
+"""The tuning asset through Dagster, against a real MLflow sqlite store: nested runs, heatmaps, best params, and
+the challenger that takes them from the instance's record of the latest tuning materialisation."""
 
 from __future__ import annotations
-
-import json
 
 import dagster as dg
 import numpy as np
 import pytest
+from model_half import materialize, metadata_of, mlflow_resource
 
+from als_core.hyperparameters import DEFAULTS, TUNABLE, TUNING_GRID
 from als_core.splits import random_holdout
 from als_core.synthetic import generate_user_items
 from als_store import mlflow_store
 from pipelines.training_data import TrainingData, publish
-from pipelines.tuned_params import best_params_path, read_best_params
 
 
 @pytest.fixture
@@ -46,16 +46,15 @@ def test_tuning_asset_logs_nested_runs_and_writes_best_params(settings, publishe
     # the search saw the training matrix only: no holdout pair in it
     assert len(searched) == 1 and searched[0].multiply(holdout).nnz == 0
 
-    best = read_best_params(settings)
-    assert best is not None and best["factors"] in (4, 16) and best["alpha"] == 1.0
-    payload = json.loads(best_params_path(settings).read_text())
     metadata = result.asset_materializations_for_node("tuning")[0].metadata
-    assert metadata["best_params"].value == best
+    best = metadata["best_params"].value
+    assert best["factors"] in (4, 16) and best["regularization"] in (1.0, 10.0) and best["alpha"] == 1.0
+    assert metadata["training_window"].value == f"{data.window_start}..{data.window_end}"
     assert metadata["points"].value == 4
     assert "data:image/png;base64," in metadata["heatmaps"].value
 
     client = mlflow_store.make_client(settings.mlflow_tracking_uri)
-    parent = client.get_run(payload["mlflow_run_id"])
+    parent = client.get_run(metadata["mlflow_run_id"].value)
     assert parent.data.tags["kind"] == "tuning"
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
@@ -65,3 +64,44 @@ def test_tuning_asset_logs_nested_runs_and_writes_best_params(settings, publishe
     assert int(best_child.data.params["factors"]) == best["factors"]
     artifacts = [a.path for a in client.list_artifacts(parent.info.run_id, "tuning")]
     assert sorted(artifacts) == ["tuning/heatmap_alpha_regularization.png", "tuning/heatmap_factors_regularization.png"]
+
+
+def test_the_challenger_takes_the_latest_tuning_result_recorded_by_the_instance(settings, published):
+    from pipelines.defs import model_assets
+    from pipelines.defs import tuning as tuning_module
+
+    resource = mlflow_resource(settings)
+    with dg.instance_for_test() as instance:
+        before = metadata_of(materialize([model_assets.challenger], resource, settings, instance=instance,
+                                         challenger={"iterations": 2}), "challenger")
+        tuned = materialize([tuning_module.tuning], resource, settings, instance=instance,
+                            tuning={"factors": [4, 16], "regularization": [1.0, 10.0], "alpha": [1.0], "iterations": 4})
+        after = metadata_of(materialize([model_assets.challenger], resource, settings, instance=instance,
+                                        challenger={"iterations": 2}), "challenger")
+
+    # no tuning yet: the defaults, and the run says so
+    assert before["hyperparameters"]["from"] == {key: "default" for key in TUNABLE}
+    assert {key: before["hyperparameters"][key] for key in TUNABLE} == {key: getattr(DEFAULTS, key) for key in TUNABLE}
+    assert before["tuning_result"].startswith("none yet")
+    # after a tuning materialisation: its best point, and which run found it
+    best = metadata_of(tuned, "tuning")["best_params"]
+    assert after["hyperparameters"]["from"] == {key: "tuning" for key in TUNABLE}
+    assert {key: after["hyperparameters"][key] for key in TUNABLE} == best
+    assert tuned.run_id in after["tuning_result"]
+
+
+def test_tuning_is_upstream_of_the_challenger_but_not_in_the_daily_retrain():
+    from pipelines.definitions import defs
+
+    repository = defs().get_repository_def()
+    assert dg.AssetKey("tuning") in repository.asset_graph.get(dg.AssetKey("challenger")).parent_keys
+    retrain = repository.get_job("daily_retrain").asset_layer.executable_asset_keys
+    assert dg.AssetKey("challenger") in retrain and dg.AssetKey("tuning") not in retrain
+
+
+def test_the_tuning_config_defaults_to_the_grid_of_als_core():
+    from pipelines.defs.tuning import TuningConfig
+
+    config = TuningConfig()
+    assert {key: tuple(getattr(config, key)) for key in TUNABLE} == TUNING_GRID
+    assert config.iterations == DEFAULTS.iterations

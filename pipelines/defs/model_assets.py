@@ -16,15 +16,16 @@ import contextlib
 import math
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import dagster as dg
 import numpy as np
 from duckdb import IOException as DuckDBIOError
 from pydantic import Field
 
+from als_core.hyperparameters import DEFAULTS, SOLVERS, TUNABLE, Hyperparameters
 from als_store import model_tags, sql_files
 from als_store.mlflow_store import BundleUnloadable, MlflowUnavailable, mlflow_errors, quoted
 from pipelines import plots, recommendations_table, scored_lists
@@ -36,7 +37,7 @@ from pipelines.registry.gate import GateDecision
 from pipelines.registry.registration import set_version_tags
 from als_store.settings import Settings
 from pipelines.training_data import TrainingData, latest_dir
-from pipelines.tuned_params import read_best_params
+from pipelines.defs.tuning import TUNING_KEY, latest_tuning_result
 
 HISTORY_VERSIONS = 10  # retrains shown in the NDCG history picture
 
@@ -89,48 +90,50 @@ def _score(bundle, holdout: tuple[np.ndarray, np.ndarray], strategy: str = "mode
 # ------------------------------------------------------------------------------------------ challenger
 
 
-# Defaults of the tunable hyperparameters when neither the run config nor a tuning result gives one.
-DEFAULT_TUNABLE = {"factors": 64, "alpha": 40.0, "regularization": 0.01}
-
-
 class ChallengerConfig(dg.Config):
     # The tunable fields default to None, not to a number: Dagster cannot tell a typed value that equals a
     # field's default from no value at all, so an explicit `alpha: 40.0` would lose to tuning. Empty means
-    # "tuned value, else the default"; any number typed in the launchpad is used as typed.
-    factors: int | None = Field(default=None, ge=1, description=(
-        "Latent factors. Empty: the tuning result when there is one, else 64. A value set here always wins."))
-    iterations: int = Field(default=15, ge=1, description="ALS iterations (sweeps over users and items).")
-    alpha: float | None = Field(default=None, ge=0, description=(
-        "Confidence scale: c_ui = 1 + alpha * r_ui. Empty: the tuning result when there is one, else 40. "
-        "A value set here always wins."))
-    regularization: float | None = Field(default=None, ge=0, description=(
-        "L2 regularization of the factors. Empty: the tuning result when there is one, else 0.01. "
-        "A value set here always wins."))
-    solver: Literal["cg", "cholesky"] = Field(default="cg", description="cg: a few conjugate-gradient steps per row; cholesky: exact row solves.")
-    cg_steps: int = Field(default=3, ge=1, description="Conjugate-gradient steps per row (solver=cg).")
+    # "tuned value, else the default"; any number typed in the launchpad is used as typed. Defaults and checks
+    # are als_core.hyperparameters'.
+    factors: int | None = Field(default=None, description=(
+        f"Latent factors. Empty: the tuning result when there is one, else {DEFAULTS.factors}. "
+        f"A value set here always wins."))
+    iterations: int = Field(default=DEFAULTS.iterations, ge=1, description=(
+        "ALS iterations (sweeps over users and items)."))
+    alpha: float | None = Field(default=None, description=(
+        f"Confidence scale: c_ui = 1 + alpha * r_ui. Empty: the tuning result when there is one, else "
+        f"{DEFAULTS.alpha:g}. A value set here always wins."))
+    regularization: float | None = Field(default=None, description=(
+        f"L2 regularization of the factors. Empty: the tuning result when there is one, else "
+        f"{DEFAULTS.regularization:g}. A value set here always wins."))
+    solver: Literal[SOLVERS] = Field(default=DEFAULTS.solver, description=(
+        "cg: a few conjugate-gradient steps per row; cholesky: exact row solves."))
+    cg_steps: int = Field(default=DEFAULTS.cg_steps, description="Conjugate-gradient steps per row (solver=cg).")
     seed: int = Field(default=0, description="Seed of the factor initialisation (reproducible retrains).")
     use_tuned: bool = Field(
         default=True,
-        description="Fill factors/regularization/alpha left empty from the tuning asset's best_params.json "
-                    "when it exists (false: empty fields take the defaults).",
+        description="Fill factors/regularization/alpha left empty from the latest materialisation of the `tuning` "
+                    "asset (its best_params) when there is one (false: empty fields take the defaults).",
     )
 
 
-def resolve_hyperparameters(config: ChallengerConfig, settings: Settings) -> tuple[dict, dict[str, str]]:
-    """ALS keyword arguments, and where each tunable one came from: "config", "tuning" or "default"."""
-    tuned = (read_best_params(settings) if config.use_tuned else None) or {}
-    params = {"iterations": config.iterations, "solver": config.solver, "cg_steps": config.cg_steps,
-              "random_state": config.seed}
-    sources = {}
-    for key, default in DEFAULT_TUNABLE.items():
+def resolve_hyperparameters(config: ChallengerConfig, tuned: Mapping[str, Any] | None
+                            ) -> tuple[Hyperparameters, dict[str, str]]:
+    """The challenger's hyperparameters, and where each tunable one came from: "config", "tuning" (``tuned``,
+    the tuning asset's best point, when ``config.use_tuned``) or "default". Raises ValueError for a bad value."""
+    tuned = (tuned or {}) if config.use_tuned else {}
+    values, sources = {}, {}
+    for key in TUNABLE:
         explicit = getattr(config, key)
         if explicit is not None:
-            params[key], sources[key] = explicit, "config"
+            values[key], sources[key] = explicit, "config"
         elif key in tuned:
-            params[key], sources[key] = tuned[key], "tuning"
+            values[key], sources[key] = tuned[key], "tuning"
         else:
-            params[key], sources[key] = default, "default"
-    return params, sources
+            sources[key] = "default"
+    hyperparameters = DEFAULTS.replace(iterations=config.iterations, solver=config.solver, cg_steps=config.cg_steps,
+                                       random_state=config.seed, **values)
+    return hyperparameters, sources
 
 
 def sources_summary(sources: dict[str, str]) -> str:
@@ -153,7 +156,7 @@ def factors_finite_result(model) -> dg.AssetCheckResult:
 
 @dg.asset(
     group_name=GROUP,
-    deps=["training_data"],
+    deps=["training_data", TUNING_KEY],
     kinds={"python", "mlflow"},
     check_specs=[dg.AssetCheckSpec("factors_finite", asset="challenger", blocking=True,
                                    description="All factors finite; blocks evaluation and promotion if not.")],
@@ -166,8 +169,20 @@ def challenger(context: dg.AssetExecutionContext, config: ChallengerConfig, mlfl
     settings = Settings.from_env()
     snapshot = latest_dir(settings).resolve()  # the stable snapshot behind `latest`, recorded for tracing
     data = TrainingData.load(snapshot)
-    params, sources = resolve_hyperparameters(config, settings)
+    tuned = latest_tuning_result(context.instance) if config.use_tuned else None
+    try:
+        hyperparameters, sources = resolve_hyperparameters(config, tuned.values if tuned else None)
+    except ValueError as exc:
+        raise dg.Failure(description=f"challenger config: {exc}") from exc
     source = sources_summary(sources)
+    if not config.use_tuned:
+        tuning_note = "not used (use_tuned: false)"
+    elif tuned is None:
+        tuning_note = "none yet: materialise `tuning`"
+        context.log.info(f"no tuning result yet: {', '.join(k for k, v in sources.items() if v == 'default')} "
+                         f"take the defaults (materialise `tuning` to search for better ones)")
+    else:
+        tuning_note = f"{tuned.values} from Dagster run {tuned.run_id}"
     run_id = context.run.run_id
     with mlflow_failure_is_a_run_failure():
         client = mlflow.client()  # checks reachability before minutes of training
@@ -183,18 +198,18 @@ def challenger(context: dg.AssetExecutionContext, config: ChallengerConfig, mlfl
                     "training_snapshot": str(snapshot), "hyperparameters_from": source}
         mlflow_run = run_log.start_training_run(client, experiment_id, f"challenger {data.window_end}", identity)
         try:
-            context.log.info(f"training {params} ({source}) on {data.train.shape[0]} users x {data.train.shape[1]} "
+            context.log.info(f"training {hyperparameters} ({source}) on {data.train.shape[0]} users x {data.train.shape[1]} "
                              f"items, {data.train.nnz} nonzeros; MLflow run {mlflow_run}")
 
             def progress(iteration: int, loss: float, seconds: float) -> None:
-                context.log.info(f"iteration {iteration + 1}/{params['iterations']}: loss {loss:.6f} ({seconds:.2f}s)")
+                context.log.info(f"iteration {iteration + 1}/{hyperparameters.iterations}: loss {loss:.6f} ({seconds:.2f}s)")
 
             started = time.perf_counter()
-            model = ALS(**params, callback=progress).fit(data.train)
+            model = ALS.from_hyperparameters(hyperparameters, callback=progress).fit(data.train)
             fit_seconds = time.perf_counter() - started
             sizes = {"users": data.train.shape[0], "items": data.train.shape[1], "nnz": int(data.train.nnz),
                      "holdout_pairs": data.holdout_pairs}
-            run_log.log_training(client, mlflow_run, {**params, "hyperparameters_from": source},
+            run_log.log_training(client, mlflow_run, {**hyperparameters.to_dict(), "hyperparameters_from": source},
                                   model.loss_history, fit_seconds, sizes)
             run_log.log_holdout(client, mlflow_run, data.holdout_user_ids, data.holdout_item_ids)
             check = factors_finite_result(model)
@@ -203,7 +218,8 @@ def challenger(context: dg.AssetExecutionContext, config: ChallengerConfig, mlfl
                 "mlflow_run_id": dg.MetadataValue.text(mlflow_run),
                 "fit_seconds": dg.MetadataValue.float(fit_seconds),
                 "final_loss": dg.MetadataValue.float(float(model.loss_history[-1]) if model.loss_history else math.nan),
-                "hyperparameters": dg.MetadataValue.json({**params, "from": sources}),
+                "hyperparameters": dg.MetadataValue.json({**hyperparameters.to_dict(), "from": sources}),
+                "tuning_result": dg.MetadataValue.text(tuning_note),
                 **{key: dg.MetadataValue.int(value) for key, value in sizes.items()},
             }
             with tempfile.TemporaryDirectory(prefix="challenger-") as tmp:
@@ -218,7 +234,7 @@ def challenger(context: dg.AssetExecutionContext, config: ChallengerConfig, mlfl
                     context.log.error("non-finite factors: nothing registered")
                     return dg.MaterializeResult(metadata=metadata, check_results=[check])
                 bundle = ModelBundle.build(model, data.user_ids, data.item_ids, data.train, metadata={
-                    "hyperparameters": params, "training_window": [data.window_start, data.window_end],
+                    "hyperparameters": hyperparameters.to_dict(), "training_window": [data.window_start, data.window_end],
                     "holdout_fingerprint": data.holdout_fingerprint, "mlflow_run_id": mlflow_run,
                     "dagster_run_id": run_id}, weighting=data.weighting)
                 bundle_dir = bundle.save(Path(tmp) / "bundle")

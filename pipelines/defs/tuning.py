@@ -1,7 +1,8 @@
 """The tuning asset: a hyperparameter search on the training data only, one nested MLflow run per point.
 
-It runs weekly and on demand (not in the daily retrain); the challenger picks its result up from
-`pipelines.tuned_params` unless the run config overrides it.
+It runs weekly and on demand (not in the daily retrain). Its result is its materialisation's `best_params`
+metadata, recorded by the Dagster instance: the challenger declares `tuning` upstream and reads the latest one
+(`latest_tuning_result`) for the hyperparameters its run config leaves empty.
 """
 
 
@@ -9,10 +10,12 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import dagster as dg
 from pydantic import Field
 
+from als_core.hyperparameters import DEFAULTS, TUNABLE, TUNING_GRID
 from als_core.tuning import TuningPoint, tune
 from als_store import model_tags
 from pipelines import plots
@@ -20,16 +23,20 @@ from pipelines.defs.mlflow_resource import MLflowResource
 from pipelines.registry import run_log
 from als_store.settings import Settings
 from pipelines.training_data import TrainingData, latest_dir
-from pipelines.tuned_params import write_best_params
 
 TUNING_GROUP = "tuning"
+TUNING_KEY = dg.AssetKey("tuning")
+BEST_PARAMS = "best_params"  # the metadata entry the challenger reads
 
 
 class TuningConfig(dg.Config):
-    factors: list[int] = Field(default=[32, 64, 128], description="Search space: numbers of latent factors.")
-    regularization: list[float] = Field(default=[1.0, 10.0, 30.0], description="Search space: L2 regularization.")
-    alpha: list[float] = Field(default=[1.0, 5.0, 20.0], description="Search space: confidence scale (c = 1 + alpha*r).")
-    iterations: int = Field(default=15, description="ALS iterations per point.")
+    factors: list[int] = Field(default=list(TUNING_GRID["factors"]),
+                               description="Search space: numbers of latent factors.")
+    regularization: list[float] = Field(default=list(TUNING_GRID["regularization"]),
+                                        description="Search space: L2 regularization.")
+    alpha: list[float] = Field(default=list(TUNING_GRID["alpha"]),
+                               description="Search space: confidence scale (c = 1 + alpha*r).")
+    iterations: int = Field(default=DEFAULTS.iterations, description="ALS iterations per point.")
     validation_fraction: float = Field(default=0.2, description="Share of each user's TRAINING items held out for validation.")
     seed: int = Field(default=0, description="Seed of the validation split and of the factor initialisation.")
     early_stop: bool = Field(default=True, description="Stop points far below the best after a third of their iterations.")
@@ -39,13 +46,14 @@ class TuningConfig(dg.Config):
     group_name=TUNING_GROUP,
     deps=["training_data"],
     description="Grid search of factors x regularization x alpha on a validation split of the training data "
-                "(never the promotion holdout); writes the best parameters for the challenger.",
+                "(never the promotion holdout); its metadata `best_params` is what the challenger "
+                "takes for the hyperparameters its run config leaves empty.",
     kinds={"python", "mlflow"},
 )
 def tuning(context: dg.AssetExecutionContext, config: TuningConfig, mlflow: MLflowResource) -> dg.MaterializeResult:
     settings = Settings.from_env()
     data = TrainingData.load(latest_dir(settings))
-    space = {"factors": config.factors, "regularization": config.regularization, "alpha": config.alpha}
+    space = {key: getattr(config, key) for key in TUNABLE}
     client = mlflow.client()
     experiment_id = mlflow.experiment_id(client)
     parent = run_log.start_training_run(client, experiment_id, "tuning",
@@ -66,8 +74,9 @@ def tuning(context: dg.AssetExecutionContext, config: TuningConfig, mlflow: MLfl
 
     started = time.perf_counter()
     try:
-        result = tune(data.train, space, validation_fraction=config.validation_fraction, seed=config.seed,
-                      iterations=config.iterations, early_stop=config.early_stop, on_point=log_point)
+        result = tune(data.train, space, base=DEFAULTS.replace(iterations=config.iterations),
+                      validation_fraction=config.validation_fraction, seed=config.seed,
+                      early_stop=config.early_stop, on_point=log_point)
         run_log.log_training(client, parent, {f"space_{k}": v for k, v in space.items()},
                              [], time.perf_counter() - started, {"points": len(result.points)})
         run_log.log_metrics(client, parent, {"best_validation_ndcg_at_10": result.best_ndcg})
@@ -82,20 +91,35 @@ def tuning(context: dg.AssetExecutionContext, config: TuningConfig, mlflow: MLfl
         run_log.finish_run(client, parent, failed=True)
         raise
     run_log.finish_run(client, parent)
-    written = write_best_params(settings, {
-        "params": result.best_params, "validation_ndcg_at_10": result.best_ndcg, "mlflow_run_id": parent,
-        "dagster_run_id": context.run.run_id, "training_window_end": data.window_end,
-    })
-    context.log.info(f"best {result.best_params} (validation NDCG@10 {result.best_ndcg:.4f}) -> {written}")
+    context.log.info(f"best {result.best_params} (validation NDCG@10 {result.best_ndcg:.4f}): the challenger's "
+                     f"next run takes them for the hyperparameters its config leaves empty")
     return dg.MaterializeResult(metadata={
-        "best_params": dg.MetadataValue.json(result.best_params),
+        BEST_PARAMS: dg.MetadataValue.json(result.best_params),
         "best_validation_ndcg_at_10": dg.MetadataValue.float(result.best_ndcg),
         "points": dg.MetadataValue.int(len(result.points)),
         "stopped_early": dg.MetadataValue.int(sum(p.stopped_early for p in result.points)),
         "validation_pairs": dg.MetadataValue.int(result.validation_pairs),
+        "training_window": dg.MetadataValue.text(f"{data.window_start}..{data.window_end}"),
         "mlflow_run": dg.MetadataValue.url(mlflow.run_url(experiment_id, parent)),
+        "mlflow_run_id": dg.MetadataValue.text(parent),
         "heatmaps": dg.MetadataValue.md("\n\n".join(pictures)),
     })
+
+
+class TunedValues(NamedTuple):
+    values: dict[str, Any]  # the best point: a value for each of TUNABLE
+    run_id: str  # the Dagster run that materialised it
+
+
+def latest_tuning_result(instance: dg.DagsterInstance) -> TunedValues | None:
+    """The best point of the latest `tuning` materialisation the instance recorded, whatever training window it
+    searched; None before the first one."""
+    record = instance.get_latest_materialization_event(TUNING_KEY)
+    materialization = record.asset_materialization if record is not None else None
+    best = materialization.metadata.get(BEST_PARAMS) if materialization is not None else None
+    if best is None:
+        return None
+    return TunedValues({key: value for key, value in best.value.items() if key in TUNABLE}, record.run_id)
 
 
 tuning_job = dg.define_asset_job("tune_hyperparameters", selection=dg.AssetSelection.assets(tuning),
