@@ -20,6 +20,7 @@ import scipy.sparse as sp
 
 from als_core import ALS, Hyperparameters, PopularityRecommender
 from als_core.diversity import beyond_accuracy
+from als_core.hyperparameters import DEFAULTS
 from als_core.metrics import evaluate_ranking
 from als_core.splits import random_holdout
 from als_core.tuning import tune
@@ -66,8 +67,9 @@ def main() -> int:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     popularity = PopularityRecommender().fit(train)
     report("popularity", popularity.recommend(users, train[users], N=10)[0], train, test, users)
-    seed = ALS(factors=64, regularization=0.01, alpha=40.0, iterations=15, random_state=SEED).fit(train)
-    report("ALS seed defaults (64, 0.01, 40)", seed.recommend(users, train[users], N=10)[0], train, test, users)
+    seed = ALS.from_hyperparameters(DEFAULTS.replace(random_state=SEED)).fit(train)
+    report(f"ALS seed defaults ({DEFAULTS.factors}, {DEFAULTS.regularization:g}, {DEFAULTS.alpha:g})",
+           seed.recommend(users, train[users], N=10)[0], train, test, users)
     searched = tune(train, SPACE, base=Hyperparameters(iterations=15), validation_fraction=0.2, seed=SEED)
     tuned = ALS(iterations=15, random_state=SEED, **searched.best_params).fit(train)
     label = "ALS tuned ({factors}, {regularization}, {alpha})".format(**searched.best_params)
