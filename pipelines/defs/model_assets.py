@@ -179,8 +179,10 @@ def challenger(context: dg.AssetExecutionContext, config: ChallengerConfig, mlfl
         tuning_note = "not used (use_tuned: false)"
     elif tuned is None:
         tuning_note = "none yet: materialise `tuning`"
-        context.log.info(f"no tuning result yet: {', '.join(k for k, v in sources.items() if v == 'default')} "
-                         f"take the defaults (materialise `tuning` to search for better ones)")
+        defaulted = [key for key, where in sources.items() if where == "default"]
+        if defaulted:
+            context.log.info(f"no tuning result yet: {', '.join(defaulted)} take the defaults (materialise "
+                             f"`tuning` to search for better ones)")
     else:
         tuning_note = f"{tuned.values} from Dagster run {tuned.run_id}"
     run_id = context.run.run_id
