@@ -39,11 +39,12 @@ from serving.schemas import (
     SimilarItemsResponse,
     batch_request_model,
 )
-from serving.service import NoSimilarItems, NotReady, RecommendationService, UnknownItem
+from serving.service import NoSimilarItems, NotReady, RecommendationService, UnknownItem, reading_for
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = "5"
+FOLD_IN_MODEL_CHECK_S = 0.25  # how soon after a swap the new model's own events are read
 NOT_READY = {503: {"model": ErrorResponse, "description": "No model loaded yet; the detail says why."}}
 TOO_LARGE = {413: {"model": ErrorResponse, "description": "Body over ALS_SERVING_MAX_BODY_BYTES (default 1 MiB)."}}
 
@@ -55,16 +56,19 @@ def default_source(config: ServingConfig) -> ModelSource:
 
 
 async def _refresh_events(events: WarehouseEvents, watcher: ModelWatcher, every_s: float) -> None:
-    """Re-read recent warehouse events for fold-in, for whichever model is live (its window decides the days);
-    a popularity model folds nobody in."""
+    """Re-read recent warehouse events for fold-in, for whichever model is live (its window decides the days,
+    its weighting the weights): every ``every_s``, and at once when a model with another window or weighting
+    goes live. A popularity model folds nobody in."""
     while True:
         model = watcher.current
         if model is not None and model.bundle.model is not None:
-            try:
-                await asyncio.to_thread(events.refresh, model.fold_in_since)
-            except Exception:
-                log.exception("fold-in refresh crashed")
-        await asyncio.sleep(every_s)
+            reading = reading_for(model)
+            if events.due(reading, every_s):
+                try:
+                    await asyncio.to_thread(events.refresh, reading)
+                except Exception:
+                    log.exception("fold-in refresh crashed")
+        await asyncio.sleep(min(every_s, FOLD_IN_MODEL_CHECK_S))
 
 
 def create_app(config: ServingConfig | None = None, source: ModelSource | None = None) -> FastAPI:

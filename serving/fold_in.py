@@ -6,6 +6,13 @@ requests never touch DuckDB: a background task re-reads the recent events (`als_
 every few seconds on one short read-only connection and publishes an immutable in-memory snapshot; a request
 looks its user up in the current snapshot. A failed read (the pipeline holds the write lock, no `events` table
 yet) keeps the previous snapshot until it is too old, then fold-in is off (popularity) until a read succeeds.
+
+A snapshot is read for one `EventReading`: the days from the served model's training-window end on, weighted
+with the weighting that model was trained with (its bundle's) through the same SQL macro as training
+(`als_store/sql/weighted_events.sql`); a half-life counts an event's age from the end of the last day read, as
+training counts it from the end of its window's last day. A request uses a snapshot only when it was read for
+the model serving it, and a new model is read for at once, so a new user is weighted exactly as training would
+have weighted them.
 """
 
 from __future__ import annotations
@@ -20,29 +27,35 @@ import duckdb
 import numpy as np
 
 from als_core.bundle import IdIndex
+from als_core.weighting import DEFAULT_WEIGHTING, EventWeighting
 from als_store import sql_files
 
 log = logging.getLogger(__name__)
 
-# Event-type weights: the defaults of the pipeline's `interactions` (pipelines/defs/interactions.py), so a
-# folded-in user is weighted as training weighs everybody.
-DEFAULT_WEIGHTS = {"view_weight": 3.0, "cart_weight": 10.0, "purchase_weight": 40.0}
+
+@dataclass(frozen=True)
+class EventReading:
+    """What a snapshot holds: the events from ``since_day`` on (None: the last ``lookback_days`` days with
+    events), weighted with ``weighting``. The served model decides both (`serving.service.reading_for`)."""
+
+    since_day: dt.date | None = None
+    weighting: EventWeighting = DEFAULT_WEIGHTING
 
 
 @dataclass(frozen=True)
 class EventSnapshot:
-    """(item ids, summed weights) per user, as read at ``read_at`` (monotonic seconds)."""
+    """(item ids, summed weights) per user, as read for ``reading`` at ``read_at`` (monotonic seconds)."""
 
     users: IdIndex
     offsets: np.ndarray
     item_ids: np.ndarray
     weights: np.ndarray
-    since_day: dt.date | None
+    reading: EventReading
     read_at: float
     as_of: str
 
     @classmethod
-    def from_columns(cls, user_ids, item_ids, weights, since_day, read_at: float) -> EventSnapshot:
+    def from_columns(cls, user_ids, item_ids, weights, reading: EventReading, read_at: float) -> EventSnapshot:
         user_ids = np.asarray(user_ids).astype(str)
         order = np.argsort(user_ids, kind="stable")  # the SQL sorts already; cheap insurance
         user_ids = user_ids[order]
@@ -52,7 +65,7 @@ class EventSnapshot:
             offsets=np.append(starts, len(user_ids)).astype(np.int64),
             item_ids=np.asarray(item_ids).astype(str)[order],
             weights=np.asarray(weights, dtype=np.float32)[order],
-            since_day=since_day,
+            reading=reading,
             read_at=read_at,
             as_of=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         )
@@ -70,19 +83,25 @@ class EventSnapshot:
 class WarehouseEvents:
     """Holds the latest snapshot; `refresh` is called from a background task, `histories` from requests."""
 
-    def __init__(self, duckdb_path: Path, max_age_s: float, lookback_days: int = 3, max_events: int = 500,
-                 weights: dict[str, float] | None = None):
+    def __init__(self, duckdb_path: Path, max_age_s: float, lookback_days: int = 3, max_events: int = 500):
         self.duckdb_path = Path(duckdb_path)
         self.max_age_s = float(max_age_s)
         self.lookback_days = int(lookback_days)
         self.max_events = int(max_events)
-        self.weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
         self._snapshot: EventSnapshot | None = None
+        self._last_try: tuple[EventReading, float] | None = None
         self.last_error: str | None = None
 
-    def refresh(self, since_day: dt.date | None) -> EventSnapshot | None:
-        """Read the events since ``since_day`` (None: the last ``lookback_days`` days with events) and
-        publish them. Never raises for warehouse problems: they are logged and kept in ``last_error``."""
+    def due(self, reading: EventReading, every_s: float) -> bool:
+        """Whether to read now: ``every_s`` after the last try, at once when the reading changed (a new model,
+        with another window or weighting, went live)."""
+        last = self._last_try
+        return last is None or last[0] != reading or time.monotonic() - last[1] >= every_s
+
+    def refresh(self, reading: EventReading) -> EventSnapshot | None:
+        """Read the events ``reading`` says and publish them. Never raises for warehouse problems: they are
+        logged and kept in ``last_error``."""
+        self._last_try = (reading, time.monotonic())
         if not self.duckdb_path.exists():
             self._fail(f"warehouse {self.duckdb_path} does not exist (yet)", quiet=True)
             return None
@@ -94,9 +113,10 @@ class WarehouseEvents:
             return None
         try:
             con.execute("SET threads = 1")  # a background read must not take the cores from requests
+            sql_files.run(con, "weighted_events")  # a temp macro: allowed on a read-only connection
             columns = sql_files.run(con, "serving_user_events", {
-                "since_day": since_day, "lookback_days": self.lookback_days, "max_events": self.max_events,
-                **self.weights,
+                "since_day": reading.since_day, "lookback_days": self.lookback_days, "max_events": self.max_events,
+                **reading.weighting.as_dict(),
             }).fetchnumpy()
         except duckdb.Error as exc:  # e.g. no `events` table in a fresh warehouse
             self._fail(f"reading recent events from {self.duckdb_path} failed: {exc}")
@@ -104,7 +124,7 @@ class WarehouseEvents:
         finally:
             con.close()
         snapshot = EventSnapshot.from_columns(columns["user_id"], columns["item_id"], columns["weight"],
-                                              since_day, started)
+                                              reading, started)
         self._snapshot = snapshot
         self.last_error = None
         log.debug("fold-in snapshot: %d users, %d pairs in %.2fs", len(snapshot), len(snapshot.item_ids),
@@ -124,17 +144,23 @@ class WarehouseEvents:
             return None
         return snapshot
 
-    def histories(self, user_ids) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    def histories(self, user_ids, reading: EventReading) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Each user's (item ids, weights) from the current snapshot if it was read for ``reading``, else None
+        (a snapshot read for another model's window or weighting is never used)."""
         snapshot = self.snapshot
-        return [None] * len(user_ids) if snapshot is None else snapshot.histories(user_ids)
+        if snapshot is None or snapshot.reading != reading:
+            return [None] * len(user_ids)
+        return snapshot.histories(user_ids)
 
     def status(self) -> dict:
         snapshot = self._snapshot
+        reading = None if snapshot is None else snapshot.reading
         return {
             "warehouse": str(self.duckdb_path),
             "users": 0 if snapshot is None else len(snapshot),
             "as_of": None if snapshot is None else snapshot.as_of,
-            "since_day": None if snapshot is None or snapshot.since_day is None else str(snapshot.since_day),
+            "since_day": None if reading is None or reading.since_day is None else str(reading.since_day),
+            "weighting": None if reading is None else reading.weighting.as_dict(),
             "fresh": self.snapshot is not None,
             "last_error": self.last_error,
         }

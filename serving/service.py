@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from als_core.bundle import NoItemFactors
-from serving.fold_in import WarehouseEvents
+from serving.fold_in import EventReading, WarehouseEvents
 from serving.model_source import LoadedModel, ModelWatcher
 
 
@@ -47,6 +47,12 @@ class Plan:
         return any(history is not None for history in self.histories)
 
 
+def reading_for(model: LoadedModel) -> EventReading:
+    """The events a model folds new users in from: those since its training-window end, weighted as its
+    training data was (the bundle's weighting)."""
+    return EventReading(model.fold_in_since, model.bundle.weighting)
+
+
 class RecommendationService:
     def __init__(self, watcher: ModelWatcher, events: WarehouseEvents | None):
         self.watcher = watcher
@@ -67,7 +73,8 @@ class RecommendationService:
         histories: list = [None] * len(user_ids)
         unknown = np.flatnonzero(rows < 0).tolist()
         if unknown and self.events is not None and model.bundle.model is not None:
-            for pos, history in zip(unknown, self.events.histories([user_ids[i] for i in unknown])):
+            found = self.events.histories([user_ids[i] for i in unknown], reading_for(model))
+            for pos, history in zip(unknown, found):
                 histories[pos] = history
         return Plan(list(user_ids), rows, histories)
 

@@ -114,9 +114,7 @@ def test_ids_are_stored_as_integers_only_when_nothing_is_lost(settings, ingest_d
     assert table == expected
 
 
-def test_id_types_follow_a_reingested_day_and_are_filled_in_for_old_warehouses(settings, ingest_day, duckdb_resource):
-    import duckdb
-
+def test_id_types_follow_a_reingested_day(settings, ingest_day, duckdb_resource):
     path = settings.landing_dir / "events-2026-01-01.csv"
     path.write_text("user_id,item_id,event_type,ts\n1,2,view,2026-01-01 10:00:00\n")
     ingest_day("2026-01-01")
@@ -125,10 +123,6 @@ def test_id_types_follow_a_reingested_day_and_are_filled_in_for_old_warehouses(s
     ingest_day("2026-01-01")
     assert query(settings, "SELECT integer_ids FROM partition_id_types") == [(False,)]
     assert _build(duckdb_resource)["id_type"].value == "VARCHAR"
-    with duckdb.connect(str(settings.duckdb_path)) as con:  # a warehouse ingested before the records existed
-        con.execute("DROP TABLE partition_id_types")
-    assert _build(duckdb_resource)["id_type"].value == "VARCHAR"
-    assert query(settings, "SELECT partition_day, integer_ids FROM partition_id_types") == [(dt.date(2026, 1, 1), False)]
     assert query(settings, "SELECT user_id, item_id FROM interactions") == [("u1", "2")]
 
 
@@ -146,3 +140,24 @@ def test_a_text_id_written_past_the_ingest_fails_clearly_and_keeps_the_table(set
     with duckdb.connect(str(settings.duckdb_path)) as con:  # the way out the message names
         con.execute("DELETE FROM partition_id_types WHERE partition_day = DATE '2026-01-01'")
     assert _build(duckdb_resource)["id_type"].value == "VARCHAR"
+
+
+def test_the_weighting_is_recorded_with_the_table_and_carried_by_the_training_snapshot(three_days, resources):
+    """`interactions` records its weighting next to the pairs (`interactions_window`, same transaction);
+    `training_data` reads it with the pairs and writes it into the snapshot, whence the challenger's bundle."""
+    from als_core.weighting import EventWeighting
+    from pipelines.defs.training_data_asset import training_data
+    from pipelines.training_data import TrainingData, latest_dir
+
+    weights = {"view_weight": 1.5, "cart_weight": 0.0, "purchase_weight": 7.0, "half_life_days": 2.5}
+    result = dg.materialize([interactions, training_data], resources=resources,
+                            run_config={"ops": {"interactions": {"config": weights}}})
+    assert query(three_days, "SELECT view_weight, cart_weight, purchase_weight, half_life_days "
+                             "FROM interactions_window") == [(1.5, 0.0, 7.0, 2.5)]
+    snapshot = TrainingData.load(latest_dir(three_days))
+    assert snapshot.weighting == EventWeighting(**weights)
+    for asset in ("interactions", "training_data"):
+        assert result.asset_materializations_for_node(asset)[0].metadata["weighting"].value == weights
+    dg.materialize([interactions], resources=resources)  # no config: the defaults, recorded as such
+    assert query(three_days, "SELECT view_weight, cart_weight, purchase_weight, half_life_days "
+                             "FROM interactions_window") == [(3.0, 10.0, 40.0, 0.0)]

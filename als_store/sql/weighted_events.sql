@@ -1,6 +1,7 @@
 -- Table macro: every event of the window [start_day, end_day] with its weight (event-type weight,
 -- times 0.5^(age / half_life) when half_life_days > 0; age measured from the end of end_day).
--- Shared by interactions.sql and the training split, so both weigh events the same way.
+-- The one definition of the weighting (its parameters: als_core.weighting.EventWeighting): training reads it
+-- through sql/interactions.sql, fold-in in the API through sql/serving_user_events.sql.
 CREATE OR REPLACE TEMP MACRO weighted_events(start_day, end_day, view_weight, cart_weight, purchase_weight, half_life_days) AS TABLE
 SELECT user_id,
        item_id,
