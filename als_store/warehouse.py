@@ -2,7 +2,8 @@
 
 DuckDB lets one process write a file at a time (and no reader in another process meanwhile), so
 connections are opened per step and closed before long computations; a step that meets the lock
-of another process retries for a while instead of failing at once. Sessions run in UTC so that
+of another process retries for a while instead of failing at once. What must change together runs in
+`transaction`. Sessions run in UTC so that
 timestamps without an offset mean UTC and offsets are converted, whatever the machine's zone.
 """
 
@@ -58,3 +59,17 @@ def open_warehouse(path: str | Path, **kwargs) -> Iterator[duckdb.DuckDBPyConnec
         yield con
     finally:
         con.close()
+
+
+@contextlib.contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The block's statements on ``con`` all or none: committed when the block ends, rolled back when it raises
+    anything (a Dagster step's interrupt and KeyboardInterrupt included, so a killed step leaves no half)."""
+    con.begin()
+    try:
+        yield con
+        con.commit()
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):  # DuckDB already ended it (a failed write or commit)
+            con.rollback()
+        raise

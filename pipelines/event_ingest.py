@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from als_store import sql_files
+from als_store.warehouse import transaction
 from pipelines.event_sources import EventMapping
 from pipelines.landing import LandingFile
 
@@ -127,8 +128,7 @@ def ingest_day(
     ensure_schema(con)
     sql_files.run(con, "ingest_id_rule")
     result = DayResult(day=day)
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         held = int(sql_files.run(con, "ingest_day_events", {"day": day}).fetchone()[0])
         sql_files.run(con, "ingest_delete_partition", {"day": day})
         loaded_by_hash: dict[str, str] = {}
@@ -141,13 +141,6 @@ def ingest_day(
         _verify(result)
         if not allow_empty:
             _refuse_empty(result, held)
-        con.execute("COMMIT")
-    except BaseException:
-        try:
-            con.execute("ROLLBACK")
-        except duckdb.Error:
-            pass  # DuckDB invalidated the connection (a failed write): the error raised below says why
-        raise
     return result
 
 

@@ -4,7 +4,7 @@ model_version)` over the coded tables `recommendation_lists`, `recommendation_us
 them. No Dagster import.
 
 - `stage` scores the users into Parquet (bounded memory, no DuckDB lock held) and `replace` swaps the contents
-  for them in the caller's transaction;
+  for them in one transaction;
 - `written_by` reads which model the tables hold, so that the asset can leave them alone while they hold the
   champion's top-N, and `evaluation` can read the champion's lists back instead of scoring them again
   (`top_k_lists`): a registered version never changes, so its stored lists are what scoring would give.
@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from als_store import sql_files
+from als_store.warehouse import transaction
 
 # Staged as numbers: bundle row of the user, rank, bundle index of the item, the float32 score. The external ids
 # are staged once each (two small id maps) and joined back by als_store/sql/recommendations_replace.sql: formatting 10M
@@ -59,10 +60,10 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def written_by(con: duckdb.DuckDBPyConnection) -> TableModel | None:
-    """Which model wrote the table (None: never written, or by a version of this code that did not say)."""
+    """Which model wrote the table (None: never written)."""
     try:
         rows = sql_files.run(con, "recommendations_model").fetchall()
-    except duckdb.CatalogException:  # a read-only connection to a warehouse from before this table
+    except duckdb.CatalogException:  # a read-only connection to a warehouse the asset never wrote to
         return None
     return TableModel(rows[0][0], int(rows[0][1]), rows[0][2], int(rows[0][3])) if len(rows) == 1 else None
 
@@ -123,14 +124,12 @@ def _batch(rows: np.ndarray, item_index: np.ndarray, scores: np.ndarray) -> pa.T
 
 
 def replace(con: duckdb.DuckDBPyConnection, staged: dict, model: TableModel) -> None:
-    """Swap the contents for the staged rows and record ``model`` as their writer; the caller holds the
-    transaction (a warehouse from before the coded layout has its old table replaced by the view in it)."""
-    if sql_files.run(con, "recommendations_kind").fetchall() == [("BASE TABLE",)]:
-        sql_files.run(con, "recommendations_drop_old_table")
-        ensure_schema(con)
-    sql_files.run(con, "recommendations_replace", {**staged, "model_name": model.name,
-                                                   "model_version": model.version,
-                                                   "mlflow_run_id": model.run_id, "n": model.n})
+    """Swap the contents for the staged rows and record ``model`` as their writer, in one transaction: a
+    reader sees the previous model's rows or these, never a mix."""
+    with transaction(con):
+        sql_files.run(con, "recommendations_replace", {**staged, "model_name": model.name,
+                                                       "model_version": model.version,
+                                                       "mlflow_run_id": model.run_id, "n": model.n})
 
 
 def top_k_lists(con: duckdb.DuckDBPyConnection, model: TableModel, bundle, users: np.ndarray, k: int):

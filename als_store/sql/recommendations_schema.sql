@@ -23,8 +23,6 @@ CREATE TABLE IF NOT EXISTS recommendations_model (
     written_at    TIMESTAMP NOT NULL
 );
 
--- (A warehouse from before this layout has a table of this name: pipelines/recommendations_table.py drops it
--- in the transaction that first writes the new tables.)
 CREATE VIEW IF NOT EXISTS recommendations AS
 SELECT u.user_id, l.rank, i.item_id, CAST(l.score AS DOUBLE) AS score, l.model_version
 FROM recommendation_lists AS l

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from als_core.weighting import DEFAULT_WEIGHTING, EventWeighting
 from als_store import sql_files
+from als_store.warehouse import transaction
 from pipelines.event_ingest import ensure_schema
 from pipelines.defs.ingest import events
 from pipelines.defs.resources import DuckDBResource
@@ -44,9 +45,8 @@ def build_interactions(con, config: InteractionsConfig) -> dict:
         raise dg.Failure("table `events` is empty: materialise some `events` partitions first")
     params = {"start_day": start_day, "end_day": end_day, **config.weighting.as_dict()}
     sql_files.run(con, "weighted_events")
-    con.execute("BEGIN TRANSACTION")
-    try:
-        sql_files.run(con, "partition_id_types", params)  # days ingested before the ingest recorded them
+    with transaction(con):
+        sql_files.run(con, "partition_id_types", params)  # days without a record (one deleted to be recomputed)
         (integer_ids,) = sql_files.run(con, "interactions_id_type", params).fetchone()
         sql_files.run(con, "interactions_ids_integer" if integer_ids else "interactions_ids_text")
         try:
@@ -57,10 +57,6 @@ def build_interactions(con, config: InteractionsConfig) -> dict:
                 f"says its ids are ({exc}): delete that day's row from `partition_id_types` (it is recomputed) or "
                 "materialise the day's `events` again") from exc
         pairs, users, items, n_events, total_weight = sql_files.run(con, "interactions_record", params).fetchone()
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return {
         "start_day": start_day,
         "end_day": end_day,

@@ -611,13 +611,7 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationsCo
                                                 context.log.info, prescored)
         with duckdb.connect() as con:
             recommendations_table.ensure_schema(con)
-            con.begin()
-            try:
-                recommendations_table.replace(con, staged, table_model(ref, config.n))
-                con.commit()
-            except BaseException:
-                con.rollback()
-                raise
+            recommendations_table.replace(con, staged, table_model(ref, config.n))
             rows, users, distinct_items, version = sql_files.run(con, "recommendations_summary").fetchone()
             preview = sql_files.run(con, "recommendations_preview", {"limit_rows": 10}).fetchall()
     seconds = time.perf_counter() - started

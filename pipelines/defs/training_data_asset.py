@@ -3,7 +3,6 @@
 from typing import Literal
 
 import dagster as dg
-import duckdb
 import numpy as np
 from pydantic import Field
 
@@ -47,11 +46,7 @@ def build_training_data(con, config: TrainingDataConfig) -> TrainingData:
     anything heavy). The snapshot records the weighting read with the pairs, in the same connection."""
     window, weighting = _read_window(con)
     if config.split == "temporal":
-        try:
-            sql_files.run(con, "training_temporal_pairs")
-        except duckdb.BinderException as exc:  # a table built by an older version of `interactions`
-            raise dg.Failure(f"table `interactions` lacks a column the split needs ({exc}): "
-                             "materialise `interactions` again") from exc
+        sql_files.run(con, "training_temporal_pairs")
         train = _coded_pairs(con)
         holdout_users, holdout_items = _columns(sql_files.run(con, "training_holdout_pairs"))
         return temporal_from_coded(train, holdout_users, holdout_items, window["start_day"], window["end_day"],
