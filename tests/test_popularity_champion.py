@@ -19,6 +19,7 @@ import scipy.sparse as sp
 
 from als_core import ALS
 from als_core.bundle import KIND_ALS, KIND_POPULARITY, ModelBundle, NoItemFactors, evaluate_on_holdout
+from als_core.weighting import EventWeighting
 from model_half import ALL_ASSETS, GOOD, WEAK, materialize, metadata_of, mlflow_resource, publish_training_data, \
     small_training_data
 from als_store import mlflow_store, model_registry, model_tags
@@ -348,8 +349,8 @@ def test_a_sparse_multi_day_log_where_als_loses_ends_with_a_champion_the_api_ser
     assert metadata_of(retrain, "recommendations")["champion_kind"] == "popularity"
 
     bundle = model_registry.load_bundle(settings.mlflow_tracking_uri, settings.model_name, gate["popularity_version"])
-    assert bundle.metadata["event_weights"] == {"view_weight": 3.0, "cart_weight": 10.0, "purchase_weight": 40.0,
-                                                "half_life_days": 0.0}
+    assert bundle.weighting == EventWeighting(view_weight=3.0, cart_weight=10.0, purchase_weight=40.0,
+                                              half_life_days=0.0)  # the challenger's, which `interactions` recorded
     assert bundle.metadata["training_window"][1] == "2026-01-07"  # (30 days ending on the last day, by default)
 
     with serving(dataclasses.replace(ServingConfig.from_env(), poll_seconds=0.2)) as api:
