@@ -366,14 +366,26 @@ def test_a_launchpad_value_equal_to_the_default_still_wins_over_tuning(settings)
     """Typing `alpha: 40.0` (the default) in the run config must not be replaced by the tuned alpha."""
     publish_training_data(settings)
     resource = mlflow_resource(settings)
-    result = materialize([model_assets.challenger], resource, settings,
-                         challenger={"alpha": default_alpha, "iterations": 2})
+    with dg.instance_for_test() as instance:
+        report_tuning(instance, {"factors": 6, "alpha": 2.0, "regularization": 3.0})
+        result = materialize([model_assets.challenger], resource, settings, instance=instance,
+                             challenger={"alpha": DEFAULTS.alpha, "iterations": 2})
     client = mlflow_store.make_client(resource.tracking_uri)
     ref = model_registry.get_version(client, resource.model_name, metadata_of(result, "challenger")["model_version"])
     run_params = client.get_run(ref.run_id).data.params
-    assert float(run_params["alpha"]) == default_alpha
+    assert float(run_params["alpha"]) == DEFAULTS.alpha
     assert (run_params["factors"], float(run_params["regularization"])) == ("6", 3.0)
-    assert run_params["hyperparameters_from"] == "factors=tuning, alpha=config, regularization=tuning"
+    assert run_params["hyperparameters_from"] == "factors=tuning, regularization=tuning, alpha=config"
+
+
+def test_a_bad_hyperparameter_fails_the_challenger_before_mlflow(settings):
+    publish_training_data(settings)
+    result = materialize([model_assets.challenger], mlflow_resource(settings), settings, raise_on_error=False,
+                         challenger={"cg_steps": 0})
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert "cg_steps must be >= 1" in failure.step_failure_data.error.message
+    assert not (settings.home / "mlflow.db").exists()  # no MLflow run was started for it
 
 
 def test_evaluation_reads_the_champions_lists_from_the_table_and_scores_them_the_same(settings):
