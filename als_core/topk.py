@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 # score_top_n's blocks: users x items per matrix product, 256 x 4096 (4 MB of float32 scores per thread, in
-# L3). Measured on 200k x 20k x 64 factors against 64 users x all items (the first version): 12-14% faster;
+# L3). Measured on 200k x 20k x 64 factors against 64 users x all items per product: 12-14% faster;
 # 128 or 512 users, 2048 or 8192 items, or whole rows were all slower (BLAS repacks its inputs for every call,
 # so small products pay more per score; big blocks are read back from memory by the selection).
 _BLOCK_CELLS = 256 * 4096

@@ -91,8 +91,8 @@ def process_alive(pid: int, seen_at: float) -> bool:
 
 def die_with_parent() -> None:
     """In a process started by `multiprocessing` (a Dagster run worker or step worker), end this process when
-    its parent ends. A step whose run was killed must not go on: left alone it finishes on its own (it once
-    promoted a model after its run had died) and keeps its pool slot. Dagster's own interrupt (SIGINT: the
+    its parent ends. A step whose run was killed must not go on: left alone it finishes on its own (a gate step
+    would promote a model for a run that has died) and keeps its pool slot. Dagster's own interrupt (SIGINT: the
     step fails and its cleanup runs) comes first, SIGKILL after INTERRUPT_GRACE_S. No-op elsewhere."""
     import multiprocessing
 

@@ -127,7 +127,7 @@ def test_a_killed_run_does_not_keep_its_pool_slot(settings):
         assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED
         assert holds_pool(instance, run_id, "duckdb")
     started = time.monotonic()
-    out = run_pool_user(settings, "duckdb")  # before the fix: blocked by limit for pool duckdb, for ever
+    out = run_pool_user(settings, "duckdb")  # unrecovered, the dead run holds the pool slot: blocked for ever
     assert out.stdout.strip() == "success", out.stderr[-3000:]
     assert time.monotonic() - started < 60
     with open_instance(settings) as instance:
@@ -255,7 +255,7 @@ def test_kill_during_promotion_keeps_the_champion_then_the_next_run_gates(settin
     problems = {p["kind"]: p for p in json.loads(report.stdout)["problems"]}
     assert problems["stuck_run"]["fix"] == recovery.RECOVER_COMMAND
     assert problems["not_gated"]["message"].startswith("v2 was evaluated but never gated")
-    run_job(settings, "daily_retrain")  # before the fix: blocked by limit for pool promotion, for ever
+    run_job(settings, "daily_retrain")  # unrecovered, the dead run holds the promotion slot: blocked for ever
     assert champion_version(settings) != 2  # loads; v2's gate never ran
     assert "gate.decision" in model_registry.get_version(client(settings), settings.model_name, 3).tags
     assert_failed_and_freed(settings, run_id)
@@ -282,7 +282,7 @@ def test_kill_during_recommendations_keeps_the_old_table_then_the_next_run_write
     assert_stuck_then_recovered(settings, run_id, "duckdb")
 
     assert warehouse(settings, table) == old  # wholly old
-    run_job(settings, "daily_retrain", selection=["recommendations"])  # before the fix: blocked for ever
+    run_job(settings, "daily_retrain", selection=["recommendations"])  # unrecovered: blocked for ever
     new = warehouse(settings, table)
     assert [version for version, _ in new] == [champion_version(settings)] == [2]  # wholly new
     assert_failed_and_freed(settings, run_id)

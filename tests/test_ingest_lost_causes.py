@@ -1,5 +1,6 @@
-"""Faults that used to lose their cause: a line over DuckDB's maximum size, a non-UTF-8 row's raw text, a
-truncated .gz, a corrupt Parquet file, a warehouse that cannot be written (a full disk)."""
+"""Faults whose cause is easy to lose on the way to the operator: a line over DuckDB's maximum size, a
+non-UTF-8 row's raw text, a truncated .gz, a corrupt Parquet file, a warehouse that cannot be written (a full
+disk)."""
 
 from __future__ import annotations
 

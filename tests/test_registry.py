@@ -148,7 +148,7 @@ def test_rollback_without_previous_champion_is_a_clear_error(store, register_pla
 
 
 def test_rollback_to_the_champion_itself_is_refused_and_changes_nothing(store, register_placeholder):
-    """previous_champion == champion (what a half-done hand promotion used to leave): nothing to roll back to."""
+    """previous_champion == champion (aliases set by hand can say so): nothing to roll back to."""
     client = store.client()
     v1 = register_placeholder(store)
     for alias in ("champion", "previous_champion"):

@@ -104,7 +104,7 @@ def test_a_good_promotion_moves_both_aliases_and_records_who_and_why(home_store,
 @pytest.mark.parametrize("previous", ["none", "the champion"])
 def test_rollback_with_nothing_to_roll_back_to_exits_non_zero_and_changes_nothing(home_store, previous, capsys):
     client, name, (v1, v2, v3) = home_store
-    if previous == "the champion":  # what the old hand-promotion snippet left after a failure
+    if previous == "the champion":  # aliases set by hand (MLflow's UI) can say so
         client.set_registered_model_alias(name, model_tags.PREVIOUS_CHAMPION, str(v1))
     before = state(client, name, (v1, v2, v3))
     assert cli.main(["rollback"]) == 1
