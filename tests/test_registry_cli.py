@@ -31,6 +31,7 @@ def home_store(settings, monkeypatch):
         monkeypatch.setenv(key, str(value))
     monkeypatch.setenv("USER", "alice")
     monkeypatch.setenv("LOGNAME", "alice")
+    monkeypatch.setenv("ALS_PIPELINE_HOME", str(settings.home))  # the command reads its home as a shell gives it
     uri, name = settings.mlflow_tracking_uri, settings.model_name
     client = mlflow_store.make_client(uri)
     experiment = run_log.ensure_experiment(client, "cli", settings.mlflow_artifact_root)
