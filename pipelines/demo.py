@@ -144,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["DAGSTER_HOME"] = str(prepare_dagster_home(settings))
     import dagster as dg  # after DAGSTER_HOME: the instance reads it
 
-    from pipelines.defs.partitions import event_days
+    from pipelines.defs.partitions import daily_partitions
 
-    start = event_days.start.date()  # the first `events` partition (ALS_PIPELINE_START_DATE)
+    start = daily_partitions().start.date()  # the first `events` partition (ALS_PIPELINE_START_DATE)
 
     from als_core.synthetic import generate_events
     from pipelines.definitions import defs

@@ -37,8 +37,7 @@ RECOVERY_INTERVAL_S = 2.0  # a backfill creates many runs at once: one check ser
 _log = logging.getLogger(__name__)
 
 
-def prepare_dagster_home(settings: Settings | None = None) -> Path:
-    settings = settings or Settings.from_env()
+def prepare_dagster_home(settings: Settings) -> Path:
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
@@ -61,13 +60,14 @@ def _unedited_older_copy(config: Path) -> bool:
     return current == written or current in EARLIER_SHIPPED_SHA256
 
 
-def dagster_env(settings: Settings | None = None) -> dict[str, str]:
-    """This process's environment with DAGSTER_HOME set to the prepared instance (for subprocesses)."""
-    return {**os.environ, "DAGSTER_HOME": str(prepare_dagster_home(settings))}
+def dagster_env(settings: Settings) -> dict[str, str]:
+    """This process's environment with `settings`' variables and DAGSTER_HOME set to the prepared instance (for
+    subprocesses)."""
+    return {**os.environ, **settings.environment(), "DAGSTER_HOME": str(prepare_dagster_home(settings))}
 
 
 @contextlib.contextmanager
-def open_instance(settings: Settings | None = None) -> Iterator[dg.DagsterInstance]:
+def open_instance(settings: Settings) -> Iterator[dg.DagsterInstance]:
     """The project's instance (prepared if needed), disposed of on exit."""
     instance = dg.DagsterInstance.from_config(str(prepare_dagster_home(settings)))
     try:
@@ -123,8 +123,9 @@ class PipelineInstance(dg.DagsterInstance):
 
 
 def main() -> None:
-    home = prepare_dagster_home()
-    with open_instance() as instance:
+    settings = Settings.from_env()
+    home = prepare_dagster_home(settings)
+    with open_instance(settings) as instance:
         recovery.recover(instance, log=lambda line: print(f"recovered {line}", file=sys.stderr))
     print(f"export DAGSTER_HOME={shlex.quote(str(home))}")
 

@@ -270,9 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Mark runs whose process is gone as failed and free the pool slots they hold."""
     parser = argparse.ArgumentParser(prog=RECOVER_COMMAND, description=main.__doc__)
     parser.parse_args(argv)
+    from als_store.settings import Settings
     from pipelines.instance import open_instance
 
-    with open_instance() as instance:
+    with open_instance(Settings.from_env()) as instance:
         acted = recover(instance, log=lambda line: print(f"recovered {line}"))
         running = [s for s in inspect_runs(instance) if not s.problem]
     if not acted:

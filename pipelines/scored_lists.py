@@ -22,14 +22,10 @@ from als_store.settings import Settings
 KEEP = 3  # newest files kept: the latest challengers; older ones can no longer become champion unscored
 
 
-def _directory(settings: Settings) -> Path:
-    return settings.home / "scored_lists"
-
-
 def _path(settings: Settings, run_id: str) -> Path:
     if not run_id.isalnum():  # MLflow run ids are hex; anything else must not become a path
         raise ValueError(f"unexpected MLflow run id {run_id!r}")
-    return _directory(settings) / f"{run_id}.npz"
+    return settings.scored_lists_dir / f"{run_id}.npz"
 
 
 def save(settings: Settings, run_id: str, lists: PrescoredLists) -> Path:
@@ -40,7 +36,7 @@ def save(settings: Settings, run_id: str, lists: PrescoredLists) -> Path:
     np.savez(partial, rows=lists.rows.astype(np.int64), item_index=lists.item_index.astype(np.int32),
              scores=lists.scores.astype(np.float32))
     os.replace(partial, path)
-    for old in sorted(_directory(settings).glob("*.npz"), key=lambda p: p.stat().st_mtime)[:-KEEP]:
+    for old in sorted(settings.scored_lists_dir.glob("*.npz"), key=lambda p: p.stat().st_mtime)[:-KEEP]:
         old.unlink(missing_ok=True)
     return path
 

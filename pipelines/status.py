@@ -232,8 +232,6 @@ def read_registry(settings: Settings, limit: int = DEFAULT_LIMIT) -> RegistrySta
         # opening a missing sqlite store would create an empty one: report instead
         status.state, status.message = "empty", f"no MLflow store yet ({db_path}): nothing trained"
         return status
-    for key, value in _MLFLOW_HTTP_ENV.items():
-        os.environ.setdefault(key, value)
     try:
         check_reachable(uri)
         client = make_client(uri)
@@ -394,9 +392,7 @@ def find_problems(reg: RegistryStatus, runs: RunsStatus) -> list[Problem]:
     return problems
 
 
-def read_status(settings: Settings | None = None, limit: int = DEFAULT_LIMIT,
-                lock_wait_s: float = DEFAULT_LOCK_WAIT_S) -> Status:
-    settings = settings or Settings.from_env()
+def read_status(settings: Settings, limit: int = DEFAULT_LIMIT, lock_wait_s: float = DEFAULT_LOCK_WAIT_S) -> Status:
     reg = read_registry(settings, limit)
     wh = read_warehouse(settings, limit, lock_wait_s)
     runs = read_runs(settings)
@@ -505,7 +501,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seconds to wait for a run's DuckDB write lock")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
-    status = read_status(limit=args.limit, lock_wait_s=args.lock_wait)
+    # MLflow takes its HTTP limits only from the environment (no client argument): set for this command alone
+    for key, value in _MLFLOW_HTTP_ENV.items():
+        os.environ.setdefault(key, value)
+    status = read_status(Settings.from_env(), limit=args.limit, lock_wait_s=args.lock_wait)
     if args.json:
         print(json.dumps(asdict(status), indent=2))
     else:

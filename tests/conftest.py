@@ -1,4 +1,9 @@
-"""Shared fixtures: a private pipeline home per test (warehouse, landing, training, Dagster instance)."""
+"""Shared fixtures: a private pipeline home per test (warehouse, landing, training, Dagster instance).
+
+In-process runs get the home through the resources (`pipeline`, `resources`); the environment keeps none of the
+pipeline's variables, so code that read them instead of its resources would miss the test's home. Commands
+started as subprocesses get the home in their environment (`pipelines.instance.dagster_env`).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ _PIPELINE_ENV = (
     "ALS_PIPELINE_START_DATE",
     "ALS_PIPELINE_EVENT_PRESET",
     "ALS_RETRAIN_CRON",
+    "ALS_TUNING_CRON",
     "ALS_MODEL_NAME",
     "MLFLOW_TRACKING_URI",
     "DAGSTER_HOME",
@@ -44,20 +50,33 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 def settings(tmp_path, monkeypatch) -> Settings:
-    """Settings.from_env() for a fresh ALS_PIPELINE_HOME under tmp_path (other pipeline env cleared)."""
+    """The settings of a fresh home under tmp_path; the pipeline's variables are cleared from the environment."""
     for name in _PIPELINE_ENV:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("ALS_PIPELINE_HOME", str(tmp_path / "home"))
-    settings = Settings.from_env()
+    settings = Settings.build(tmp_path / "home")
     settings.landing_dir.mkdir(parents=True)
     return settings
 
 
 @pytest.fixture
-def duckdb_resource(settings):
-    from pipelines.defs.resources import DuckDBResource
+def pipeline(settings):
+    """The `pipeline` resource at the test's home."""
+    from pipelines.defs.resources import PipelineSettings
 
-    return DuckDBResource(database=str(settings.duckdb_path))
+    return PipelineSettings.of(settings)
+
+
+@pytest.fixture
+def resources(pipeline) -> dict:
+    """Every resource of the code location at the test's home (pipeline, duckdb, mlflow)."""
+    from pipelines.defs.resources import build_resources
+
+    return build_resources(pipeline)
+
+
+@pytest.fixture
+def duckdb_resource(resources):
+    return resources["duckdb"]
 
 
 def shared_data_file(relative: str) -> Path:
@@ -69,7 +88,7 @@ def shared_data_file(relative: str) -> Path:
 
 
 @pytest.fixture
-def ingest_day(duckdb_resource):
+def ingest_day(resources):
     """Materialise one `events` day (with its checks) through dg.materialize; returns the result."""
     import dagster as dg
 
@@ -82,12 +101,25 @@ def ingest_day(duckdb_resource):
         return dg.materialize(
             [events, checks.events_present_and_valid, checks.rejected_share_below_threshold],
             partition_key=day,
-            resources={"duckdb": duckdb_resource},
+            resources=resources,
             run_config={"ops": {"events": {"config": config}}} if config else None,
             raise_on_error=raise_on_error,
         )
 
     return run
+
+
+def evaluate_landing_sensor(settings: Settings, instance, cursor: str | None = None, start_date: str = "2026-01-01"):
+    """One tick of `landing_sensor` over the test's home (the days from `start_date`)."""
+    import dagster as dg
+
+    from pipelines.defs.automation import build_landing_sensor
+    from pipelines.defs.partitions import daily_partitions
+    from pipelines.defs.resources import PipelineSettings
+
+    sensor = build_landing_sensor(daily_partitions(start_date))
+    return sensor(dg.build_sensor_context(instance=instance, cursor=cursor,
+                                          resources={"pipeline": PipelineSettings.of(settings)}))
 
 
 def query(settings: Settings, sql: str, params=None) -> list[tuple]:

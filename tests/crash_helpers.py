@@ -167,9 +167,10 @@ def land(settings: Settings, days=DAYS, seed: int = 3, n_events: int = 12_000) -
 
 def ingest(settings: Settings, days=DAYS) -> None:
     """Each day through the `ingest` job, in process, with the project's instance."""
-    from pipelines.definitions import defs
+    from pipelines.definitions import defs_at
+    from pipelines.defs.resources import PipelineSettings
 
-    job = defs().resolve_job_def("ingest")
+    job = defs_at(PipelineSettings.of(settings)).resolve_job_def("ingest")
     with open_instance(settings) as instance:
         for day in days:
             assert job.execute_in_process(partition_key=day, instance=instance, run_config=QUIET).success

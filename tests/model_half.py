@@ -3,6 +3,7 @@ resources, and one `dg.materialize` of challenger -> evaluation -> champion (-> 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import dagster as dg
@@ -10,7 +11,7 @@ import dagster as dg
 from als_core.synthetic import generate_events
 from pipelines.defs import model_assets
 from pipelines.defs.mlflow_resource import MLflowResource
-from pipelines.defs.resources import DuckDBResource
+from pipelines.defs.resources import PipelineSettings, build_resources
 from als_store.settings import Settings
 from pipelines.training_data import TrainingData, publish, random_split
 
@@ -41,13 +42,17 @@ def publish_training_data(settings: Settings, data: TrainingData | None = None) 
 
 
 def mlflow_resource(settings: Settings, tracking_uri: str | None = None, model_name: str | None = None) -> MLflowResource:
-    resource = MLflowResource.from_settings(settings)
-    return MLflowResource(
-        tracking_uri=tracking_uri or resource.tracking_uri,
-        artifact_root=resource.artifact_root,
-        model_name=model_name or resource.model_name,
-        lock_dir=resource.lock_dir,
-    )
+    """The MLflow resource at the home of `settings`, with another store or model name if given."""
+    changed = {"mlflow_tracking_uri": tracking_uri, "model_name": model_name}
+    return MLflowResource.from_settings(
+        dataclasses.replace(settings, **{key: value for key, value in changed.items() if value}))
+
+
+def resources_of(mlflow: MLflowResource, settings: Settings) -> dict:
+    """Every resource at the home of `settings`, with `mlflow` for MLflow (its store and model name)."""
+    pipeline: PipelineSettings = mlflow.pipeline
+    assert pipeline.settings.home == settings.home, "the MLflow resource of another home"
+    return {**build_resources(pipeline), "mlflow": mlflow}
 
 
 def materialize(assets, mlflow: MLflowResource, settings: Settings, raise_on_error: bool = True,
@@ -56,7 +61,7 @@ def materialize(assets, mlflow: MLflowResource, settings: Settings, raise_on_err
     the Dagster instance that records the run (default: a new ephemeral one, which has seen no tuning)."""
     return dg.materialize(
         assets,
-        resources={"mlflow": mlflow, "duckdb": DuckDBResource(database=str(settings.duckdb_path))},
+        resources=resources_of(mlflow, settings),
         run_config={"ops": {name: {"config": config} for name, config in configs.items()}} if configs else None,
         raise_on_error=raise_on_error,
         instance=instance,

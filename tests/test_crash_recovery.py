@@ -60,9 +60,10 @@ def run_job(settings: Settings, job: str, partition: str = "", selection=(), con
 
 
 def retrain(settings: Settings, *assets: str) -> dg.ExecuteInProcessResult:
-    from pipelines.definitions import defs
+    from pipelines.definitions import defs_at
+    from pipelines.defs.resources import PipelineSettings
 
-    job = defs().resolve_job_def("daily_retrain")
+    job = defs_at(PipelineSettings.of(settings)).resolve_job_def("daily_retrain")
     with open_instance(settings) as instance:
         result = job.execute_in_process(instance=instance, run_config=QUIET,
                                         asset_selection=[dg.AssetKey(a) for a in assets] or None)

@@ -1,4 +1,5 @@
-"""The code location: loads, wires jobs/schedules/sensor (RUNNING), pools, the instance config, the CLI."""
+"""The code location: loads, wires jobs/schedules/sensor (RUNNING), pools, the instance config, the CLIs (`dagster`,
+`dg`); settings reach it through its resources, and nothing reads the environment at import."""
 
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import query
+from conftest import evaluate_landing_sensor, query
 
 from als_core.synthetic import generate_events
-from pipelines.definitions import defs
-from pipelines.defs import automation
+from pipelines.definitions import defs, defs_at
 from pipelines.instance import SHIPPED_CONFIG, dagster_env, prepare_dagster_home
 from pipelines.landing import write_day_files
 
@@ -64,6 +64,7 @@ def test_jobs_schedules_and_sensor_run_by_default(repository):
 
     schedules = {schedule.name: schedule for schedule in repository.schedule_defs}
     assert schedules["daily_retrain_schedule"].cron_schedule == "0 3 * * *"
+    assert schedules["tune_hyperparameters_schedule"].cron_schedule == "0 1 * * 0"
     assert schedules["daily_retrain_schedule"].execution_timezone == "UTC"
     assert schedules["ingest_daily"].job_name == "ingest"
     for schedule in schedules.values():
@@ -73,16 +74,34 @@ def test_jobs_schedules_and_sensor_run_by_default(repository):
     assert sensor.job_name == "ingest"
 
 
-def test_retrain_cron_comes_from_the_environment():
-    code = "from pipelines.defs import automation; print(automation.daily_retrain_schedule.cron_schedule)"
-    env = {**os.environ, "ALS_RETRAIN_CRON": "15 4 * * 1"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "15 4 * * 1"
+def test_crons_and_first_day_come_from_the_environment_when_the_definitions_load(settings, monkeypatch):
+    monkeypatch.setenv("ALS_RETRAIN_CRON", "15 4 * * 1")
+    monkeypatch.setenv("ALS_TUNING_CRON", "0 2 * * 3")
+    monkeypatch.setenv("ALS_PIPELINE_START_DATE", "2025-06-01")
+    repository = defs().get_repository_def()
+    schedules = {schedule.name: schedule.cron_schedule for schedule in repository.schedule_defs}
+    assert schedules["daily_retrain_schedule"] == "15 4 * * 1"
+    assert schedules["tune_hyperparameters_schedule"] == "0 2 * * 3"
+    events = repository.asset_graph.get(dg.AssetKey("events")).partitions_def
+    assert events.get_first_partition_key() == "2025-06-01"
 
 
-def _evaluate(cursor: str | None):
+def test_the_resources_come_from_the_environment_as_env_vars_where_it_sets_them(monkeypatch):
+    from als_store.settings import PROJECT_ROOT
+
+    for name in ("ALS_PIPELINE_HOME", "ALS_PIPELINE_LANDING", "MLFLOW_TRACKING_URI", "ALS_MODEL_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ALS_PIPELINE_EVENT_PRESET", "taobao")
+    pipeline = defs().resources["pipeline"]
+    assert pipeline.home == str(PROJECT_ROOT / ".data") and pipeline.model_name == "als-recommender"
+    assert isinstance(pipeline.event_preset, dg.EnvVar) and pipeline.event_preset.env_var_name == "ALS_PIPELINE_EVENT_PRESET"
+    # nested: the warehouse and the MLflow store are found through the same resource
+    assert defs().resources["duckdb"].pipeline == pipeline == defs().resources["mlflow"].pipeline
+
+
+def _evaluate(settings, cursor: str | None):
     with dg.instance_for_test() as instance:
-        return automation.landing_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
+        return evaluate_landing_sensor(settings, instance, cursor)
 
 
 def test_sensor_requests_days_of_new_or_changed_files(settings):
@@ -94,17 +113,17 @@ def test_sensor_requests_days_of_new_or_changed_files(settings):
     today = time.strftime("%Y-%m-%d", time.gmtime())
     (landing / f"events-{today}.csv").write_text("user_id,item_id,event_type,ts\n")  # no partition yet
 
-    first = _evaluate(None)
+    first = _evaluate(settings, None)
     assert [r.partition_key for r in first.run_requests] == ["2026-01-01", "2026-01-02"]
     cursor = json.loads(first.cursor)
     assert set(cursor) == {"events-2026-01-01.csv", "events-2026-01-02.csv", "2026-01-02/more.jsonl", "events-2025-12-31.csv"}
 
-    assert _evaluate(first.cursor).run_requests == []
+    assert _evaluate(settings, first.cursor).run_requests == []
 
     changed = landing / "2026-01-02" / "more.jsonl"
     changed.write_text('{"user_id": 1}\n')
     os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
-    again = _evaluate(first.cursor)
+    again = _evaluate(settings, first.cursor)
     assert [r.partition_key for r in again.run_requests] == ["2026-01-02"]
     assert again.run_requests[0].run_key != next(r for r in first.run_requests if r.partition_key == "2026-01-02").run_key
 
@@ -205,3 +224,91 @@ def test_settings_paths_are_absolute_and_follow_the_environment(tmp_path, monkey
     assert custom.landing_dir == tmp_path / "drop"
     assert custom.mlflow_tracking_uri == f"sqlite:///{tmp_path / 'm.db'}"
     assert Settings.from_env({"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}).mlflow_tracking_uri == "http://127.0.0.1:5000"
+
+
+@pytest.mark.slow
+def test_dg_checks_and_lists_the_definitions_from_the_project_root():
+    dg_cli = str(Path(sys.executable).parent / "dg")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALS_", "MLFLOW_", "DAGSTER_"))}
+    check = subprocess.run([dg_cli, "check", "defs"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
+    assert "All definitions loaded successfully" in check.stdout + check.stderr
+    listed = subprocess.run([dg_cli, "list", "defs", "--json"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=240)
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    found = json.loads(listed.stdout)
+    assert DUCKDB_ASSETS | {"challenger", "evaluation", "champion", "recommendations"} <= {
+        asset["asset_key"] for asset in found["assets"]}
+    assert {"ingest", "daily_retrain"} <= {job["name"] for job in found["jobs"]}
+    assert {"landing_sensor"} == {sensor["name"] for sensor in found["sensors"]}
+    assert {"pipeline", "duckdb", "mlflow"} == {resource["name"] for resource in found["resources"]}
+
+
+# Every module of the pipelines package imported with the environment's reads recorded: none of the pipeline's
+# variables may be read at import (they are read when the definitions load, or by a command's main).
+IMPORT_EVERYTHING = """
+import importlib, json, os, pkgutil, sys
+from pathlib import Path
+
+PACKAGES = [Path(sys.argv[1]) / name for name in ("pipelines", "als_store", "als_core")]
+read = set()
+
+
+class Recording(type(os.environ)):
+    def __getitem__(self, key):
+        frame = sys._getframe(1)
+        while frame.f_globals.get("__name__") in ("os", "collections.abc"):  # os.environ.get, os.getenv
+            frame = frame.f_back
+        if any(Path(frame.f_code.co_filename).is_relative_to(package) for package in PACKAGES):
+            read.add(key)  # read by the project's code, not by a library it imports
+        return super().__getitem__(key)
+
+
+os.environ.__class__ = Recording
+import pipelines
+
+for module in pkgutil.walk_packages(pipelines.__path__, "pipelines."):
+    if not module.name.endswith(".__main__"):  # a command runs when imported
+        importlib.import_module(module.name)
+print(json.dumps(sorted(read)))
+"""
+
+
+def test_no_module_reads_the_pipelines_variables_at_import():
+    poisoned = {"ALS_PIPELINE_HOME": "/nonexistent/home", "ALS_PIPELINE_LANDING": "/nonexistent/landing",
+                "ALS_PIPELINE_START_DATE": "not a date", "ALS_PIPELINE_EVENT_PRESET": "no such preset",
+                "ALS_RETRAIN_CRON": "not a cron", "ALS_TUNING_CRON": "not a cron",
+                "MLFLOW_TRACKING_URI": "relative.db", "ALS_MODEL_NAME": "poisoned"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALS_", "MLFLOW_TRACKING", "DAGSTER_"))}
+    out = subprocess.run([sys.executable, "-c", IMPORT_EVERYTHING, str(ROOT)], env={**env, **poisoned}, cwd=ROOT,
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    read = set(json.loads(out.stdout.splitlines()[-1]))
+    assert not read & set(poisoned), sorted(read & set(poisoned))
+
+
+@pytest.mark.slow
+def test_runs_in_process_write_where_the_resources_say_not_where_the_environment_says(settings, pipeline, tmp_path,
+                                                                                        monkeypatch):
+    """The ingest and the whole retrain run on the definitions with the test's resources while every variable
+    names another home: everything lands in the test's home, nothing in the other."""
+    elsewhere = tmp_path / "elsewhere"
+    monkeypatch.setenv("ALS_PIPELINE_HOME", str(elsewhere))
+    monkeypatch.setenv("ALS_PIPELINE_LANDING", str(elsewhere / "landing"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{elsewhere / 'mlflow.db'}")
+    monkeypatch.setenv("ALS_MODEL_NAME", "elsewhere")
+    events = generate_events(n_users=150, n_items=60, n_events=3_000, n_days=3, seed=2, start="2026-01-01")
+    write_day_files(events, settings.landing_dir, "csv")
+    definitions = defs_at(pipeline)
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    with dg.instance_for_test() as instance:
+        for day in ("2026-01-01", "2026-01-02", "2026-01-03"):
+            assert definitions.resolve_job_def("ingest").execute_in_process(
+                partition_key=day, instance=instance, run_config=quiet).success
+        retrain = definitions.resolve_job_def("daily_retrain").execute_in_process(instance=instance, run_config={
+            **quiet, "ops": {"challenger": {"config": {"factors": 4, "iterations": 2}}}})
+    assert retrain.success
+    assert query(settings, "SELECT count(DISTINCT partition_day) FROM events") == [(3,)]
+    assert (settings.training_dir / "latest").is_dir()
+    assert (settings.home / "mlflow.db").is_file() and any(settings.scored_lists_dir.glob("*.npz"))
+    assert not elsewhere.exists()

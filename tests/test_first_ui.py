@@ -19,8 +19,8 @@ import pytest
 
 from crash_helpers import (DAYS, ROOT, holds_pool, ingest, land, new_run_id, open_instance, run_messages,
                            step_workers, wait_for)
+from conftest import evaluate_landing_sensor
 from mlflow_server import free_port
-from pipelines.defs import automation
 from pipelines.recovery import process_alive, process_start_time
 
 START_S = 120.0
@@ -29,7 +29,7 @@ STOP_S = 30.0
 
 def evaluate_sensor(settings, cursor: str | None = None) -> dg.SensorResult:
     with open_instance(settings) as instance:
-        return automation.landing_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
+        return evaluate_landing_sensor(settings, instance, cursor)
 
 
 def requested(result: dg.SensorResult) -> list[str]:
@@ -108,11 +108,11 @@ def still_running(tree: dict[int, float]) -> list[str]:
 
 
 @contextlib.contextmanager
-def running_make_ui(log: Path) -> Iterator[tuple[subprocess.Popen, int]]:
+def running_make_ui(settings, log: Path) -> Iterator[tuple[subprocess.Popen, int]]:
     """`make ui` in a session of its own (as in a terminal) on a free port, with the test's pipeline home;
     yields (process, port) once it answers. Whatever is left of it is killed at the end."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    env = {**{k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}, **settings.environment()}
     # -o: take the installed virtualenv as it is (the test runs from it), whatever the lock file's time
     with open(log, "w") as out:
         process = subprocess.Popen(["make", "-o", ".venv/.installed", "ui", f"UI_PORT={port}"], cwd=ROOT, env=env,
@@ -142,7 +142,7 @@ def make_ui(settings, tmp_path):
     land(settings, days=DAYS[:2])
     ingest(settings, days=DAYS[:2])
     log = tmp_path / "make-ui.log"
-    with running_make_ui(log) as (process, port):
+    with running_make_ui(settings, log) as (process, port):
         yield process, port, log
 
 
@@ -193,7 +193,7 @@ def test_under_make_ui_a_killed_run_worker_ends_its_steps_and_the_daemon_frees_i
 
     with open_instance(settings) as instance:
         known = {record.dagster_run.run_id for record in instance.get_run_records()}
-        with running_make_ui(tmp_path / "make-ui.log"):
+        with running_make_ui(settings, tmp_path / "make-ui.log"):
             run_id = wait_for(lambda: new_run_id(instance, known), "the landing sensor's run of the changed day")
             assert instance.get_run_by_id(run_id).tags["dagster/partition"] == day
             wait_for(lambda: any(m.startswith("file 1/2 ") for m in run_messages(instance, run_id)),

@@ -13,10 +13,9 @@ import dagster as dg
 import pytest
 
 from model_half import BETTER, GATE_ASSETS, GOOD, WEAK, materialize, metadata_of, mlflow_resource, \
-    publish_training_data
+    publish_training_data, resources_of
 from als_store import mlflow_store, model_registry, model_tags
 from pipelines.defs import model_assets
-from pipelines.defs.resources import DuckDBResource
 from pipelines.registry import promotion
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,9 +96,8 @@ def test_a_champion_whose_files_are_gone_is_reported_and_the_gate_goes_on(settin
     shutil.move(model_dir, settings.home / "moved-away")
 
     with dg.instance_for_test() as instance:  # a kept instance, to read the run's log back
-        weak_run = dg.materialize(GATE_ASSETS, instance=instance, resources={
-            "mlflow": resource, "duckdb": DuckDBResource(database=str(settings.duckdb_path))},
-            run_config={"ops": {"challenger": {"config": WEAK}}})
+        weak_run = dg.materialize(GATE_ASSETS, instance=instance, resources=resources_of(resource, settings),
+                                  run_config={"ops": {"challenger": {"config": WEAK}}})
         logged = [entry.user_message for entry in instance.all_logs(weak_run.run_id)
                   if entry.step_key == "evaluation" and "could not be scored" in entry.user_message]
     v2 = metadata_of(weak_run, "challenger")["model_version"]
@@ -176,10 +174,9 @@ def gate_in_another_process(home: str, tracking_uri: str, model_name: str, versi
     import traceback
 
     try:
-        os.environ["ALS_PIPELINE_HOME"] = home
         from als_store.settings import Settings
 
-        settings = Settings.from_env()
+        settings = Settings.build(home)
         resource = mlflow_resource(settings, tracking_uri=tracking_uri, model_name=model_name)
         barrier.wait(timeout=120)
         materialize([model_assets.champion], resource, settings, champion={"version": version})

@@ -124,13 +124,16 @@ _CHILD = textwrap.dedent(
     import dagster as dg
     from pipelines.defs.ingest import build_events_asset
     from pipelines.defs.partitions import daily_partitions
-    from pipelines.defs.resources import DuckDBResource
+    from als_store.settings import Settings
+    from pipelines.defs.resources import DuckDBResource, PipelineSettings
 
-    database, day, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    home, day, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    pipeline = PipelineSettings.of(Settings.build(home))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing us
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
     result = dg.materialize([build_events_asset(daily_partitions("2026-01-01"))], partition_key=day,
-                            resources={"duckdb": DuckDBResource(database=database)}, raise_on_error=False)
+                            resources={"pipeline": pipeline, "duckdb": DuckDBResource(pipeline=pipeline)},
+                            raise_on_error=False)
     [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     error = failure.step_failure_data.error
     print("FAILURE:", error.message if error.cause is None else error.cause.message)
@@ -151,7 +154,7 @@ def test_a_warehouse_that_cannot_be_written_says_so_and_keeps_the_day(settings, 
 
     limit = settings.duckdb_path.stat().st_size + 64 * 1024
     child = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(settings.duckdb_path), DAY, str(limit)],
+        [sys.executable, "-c", _CHILD, str(settings.home), DAY, str(limit)],
         capture_output=True, text=True, timeout=120,
     )
     assert child.returncode == 0, child.stderr[-3000:]

@@ -11,10 +11,9 @@ import time
 import dagster as dg
 import pytest
 
-from model_half import GOOD, mlflow_resource, publish_training_data
+from model_half import GOOD, mlflow_resource, publish_training_data, resources_of
 from als_store import mlflow_store, model_tags
 from pipelines.defs import model_assets
-from pipelines.defs.resources import DuckDBResource
 from pipelines.registry import run_log
 
 STEP_FAILS_WITHIN_S = 30.0
@@ -41,7 +40,7 @@ def challenger_job(resource, settings, kill_on: str | None = None, server=None):
     defs = dg.Definitions(
         assets=[model_assets.challenger],
         jobs=[dg.define_asset_job("challenger_only", selection=[model_assets.challenger])],
-        resources={"mlflow": resource, "duckdb": DuckDBResource(database=str(settings.duckdb_path))},
+        resources=resources_of(resource, settings),
         loggers={"kill_server": kill_server},
     )
     return defs.resolve_job_def("challenger_only"), killed_at

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 import als_core
 from als_core.hyperparameters import DEFAULTS
 from model_half import ALL_ASSETS, BETTER, GATE_ASSETS, GOOD, WEAK, materialize, metadata_of, mlflow_resource, \
-    publish_training_data
+    publish_training_data, resources_of
 from mlflow_server import closed_port_uri
 from als_store import mlflow_store, model_registry, model_tags
 from pipelines import recommendations_table
@@ -35,8 +35,7 @@ def trained(tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:
         for name in ("MLFLOW_TRACKING_URI", "ALS_MODEL_NAME"):
             env.delenv(name, raising=False)
-        env.setenv("ALS_PIPELINE_HOME", str(tmp_path_factory.mktemp("trained") / "home"))
-        settings = Settings.from_env()
+        settings = Settings.build(tmp_path_factory.mktemp("trained") / "home")
         data = publish_training_data(settings)
         resource = mlflow_resource(settings)
         result = materialize(ALL_ASSETS, resource, settings, challenger=GOOD, recommendations={"n": 20})
@@ -433,8 +432,8 @@ def test_a_warehouse_locked_by_another_process_means_scoring_the_champion(settin
         assert holder.stdout.readline().strip() == "locked"
         result = dg.materialize(
             [model_assets.evaluation],
-            resources={"mlflow": resource,
-                       "duckdb": DuckDBResource(database=str(settings.duckdb_path), lock_timeout_s=0.5)},
+            resources={**resources_of(resource, settings),
+                       "duckdb": DuckDBResource(pipeline=resource.pipeline, lock_timeout_s=0.5)},
             run_config={"ops": {"evaluation": {"config": {
                 "version": metadata_of(second, "challenger")["model_version"]}}}})
     finally:

@@ -156,8 +156,7 @@ def sequence(tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:
         for name in ("MLFLOW_TRACKING_URI", "ALS_MODEL_NAME", "ALS_PIPELINE_START_DATE"):
             env.delenv(name, raising=False)
-        env.setenv("ALS_PIPELINE_HOME", str(tmp_path_factory.mktemp("popularity") / "home"))
-        settings = Settings.from_env()
+        settings = Settings.build(tmp_path_factory.mktemp("popularity") / "home")
         resource = mlflow_resource(settings)
         client = mlflow_store.make_client(resource.tracking_uri)
         out = {"settings": settings, "resource": resource, "client": client, "name": resource.model_name}
@@ -321,21 +320,21 @@ def test_a_popularity_version_is_not_a_challenger(sequence):
 
 
 @pytest.mark.slow
-def test_a_sparse_multi_day_log_where_als_loses_ends_with_a_champion_the_api_serves(settings):
+def test_a_sparse_multi_day_log_where_als_loses_ends_with_a_champion_the_api_serves(settings, pipeline):
     """A Taobao-like log (new visitors, a few events each on trending items, seven days) landed as daily files,
     ingested and retrained through the project's `ingest` and `daily_retrain` jobs on a fresh home: ALS loses
     to popularity, and instead of nothing to serve (every call a 503), the API serves the popularity
     champion."""
     import dagster as dg
 
-    from pipelines.definitions import defs
+    from pipelines.definitions import defs_at
     from pipelines.demo import sparse_events
     from pipelines.landing import write_day_files
 
     start = dt.date(2026, 1, 1)
     log = sparse_events(7, 3_000, n_users=4_000, n_items=2_000, start=start, seed=3)
     write_day_files(log, settings.landing_dir)
-    definitions = defs()
+    definitions = defs_at(pipeline)
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     with dg.instance_for_test() as instance:
         for day in range(7):
@@ -353,7 +352,7 @@ def test_a_sparse_multi_day_log_where_als_loses_ends_with_a_champion_the_api_ser
                                               half_life_days=0.0)  # the challenger's, which `interactions` recorded
     assert bundle.metadata["training_window"][1] == "2026-01-07"  # (30 days ending on the last day, by default)
 
-    with serving(dataclasses.replace(ServingConfig.from_env(), poll_seconds=0.2)) as api:
+    with serving(dataclasses.replace(ServingConfig.from_env(settings.environment()), poll_seconds=0.2)) as api:
         wait_for(lambda: api.get("/ready").status_code == 200, 30, "the champion to load")
         info = api.get("/model").json()
         assert (info["version"], info["kind"]) == (gate["popularity_version"], "popularity")

@@ -102,19 +102,15 @@ def populated(tmp_path_factory) -> Settings:
     from pipelines.defs import checks
     from pipelines.defs.ingest import build_events_asset
     from pipelines.defs.partitions import daily_partitions
-    from pipelines.defs.resources import DuckDBResource
+    from pipelines.defs.resources import PipelineSettings, build_resources
 
     root = tmp_path_factory.mktemp("status")
     settings = Settings.from_env({"ALS_PIPELINE_HOME": str(root / "home")})
-    with pytest.MonkeyPatch.context() as mp:  # the events asset reads Settings.from_env() itself
-        for key in [k for k in os.environ if k.startswith(("ALS_", "MLFLOW_"))]:
-            mp.delenv(key)
-        mp.setenv("ALS_PIPELINE_HOME", str(settings.home))
-        land_days(settings)
-        events = build_events_asset(daily_partitions("2026-01-01"))
-        for day in DAYS:
-            dg.materialize([events, checks.events_present_and_valid], partition_key=day,
-                           resources={"duckdb": DuckDBResource(database=str(settings.duckdb_path))})
+    land_days(settings)
+    events = build_events_asset(daily_partitions("2026-01-01"))
+    for day in DAYS:
+        dg.materialize([events, checks.events_present_and_valid], partition_key=day,
+                       resources=build_resources(PipelineSettings.of(settings)))
     register_retrains(settings, root)
     return settings
 

@@ -128,12 +128,12 @@ def test_publish_swaps_latest_atomically_and_keeps_a_few_snapshots(settings):
     assert remaining == sorted(p.name for p in published[-2:])
 
 
-def test_asset_builds_the_temporal_split_of_the_warehouse(settings, ingest_day, duckdb_resource):
+def test_asset_builds_the_temporal_split_of_the_warehouse(settings, ingest_day, resources):
     events = generate_events(n_users=400, n_items=150, n_events=8_000, n_days=4, seed=3, start="2026-01-01")
     write_day_files(events, settings.landing_dir, "parquet")
     for day in ("2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04"):
         ingest_day(day)
-    result = dg.materialize([interactions, training_data], resources={"duckdb": duckdb_resource})
+    result = dg.materialize([interactions, training_data], resources=resources)
     metadata = result.asset_materializations_for_node("training_data")[0].metadata
     data = TrainingData.load(latest_dir(settings))
 
@@ -153,11 +153,11 @@ def test_asset_builds_the_temporal_split_of_the_warehouse(settings, ingest_day, 
     assert (data.window_start, data.window_end) == ("2025-12-06", "2026-01-04")
 
 
-def test_one_ingested_day_fails_the_temporal_split_saying_what_is_missing(settings, ingest_day, duckdb_resource):
+def test_one_ingested_day_fails_the_temporal_split_saying_what_is_missing(settings, ingest_day, resources):
     events = generate_events(n_users=50, n_items=20, n_events=500, n_days=1, seed=5, start="2026-01-05")
     write_day_files(events, settings.landing_dir, "csv")
     ingest_day("2026-01-05")
-    result = dg.materialize([interactions, training_data], resources={"duckdb": duckdb_resource},
+    result = dg.materialize([interactions, training_data], resources=resources,
                             raise_on_error=False)
     assert not result.success
     [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
@@ -165,13 +165,13 @@ def test_one_ingested_day_fails_the_temporal_split_saying_what_is_missing(settin
     assert "no events were ingested before it" in message and "Ingest at least one earlier day" in message
 
 
-def test_asset_random_split_by_config(settings, ingest_day, duckdb_resource):
+def test_asset_random_split_by_config(settings, ingest_day, resources):
     events = generate_events(n_users=200, n_items=80, n_events=3_000, n_days=2, seed=4, start="2026-01-01")
     write_day_files(events, settings.landing_dir, "csv")
     for day in ("2026-01-01", "2026-01-02"):
         ingest_day(day)
     config = {"ops": {"training_data": {"config": {"split": "random", "holdout_fraction": 0.3, "seed": 9}}}}
-    dg.materialize([interactions, training_data], resources={"duckdb": duckdb_resource}, run_config=config)
+    dg.materialize([interactions, training_data], resources=resources, run_config=config)
     data = TrainingData.load(latest_dir(settings))
     pairs = events.groupby(["user_id", "item_id"]).size()
     assert data.train.nnz + data.holdout_pairs == len(pairs)
@@ -192,7 +192,7 @@ def _assert_same_training_data(got: TrainingData, expected: TrainingData) -> Non
 
 @pytest.mark.parametrize("user_ids", ["text", "integer"])
 @pytest.mark.parametrize("split", ["temporal", "random"])
-def test_asset_split_in_duckdb_equals_the_python_reference(settings, ingest_day, duckdb_resource, split, user_ids):
+def test_asset_split_in_duckdb_equals_the_python_reference(settings, ingest_day, resources, split, user_ids):
     """The asset codes ids and splits in DuckDB; the in-memory temporal_split / random_split define the result.
     Text user ids (not canonical integers) and a zero view weight exercise the typing and the > 0 rules; integer
     user and item ids make `interactions` store them as BIGINT, which must not change the rows, the columns or
@@ -206,7 +206,7 @@ def test_asset_split_in_duckdb_equals_the_python_reference(settings, ingest_day,
     weights = {"view": 0.0, "cart": 10.0, "purchase": 40.0}
     run_config = {"ops": {"interactions": {"config": {"view_weight": 0.0}},
                           "training_data": {"config": {"split": split, "holdout_fraction": 0.3, "seed": 2}}}}
-    dg.materialize([interactions, training_data], resources={"duckdb": duckdb_resource}, run_config=run_config)
+    dg.materialize([interactions, training_data], resources=resources, run_config=run_config)
     got = TrainingData.load(latest_dir(settings))
 
     assert query(settings, "SELECT data_type FROM information_schema.columns WHERE table_name = 'interactions' "

@@ -28,9 +28,8 @@ def published(settings):
     return data, holdout
 
 
-def test_tuning_asset_logs_nested_runs_and_writes_best_params(settings, published, monkeypatch):
+def test_tuning_asset_logs_nested_runs_and_writes_best_params(settings, resources, published, monkeypatch):
     from pipelines.defs import tuning as tuning_module
-    from pipelines.defs.mlflow_resource import MLflowResource
 
     data, holdout = published
     searched = []
@@ -39,7 +38,7 @@ def test_tuning_asset_logs_nested_runs_and_writes_best_params(settings, publishe
     space = {"factors": [4, 16], "regularization": [1.0, 10.0], "alpha": [1.0]}
     result = dg.materialize(
         [tuning_module.tuning],
-        resources={"mlflow": MLflowResource.from_settings(settings)},
+        resources=resources,
         run_config={"ops": {"tuning": {"config": {**space, "iterations": 4}}}},
     )
     assert result.success

@@ -5,6 +5,10 @@
   warehouse already holds from these same files, e.g. every day `make run` ingested).
 - `daily_retrain`: the whole `training` group (interactions -> training_data -> challenger ->
   evaluation -> champion -> recommendations) on the cron $ALS_RETRAIN_CRON (default 03:00 UTC).
+- `tune_hyperparameters` (pipelines/defs/tuning.py) on the cron $ALS_TUNING_CRON (default Sundays 01:00 UTC).
+
+The crons and the first partition (ALS_PIPELINE_START_DATE, for the sensor) shape the definitions, so
+`defs()` reads them when the definitions load, never at import.
 """
 
 import datetime as dt
@@ -16,14 +20,17 @@ import dagster as dg
 import duckdb
 
 from als_store import sql_files, warehouse
-from pipelines.defs.partitions import event_days
+from als_store.settings import Settings
+from pipelines.defs import tuning
+from pipelines.defs.partitions import daily_partitions
+from pipelines.defs.resources import PipelineSettings
 from pipelines.event_ingest import content_sha256
 from pipelines.landing import LandingFile, landing_files
-from als_store.settings import Settings
 
 WAREHOUSE_WAIT_S = 1.0  # the sensor reads the warehouse between the runs' writes, never waits for them
 
-DEFAULT_RETRAIN_CRON = "0 3 * * *"
+RETRAIN_CRON_VARIABLE, DEFAULT_RETRAIN_CRON = "ALS_RETRAIN_CRON", "0 3 * * *"
+TUNING_CRON_VARIABLE, DEFAULT_TUNING_CRON = "ALS_TUNING_CRON", "0 1 * * 0"
 
 ingest_job = dg.define_asset_job(
     name="ingest",
@@ -45,13 +52,15 @@ daily_retrain_job = dg.define_asset_job(
     description="Rebuild interactions and training data, train a challenger and gate it against the champion.",
 )
 
-daily_retrain_schedule = dg.ScheduleDefinition(
-    name="daily_retrain_schedule",
-    job=daily_retrain_job,
-    cron_schedule=os.environ.get("ALS_RETRAIN_CRON") or DEFAULT_RETRAIN_CRON,
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
+
+def daily_retrain_schedule(cron: str) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(
+        name="daily_retrain_schedule",
+        job=daily_retrain_job,
+        cron_schedule=cron,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+    )
 
 
 def _file_state(path) -> list[int]:
@@ -84,19 +93,29 @@ def already_ingested(settings: Settings, files_by_day: dict[str, list[LandingFil
     return same
 
 
-@dg.sensor(
-    job=ingest_job,
-    minimum_interval_seconds=60,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Requests the `events` partition of every landing file that is new or changed.",
-)
-def landing_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+def build_landing_sensor(event_days: dg.DailyPartitionsDefinition) -> dg.SensorDefinition:
+    """The sensor over the days of `event_days` (the partitions of `events`)."""
+
+    @dg.sensor(
+        name="landing_sensor",
+        job=ingest_job,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Requests the `events` partition of every landing file that is new or changed.",
+    )
+    def landing_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineSettings) -> dg.SensorResult:
+        return _landing_tick(context, pipeline.settings, event_days)
+
+    return landing_sensor
+
+
+def _landing_tick(context: dg.SensorEvaluationContext, settings: Settings,
+                  event_days: dg.DailyPartitionsDefinition) -> dg.SensorResult:
     """Cursor: {relative path: [mtime_ns, size]} of the files already requested or ingested. A file
     whose day has no partition yet (today, or the future) is left out of the cursor and requested
     once the day is over; a file before the first partition is recorded and skipped. A new or
     changed day whose files the warehouse says it ingested last (same names, sizes and content)
     is recorded without a run: the first `make ui` after `make run` queues nothing."""
-    settings = Settings.from_env()
     seen: dict[str, list[int]] = json.loads(context.cursor) if context.cursor else {}
     now = dt.datetime.now(dt.UTC)
     valid_days = set(event_days.get_partition_keys(current_time=now))
@@ -134,3 +153,17 @@ def landing_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     if run_requests:
         context.log.info(f"new or changed landing files for {[r.partition_key for r in run_requests]}")
     return dg.SensorResult(run_requests=run_requests, cursor=json.dumps(cursor, sort_keys=True))
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The jobs, the schedules on the crons the environment sets and the sensor over `events`' days."""
+    return dg.Definitions(
+        jobs=[ingest_job, daily_retrain_job],
+        schedules=[
+            ingest_schedule,
+            daily_retrain_schedule(os.environ.get(RETRAIN_CRON_VARIABLE) or DEFAULT_RETRAIN_CRON),
+            tuning.weekly_tuning(os.environ.get(TUNING_CRON_VARIABLE) or DEFAULT_TUNING_CRON),
+        ],
+        sensors=[build_landing_sensor(daily_partitions())],
+    )

@@ -1,7 +1,6 @@
 """`events`: one UTC day of landing files into DuckDB, bad rows quarantined (pipelines.event_ingest)."""
 
 import datetime as dt
-import os
 
 import dagster as dg
 from duckdb import FatalException as DuckDBFatalException
@@ -9,12 +8,11 @@ from duckdb import IOException as DuckDBIOException
 from pydantic import Field
 
 from pipelines import event_ingest
-from pipelines.defs.partitions import event_days
-from pipelines.defs.resources import DuckDBResource
+from pipelines.defs.partitions import daily_partitions
+from pipelines.defs.resources import DuckDBResource, PipelineSettings
 from pipelines.event_sources import PRESETS, EventMapping, preset
 from pipelines.landing import files_for_day
 from pipelines.markdown import markdown_table
-from als_store.settings import Settings
 
 
 class EventsConfig(dg.Config):
@@ -22,7 +20,8 @@ class EventsConfig(dg.Config):
 
     preset: str | None = Field(
         default=None,
-        description=f"One of {sorted(PRESETS)}; empty: $ALS_PIPELINE_EVENT_PRESET or 'default'.",
+        description=f"One of {sorted(PRESETS)}; empty: the `pipeline` resource's event_preset "
+        "($ALS_PIPELINE_EVENT_PRESET or 'default').",
     )
     user_column: str | None = Field(default=None, description="Source column of the user id.")
     item_column: str | None = Field(default=None, description="Source column of the item id.")
@@ -42,8 +41,8 @@ class EventsConfig(dg.Config):
         "replace what the day holds. Off: such a run fails, names the file and keeps the day as it was.",
     )
 
-    def mapping(self) -> EventMapping:
-        base = preset(self.preset or os.environ.get("ALS_PIPELINE_EVENT_PRESET") or "default")
+    def mapping(self, default_preset: str) -> EventMapping:
+        base = preset(self.preset or default_preset)
         return base.with_overrides(
             user_column=self.user_column,
             item_column=self.item_column,
@@ -93,16 +92,17 @@ def build_events_asset(partitions_def: dg.DailyPartitionsDefinition) -> dg.Asset
         kinds={"duckdb"},
         description="One UTC day of landing files in DuckDB table `events`; bad rows in `rejected_events`.",
     )
-    def events(context: dg.AssetExecutionContext, config: EventsConfig, duckdb: DuckDBResource) -> dg.MaterializeResult:
-        settings = Settings.from_env()
+    def events(context: dg.AssetExecutionContext, config: EventsConfig, duckdb: DuckDBResource,
+               pipeline: PipelineSettings) -> dg.MaterializeResult:
+        landing_dir = pipeline.settings.landing_dir
         day = dt.date.fromisoformat(context.partition_key)
-        mapping = config.mapping()
-        files = files_for_day(settings.landing_dir, day)
-        context.log.info(f"{day}: {len(files)} landing file(s) in {settings.landing_dir}, mapping {mapping.name!r}")
+        mapping = config.mapping(pipeline.event_preset)
+        files = files_for_day(landing_dir, day)
+        context.log.info(f"{day}: {len(files)} landing file(s) in {landing_dir}, mapping {mapping.name!r}")
         if not files:
             # failing keeps what the day holds: files may not have landed yet, or been archived
             raise dg.Failure(
-                f"no landing files for {day} in {settings.landing_dir} (names must contain {day}); nothing changed"
+                f"no landing files for {day} in {landing_dir} (names must contain {day}); nothing changed"
             )
         try:
             with duckdb.connect() as con:
@@ -124,4 +124,7 @@ def build_events_asset(partitions_def: dg.DailyPartitionsDefinition) -> dg.Asset
     return events
 
 
-events = build_events_asset(event_days)
+@dg.definitions
+def defs() -> dg.Definitions:
+    """`events` over the days from ALS_PIPELINE_START_DATE, read when the definitions load."""
+    return dg.Definitions(assets=[build_events_asset(daily_partitions())])

@@ -10,7 +10,6 @@ from als_core.weighting import DEFAULT_WEIGHTING, EventWeighting
 from als_store import sql_files
 from als_store.warehouse import transaction
 from pipelines.event_ingest import ensure_schema
-from pipelines.defs.ingest import events
 from pipelines.defs.resources import DuckDBResource
 
 
@@ -71,7 +70,7 @@ def build_interactions(con, config: InteractionsConfig) -> dict:
 
 @dg.asset(
     group_name="training",
-    deps=[events],
+    deps=["events"],  # built when the definitions load (pipelines/defs/ingest.py)
     pool="duckdb",
     kinds={"duckdb"},
     description="DuckDB table `interactions(user_id, item_id, weight, n_events, weight_before_last_day)` over a "

@@ -19,6 +19,7 @@ from pydantic import Field, PrivateAttr
 from als_store import mlflow_store, model_registry
 from als_store.model_registry import VersionRef
 from als_store.settings import Settings
+from pipelines.defs.resources import PipelineSettings
 from pipelines.registry import promotion, registration, run_log
 
 if TYPE_CHECKING:
@@ -32,11 +33,8 @@ if TYPE_CHECKING:
 class MLflowResource(dg.ConfigurableResource):
     """MLflow tracking + registry used by the model assets."""
 
-    tracking_uri: str = Field(description="Absolute MLflow tracking (and registry) URI: sqlite:////abs/mlflow.db or http://host:port.")
-    artifact_root: str = Field(description="Artifact directory for experiments created in a local (sqlite) store; a tracking server uses its own.")
+    pipeline: PipelineSettings  # the tracking URI, the model's name, the artifact and lock directories
     experiment_name: str = Field(default=run_log.DEFAULT_EXPERIMENT, description="MLflow experiment of the training runs.")
-    model_name: str = Field(description="Registered model name; every training run registers a new version of it.")
-    lock_dir: str = Field(description="Directory for the promotion lock when the store is a tracking server.")
     ui_url: str = Field(default="http://127.0.0.1:5000", description="MLflow UI for run links when the store is local (`mlflow ui --backend-store-uri <tracking_uri>`).")
     http_max_retries: int = Field(default=mlflow_store.MLFLOW_HTTP_LIMITS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"], ge=0,
                                   description="MLFLOW_HTTP_REQUEST_MAX_RETRIES for the step's process, unless the environment sets it (MLflow's default, 7 with backoff, holds a step for minutes on a dead server).")
@@ -61,12 +59,27 @@ class MLflowResource(dg.ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MLflowResource:
-        return cls(
-            tracking_uri=settings.mlflow_tracking_uri,
-            artifact_root=str(settings.mlflow_artifact_root),
-            model_name=settings.model_name,
-            lock_dir=str(settings.home),
-        )
+        return cls(pipeline=PipelineSettings.of(settings))
+
+    @property
+    def tracking_uri(self) -> str:
+        """Absolute MLflow tracking (and registry) URI: sqlite:////abs/mlflow.db or http://host:port."""
+        return self.pipeline.settings.mlflow_tracking_uri
+
+    @property
+    def model_name(self) -> str:
+        """Registered model name; every training run registers a new version of it."""
+        return self.pipeline.settings.model_name
+
+    @property
+    def artifact_root(self) -> str:
+        """Artifact directory for experiments created in a local (sqlite) store; a tracking server uses its own."""
+        return str(self.pipeline.settings.mlflow_artifact_root)
+
+    @property
+    def lock_dir(self) -> str:
+        """Directory for the promotion lock when the store is a tracking server: the pipeline's home."""
+        return str(self.pipeline.settings.home)
 
     def client(self) -> MlflowClient:
         """A client for the tracking URI, after a quick reachability check (fails fast, says why)."""

@@ -30,7 +30,7 @@ from als_store import model_tags, sql_files
 from als_store.mlflow_store import BundleUnloadable, MlflowUnavailable, mlflow_errors, quoted
 from pipelines import plots, recommendations_table, scored_lists
 from pipelines.defs.mlflow_resource import MLflowResource
-from pipelines.defs.resources import DuckDBResource
+from pipelines.defs.resources import DuckDBResource, PipelineSettings
 from pipelines.markdown import markdown_table
 from pipelines.registry import run_log
 from pipelines.registry.gate import GateDecision
@@ -162,11 +162,12 @@ def factors_finite_result(model) -> dg.AssetCheckResult:
                                    description="All factors finite; blocks evaluation and promotion if not.")],
     description="ALS fit on the latest training data; one MLflow run, registered as a new model version.",
 )
-def challenger(context: dg.AssetExecutionContext, config: ChallengerConfig, mlflow: MLflowResource) -> dg.MaterializeResult:
+def challenger(context: dg.AssetExecutionContext, config: ChallengerConfig, mlflow: MLflowResource,
+               pipeline: PipelineSettings) -> dg.MaterializeResult:
     from als_core import ALS
     from als_core.bundle import ModelBundle
 
-    settings = Settings.from_env()
+    settings = pipeline.settings
     snapshot = latest_dir(settings).resolve()  # the stable snapshot behind `latest`, recorded for tracing
     data = TrainingData.load(snapshot)
     tuned = latest_tuning_result(context.instance) if config.use_tuned else None
@@ -304,7 +305,7 @@ def stored_champion_lists(duckdb: DuckDBResource, champion_ref, bundle, users: n
                 "get the popularity fallback, as in serving).",
 )
 def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, mlflow: MLflowResource,
-               duckdb: DuckDBResource) -> dg.MaterializeResult:
+               duckdb: DuckDBResource, pipeline: PipelineSettings) -> dg.MaterializeResult:
     from als_core.bundle import holdout_users
 
     with mlflow_failure_is_a_run_failure():
@@ -320,7 +321,7 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, mlfl
             "challenger": _score(bundle, holdout, lists=lists), "champion": None,
             "popularity": _score(bundle, holdout, strategy="popularity")}
         if config.keep_n:
-            kept = keep_challenger_lists(Settings.from_env(), ref.run_id, bundle, users, lists)
+            kept = keep_challenger_lists(pipeline.settings, ref.run_id, bundle, users, lists)
             context.log.info(f"kept {kept} users' top {config.keep_n} for `recommendations`")
         champion = mlflow.champion(client)
         champion_from, champion_error = "none", None
@@ -576,7 +577,7 @@ class RecommendationsConfig(dg.Config):
                 "holds them).",
 )
 def recommendations(context: dg.AssetExecutionContext, config: RecommendationsConfig, mlflow: MLflowResource,
-                    duckdb: DuckDBResource) -> dg.MaterializeResult:
+                    duckdb: DuckDBResource, pipeline: PipelineSettings) -> dg.MaterializeResult:
     with mlflow_failure_is_a_run_failure():
         champion_now = mlflow.champion(mlflow.client())  # fails fast when MLflow is down
         if champion_now is not None and not config.force:
@@ -602,7 +603,7 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationsCo
         return dg.MaterializeResult(metadata={"champion_version": dg.MetadataValue.text("none"),
                                               "rows": dg.MetadataValue.int(0)})
     ref, bundle = loaded
-    prescored = scored_lists.load(Settings.from_env(), ref.run_id, min(config.n, len(bundle.items)))
+    prescored = scored_lists.load(pipeline.settings, ref.run_id, min(config.n, len(bundle.items)))
     context.log.info(f"scoring {len(bundle.user_ids)} users with champion v{ref.version} ({bundle.kind}), "
                      f"top {config.n}")
     started = time.perf_counter()

@@ -1,4 +1,8 @@
-"""The daily partitions of `events` (UTC days); the first day comes from ALS_PIPELINE_START_DATE."""
+"""The daily partitions of `events` (UTC days); the first day comes from ALS_PIPELINE_START_DATE.
+
+The partitions are part of the definitions' structure, so the variable is read when the definitions load
+(`daily_partitions()` in the `@dg.definitions` functions of ingest.py and automation.py), never at import.
+"""
 
 import datetime as dt
 import os
@@ -46,10 +50,9 @@ class EventDays(dg.DailyPartitionsDefinition):
 
 
 def daily_partitions(start_date: str | None = None) -> dg.DailyPartitionsDefinition:
+    """Days from `start_date`; None: from ALS_PIPELINE_START_DATE, else DEFAULT_START_DATE."""
     return EventDays(
         start_date=start_date or os.environ.get(START_DATE_VARIABLE) or DEFAULT_START_DATE,
         timezone="UTC",
     )
 
-
-event_days = daily_partitions()

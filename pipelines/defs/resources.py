@@ -1,12 +1,15 @@
 """The resources of the code location, for every module under `pipelines/defs/`.
 
-Keys: `duckdb` (DuckDBResource, below) and `mlflow` (MLflowResource from
-`pipelines/defs/mlflow_resource.py`). Paths come from `Settings.from_env()` when the definitions
-load, so `ALS_PIPELINE_HOME` moves them all.
+Keys: `pipeline` (PipelineSettings: where everything lives), `duckdb` (DuckDBResource) and `mlflow`
+(MLflowResource from `pipelines/defs/mlflow_resource.py`). The last two take their paths from the
+`pipeline` resource they hold, so a path is spelled once: `als_store.settings.Settings.build`.
 """
 
+from __future__ import annotations
+
 import contextlib
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dagster as dg
@@ -14,7 +17,45 @@ import duckdb
 from pydantic import Field
 
 from als_store import warehouse
-from als_store.settings import Settings
+from als_store.settings import DEFAULT_HOME, DEFAULT_MODEL_NAME, VARIABLES, Settings
+
+EVENT_PRESET_VARIABLE = "ALS_PIPELINE_EVENT_PRESET"
+
+
+class PipelineSettings(dg.ConfigurableResource):
+    """Where the pipeline's files and model live (`settings` gives the whole layout) and which kind of log
+    the landing files are. Assets, checks and sensors take it instead of reading the environment."""
+
+    home: str = Field(default=str(DEFAULT_HOME), description="Pipeline home (ALS_PIPELINE_HOME): the warehouse, "
+                      "training snapshots, MLflow store and Dagster instance live under it.")
+    landing_dir: str = Field(default="", description="Landing directory (ALS_PIPELINE_LANDING); empty: <home>/landing.")
+    mlflow_tracking_uri: str = Field(default="", description="MLflow tracking and registry URI "
+                                     "(MLFLOW_TRACKING_URI); empty: sqlite:///<home>/mlflow.db.")
+    model_name: str = Field(default=DEFAULT_MODEL_NAME, description="Registered model name (ALS_MODEL_NAME).")
+    event_preset: str = Field(default="default", description=f"Preset of the landing files' columns when the "
+                              f"run config names none ({EVENT_PRESET_VARIABLE}).")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> PipelineSettings:
+        """A field whose variable is set becomes `dg.EnvVar(variable)`: Dagster reads it when a run or a sensor
+        tick starts, in that process, and the UI and `dg list envs` show the variable's name. EnvVar has no
+        default and fails a run whose variable is unset, so a field whose variable is unset when the definitions
+        load keeps its default instead: the same as `Settings.from_env`'s."""
+        env = os.environ if environ is None else environ
+        variables = {**VARIABLES, "event_preset": EVENT_PRESET_VARIABLE}
+        return cls(**{field: dg.EnvVar(name) for field, name in variables.items() if env.get(name)})
+
+    @classmethod
+    def of(cls, settings: Settings, event_preset: str = "default") -> PipelineSettings:
+        """The resource for given settings (tests, scripts that run the assets in-process)."""
+        return cls(home=str(settings.home), landing_dir=str(settings.landing_dir),
+                   mlflow_tracking_uri=settings.mlflow_tracking_uri, model_name=settings.model_name,
+                   event_preset=event_preset)
+
+    @property
+    def settings(self) -> Settings:
+        """The layout under the home. Only in a run or a tick: before, a field may still be an unread EnvVar."""
+        return Settings.build(**{field: getattr(self, field) for field in VARIABLES})
 
 
 class DuckDBResource(dg.ConfigurableResource):
@@ -22,11 +63,16 @@ class DuckDBResource(dg.ConfigurableResource):
     before long computations: DuckDB allows one writing process per file (assets that open it are
     in pool `duckdb`, limited to 1 by the project's dagster.yaml)."""
 
-    database: str = Field(description="Absolute path of the DuckDB file (Settings.duckdb_path).")
+    pipeline: PipelineSettings
     lock_timeout_s: float = Field(
         default=warehouse.DEFAULT_LOCK_TIMEOUT_S,
         description="How long to wait for another process's lock on the file before failing.",
     )
+
+    @property
+    def database(self) -> str:
+        """Absolute path of the DuckDB file (Settings.duckdb_path)."""
+        return str(self.pipeline.settings.duckdb_path)
 
     @contextlib.contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -37,14 +83,16 @@ class DuckDBResource(dg.ConfigurableResource):
             yield con
 
 
-def build_resources(settings: Settings | None = None) -> dict[str, Any]:
-    settings = settings or Settings.from_env()
-    resources: dict[str, Any] = {"duckdb": DuckDBResource(database=str(settings.duckdb_path))}
-    try:
-        from pipelines.defs.mlflow_resource import MLflowResource
-    except ModuleNotFoundError as error:  # the model half is optional for the ingest half
-        if error.name != "pipelines.defs.mlflow_resource":
-            raise
-    else:
-        resources["mlflow"] = MLflowResource.from_settings(settings)
-    return resources
+def build_resources(pipeline: PipelineSettings) -> dict[str, Any]:
+    """Every resource of the code location, all at `pipeline`'s paths."""
+    # imported here: mlflow_resource imports PipelineSettings from this module
+    from pipelines.defs.mlflow_resource import MLflowResource
+
+    return {"pipeline": pipeline, "duckdb": DuckDBResource(pipeline=pipeline), "mlflow": MLflowResource(pipeline=pipeline)}
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The resources from the environment of the process that loads the definitions (see
+    `PipelineSettings.from_env`)."""
+    return dg.Definitions(resources=build_resources(PipelineSettings.from_env()))

@@ -9,8 +9,7 @@ from pydantic import Field
 from als_core.weighting import EventWeighting
 from als_store import sql_files
 from pipelines.defs.interactions import interactions
-from pipelines.defs.resources import DuckDBResource
-from als_store.settings import Settings
+from pipelines.defs.resources import DuckDBResource, PipelineSettings
 from pipelines.training_data import (
     CodedPairs,
     TrainingData,
@@ -88,9 +87,9 @@ def _columns(result) -> list[np.ndarray]:
     description="Train matrix + holdout (external ids) as npz/JSON under <home>/training/latest.",
 )
 def training_data(
-    context: dg.AssetExecutionContext, config: TrainingDataConfig, duckdb: DuckDBResource
+    context: dg.AssetExecutionContext, config: TrainingDataConfig, duckdb: DuckDBResource, pipeline: PipelineSettings
 ) -> dg.MaterializeResult:
-    settings = Settings.from_env()
+    settings = pipeline.settings
     with duckdb.connect(read_only=True) as con:
         data = build_training_data(con, config)
     if data.train.nnz == 0:

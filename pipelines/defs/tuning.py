@@ -6,7 +6,6 @@ metadata, recorded by the Dagster instance: the challenger declares `tuning` ups
 """
 
 
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -20,8 +19,8 @@ from als_core.tuning import TuningPoint, tune
 from als_store import model_tags
 from pipelines import plots
 from pipelines.defs.mlflow_resource import MLflowResource
+from pipelines.defs.resources import PipelineSettings
 from pipelines.registry import run_log
-from als_store.settings import Settings
 from pipelines.training_data import TrainingData, latest_dir
 
 TUNING_GROUP = "tuning"
@@ -50,8 +49,9 @@ class TuningConfig(dg.Config):
                 "takes for the hyperparameters its run config leaves empty.",
     kinds={"python", "mlflow"},
 )
-def tuning(context: dg.AssetExecutionContext, config: TuningConfig, mlflow: MLflowResource) -> dg.MaterializeResult:
-    settings = Settings.from_env()
+def tuning(context: dg.AssetExecutionContext, config: TuningConfig, mlflow: MLflowResource,
+           pipeline: PipelineSettings) -> dg.MaterializeResult:
+    settings = pipeline.settings
     data = TrainingData.load(latest_dir(settings))
     space = {key: getattr(config, key) for key in TUNABLE}
     client = mlflow.client()
@@ -125,8 +125,10 @@ def latest_tuning_result(instance: dg.DagsterInstance) -> TunedValues | None:
 tuning_job = dg.define_asset_job("tune_hyperparameters", selection=dg.AssetSelection.assets(tuning),
                                  description="Hyperparameter search on the latest training data.")
 
-weekly_tuning = dg.ScheduleDefinition(
-    job=tuning_job, cron_schedule=os.environ.get("ALS_TUNING_CRON", "0 1 * * 0"), execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Weekly hyperparameter search (ALS_TUNING_CRON, default Sundays 01:00 UTC).",
-)
+
+def weekly_tuning(cron: str) -> dg.ScheduleDefinition:
+    """The search on `cron` (ALS_TUNING_CRON, read by pipelines/defs/automation.py when the definitions load)."""
+    return dg.ScheduleDefinition(
+        job=tuning_job, cron_schedule=cron, execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Weekly hyperparameter search (ALS_TUNING_CRON, default Sundays 01:00 UTC).",
+    )
