@@ -127,6 +127,7 @@ def ingest_day(
     files whose rows are all rejected when the day held events: a failed export must not wipe a day."""
     ensure_schema(con)
     sql_files.run(con, "ingest_id_rule")
+    sql_files.run(con, "ingest_line_gaps")
     result = DayResult(day=day)
     with transaction(con):
         held = int(sql_files.run(con, "ingest_day_events", {"day": day}).fetchone()[0])

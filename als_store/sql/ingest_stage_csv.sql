@@ -28,19 +28,8 @@ SELECT line,
 FROM reject_errors
 GROUP BY line;
 
--- Good records carry no line number; the reader's rejects do. Reject j (in line order) has
--- line - header_lines - j good records before it, so good record k sits on line
--- header_lines + k + (number of rejects with fewer than k good records before them).
+-- Good records carry no line number; the reader's rejects do (line_gaps, sql/ingest_line_gaps.sql).
 CREATE OR REPLACE TEMP TABLE staged_rows AS
-WITH gaps AS (
-    SELECT good_before, max(rejects_so_far) AS rejects_so_far
-    FROM (
-        SELECT line - $header_lines - row_number() OVER (ORDER BY line) AS good_before,
-               row_number() OVER (ORDER BY line) AS rejects_so_far
-        FROM csv_rejects
-    )
-    GROUP BY good_before
-)
 SELECT $header_lines + r.record + coalesce(g.rejects_so_far, 0) AS line,
        r.user_raw, r.item_raw, r.event_raw, r.ts_raw,
        NULL::VARCHAR AS raw,
@@ -48,7 +37,7 @@ SELECT $header_lines + r.record + coalesce(g.rejects_so_far, 0) AS line,
        NULL::VARCHAR AS user_kind,  -- CSV fields are text
        NULL::VARCHAR AS item_kind
 FROM csv_records AS r
-ASOF LEFT JOIN gaps AS g ON r.record > g.good_before
+ASOF LEFT JOIN line_gaps('csv_rejects', $header_lines) AS g ON r.record > g.good_before
 UNION ALL
 SELECT line, NULL, NULL, NULL, NULL, trim(csv_line, E'\r\n'), problem, NULL, NULL
 FROM csv_rejects;

@@ -31,22 +31,13 @@ SELECT line,
 FROM reject_errors
 GROUP BY line;
 
--- The reader numbers only the lines it returns: put the set-aside ones back in between (as for CSV in
--- ingest_stage_csv.sql), so that every line keeps its number.
+-- The reader numbers only the lines it returns: put the set-aside ones back in between
+-- (sql/ingest_line_gaps.sql), so that every line keeps its number.
 CREATE OR REPLACE TEMP TABLE staged_rows AS
-WITH gaps AS (
-    SELECT good_before, max(rejects_so_far) AS rejects_so_far
-    FROM (
-        SELECT line - row_number() OVER (ORDER BY line) AS good_before,
-               row_number() OVER (ORDER BY line) AS rejects_so_far
-        FROM jsonl_rejects
-    )
-    GROUP BY good_before
-),
-lines AS (
+WITH lines AS (
     SELECT r.record + coalesce(g.rejects_so_far, 0) AS line, r.doc
     FROM jsonl_records AS r
-    ASOF LEFT JOIN gaps AS g ON r.record > g.good_before
+    ASOF LEFT JOIN line_gaps('jsonl_rejects', 0) AS g ON r.record > g.good_before
 ),
 checked AS (
     -- valid JSON that starts with '{' is an object (json_type would raise on invalid text)
