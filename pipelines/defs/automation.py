@@ -8,7 +8,8 @@
 - `tune_hyperparameters` (pipelines/defs/tuning.py) on the cron $ALS_TUNING_CRON (default Sundays 01:00 UTC).
 
 The crons and the first partition (ALS_PIPELINE_START_DATE, for the sensor) shape the definitions, so
-`defs()` reads them when the definitions load, never at import.
+`defs()` reads them when the definitions load, never at import. A module with a `@dg.definitions` function
+contributes only what that function returns (dg.load_from_defs_folder): a new job here goes into `defs()`.
 """
 
 import datetime as dt
