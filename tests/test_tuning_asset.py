@@ -28,7 +28,7 @@ def published(settings):
     return data, holdout
 
 
-def test_tuning_asset_logs_nested_runs_and_writes_best_params(settings, resources, published, monkeypatch):
+def test_tuning_asset_logs_nested_runs_and_records_best_params(settings, resources, published, monkeypatch):
     from pipelines.defs import tuning as tuning_module
 
     data, holdout = published
