@@ -31,6 +31,7 @@ def _run_pytest(tmp_path: Path, ci: str | None) -> subprocess.CompletedProcess:
     shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
     (tmp_path / "test_sample.py").write_text(SKIPPING_TESTS)
     env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env["PYTHONPATH"] = str(Path(__file__).parent)  # the fixture modules conftest.py names in pytest_plugins
     if ci is not None:
         env["CI"] = ci
     return subprocess.run(
