@@ -15,7 +15,7 @@ from typing import Any
 CHAMPION = "champion"
 PREVIOUS_CHAMPION = "previous_champion"
 
-# which kind of model a version (and its run) is; absent on versions from before kinds existed, which are ALS
+# which kind of model a version (and its run) is; a version without it is ALS, the default kind
 TAG_MODEL_KIND = "model_kind"
 KIND_ALS = "als"  # = als_core.bundle.KIND_ALS (not imported: it pulls numba into every CLI start)
 KIND_POPULARITY = "popularity"
@@ -112,5 +112,5 @@ def first_tag_float(tags: Mapping[str, str], keys: Iterable[str], finite: bool =
 
 
 def kind_of(tags: Mapping[str, str] | None) -> str:
-    """The model kind a version's tags say (versions from before kinds existed are ALS)."""
+    """The model kind a version's tags say (ALS when they say none)."""
     return (tags or {}).get(TAG_MODEL_KIND) or KIND_ALS

@@ -42,8 +42,8 @@ from pipelines.defs.tuning import TUNING_KEY, latest_tuning_result
 HISTORY_VERSIONS = 10  # retrains shown in the NDCG history picture
 
 GROUP = "training"
-K = 10  # the gate decides on NDCG@10; every metric is @10
-DECIDING = f"ndcg@{K}"
+DECIDING = model_tags.GATE_METRIC  # what the gate compares
+K = int(DECIDING.split("@")[1])  # every metric is measured at the same cut-off
 ROLES = ("challenger", "champion", "popularity")
 
 
