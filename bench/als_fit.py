@@ -25,6 +25,7 @@ import sys
 import time
 
 import numpy as np
+from targets import Targets
 
 FACTORS = 64
 REGULARIZATION = 0.01
@@ -141,7 +142,7 @@ def best_of(args, solver: str) -> tuple[dict, dict]:
     return (min(runs["ours"], key=lambda r: r["seconds"]), min(runs["implicit"], key=lambda r: r["seconds"]))
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--items", type=int, default=20_000)
@@ -164,17 +165,18 @@ def main() -> None:
     print(f"matrix {args.users} users x {args.items} items x {args.nnz} nonzeros, factors={FACTORS}, "
           f"{args.iterations} iterations, float32, {args.threads} threads")
     print(f"float32 matrix-product peak here: {peak:.1f} GFLOP/s")
-    targets = {"cg": (3.0, 0.005), "cholesky": (1.7, 0.001)}
+    solver_targets = {"cg": (3.0, 0.005), "cholesky": (1.7, 0.001)}
+    targets = Targets()
     print(f"{'solver':9} {'ours s':>8} {'implicit s':>10} {'speed-up':>8} {'target':>6} {'ours loss':>11} "
           f"{'implicit loss':>13} {'loss diff':>9} {'GFLOP/s':>8} {'% peak':>6} {'peak MiB':>8}")
-    for solver, (speed_target, loss_target) in targets.items():
+    for solver, (speed_target, loss_target) in solver_targets.items():
         if solver not in args.solvers.split(","):
             continue
         ours, theirs = best_of(args, solver)
         speedup = theirs["seconds"] / ours["seconds"]
         loss_diff = (ours["loss"] - theirs["loss"]) / theirs["loss"]
         gflops = ours["flops"] / ours["seconds"] / 1e9
-        verdict = "ok" if speedup >= speed_target and loss_diff <= loss_target else "MISS"
+        verdict = targets.verdict(speedup >= speed_target and loss_diff <= loss_target, solver)
         print(f"{solver:9} {ours['seconds']:8.2f} {theirs['seconds']:10.2f} {speedup:7.2f}x {speed_target:5.1f}x "
               f"{ours['loss']:11.6f} {theirs['loss']:13.6f} {loss_diff:+9.3%} {gflops:8.1f} {gflops / peak:6.1%} "
               f"{ours['peak_mib']:8.0f}  {verdict}")
@@ -187,5 +189,8 @@ def main() -> None:
               f"time ratio {big['seconds'] / base['seconds']:.2f} (linear: 4.00)")
 
 
+    return targets.exit_status()
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

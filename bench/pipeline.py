@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from targets import Targets
+
 
 def step_durations(instance, run_id: str) -> dict[str, float]:
     """Seconds per step, from the run's event log (step start -> step success/failure)."""
@@ -164,8 +166,9 @@ def main() -> int:
           f"({ingested / per_day:,.0f} rows/s)  <- the anchor")
     print(f"bare DuckDB, every file typed into one table in one statement: {one_statement:.1f}s "
           f"({ingested / one_statement:,.0f} rows/s)  (floor, for reference)")
+    targets = Targets()
     ratio = step_seconds / per_day
-    print(f"  events steps / anchor: {ratio:.2f}x (target <= 2x)  {'ok' if ratio <= 2 else 'MISS'}")
+    print(f"  events steps / anchor: {ratio:.2f}x (target <= 2x)  {targets.verdict(ratio <= 2, 'ingest')}")
     print(f"  whole ingest runs / anchor: {ingest_seconds / per_day:.2f}x; "
           f"events steps / one-statement floor: {step_seconds / one_statement:.2f}x")
 
@@ -173,7 +176,7 @@ def main() -> int:
     ingest_days(args.days, 1)
     daily_ok, fit, around = run_retrain(definitions, instance, quiet, "the next day (warm, champion re-scored)")
     print(f"  daily retrain: everything around the fit {around:.1f}s vs the fit {fit:.1f}s = {around / fit:.2f}x "
-          f"(target <= 1x)  {'ok' if around <= fit else 'MISS'}")
+          f"(target <= 1x)  {targets.verdict(around <= fit, 'daily retrain around the fit')}")
     # The same day once more: the same data and seed give the same model, which does not beat the champion, so
     # this is a day the champion stays, when `recommendations` has nothing to score. It can be run several times
     # (nothing changes between the runs), and the target is judged on the median: one run's ratio moved by
@@ -187,9 +190,10 @@ def main() -> int:
     median = statistics.median(ratios)
     print(f"  a day the champion stays: everything around the fit / the fit = "
           f"{', '.join(f'{r:.2f}x' for r in ratios)}; median {median:.2f}x (target <= 1x)  "
-          f"{'ok' if median <= 1 else 'MISS'}")
+          f"{targets.verdict(median <= 1, 'champion-stays day around the fit')}")
     print(f"\npeak memory (this process): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
-    return 0 if ok and daily_ok else 1
+    targets.verdict(ok and daily_ok, "every retrain succeeded")
+    return targets.exit_status()
 
 
 if __name__ == "__main__":
