@@ -101,7 +101,7 @@ def promote_in_another_process(tracking_uri: str, model_name: str, lock_path: st
     champion re-scored from ``ndcg`` (slowly, to widen the race). Exits non-zero on any error."""
     try:
         from als_store import mlflow_store
-        from pipelines.registry import promotion, run_log
+        from pipelines.registry import promotion
 
         client = mlflow_store.make_client(tracking_uri)
 

@@ -12,7 +12,6 @@ from typing import Annotated
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from conftest import query
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 from pydantic import StringConstraints, TypeAdapter, ValidationError

@@ -5,7 +5,6 @@ end-to-end gate with trained models is tests/test_gate.py."""
 from __future__ import annotations
 
 import math
-import threading
 import time
 
 import numpy as np

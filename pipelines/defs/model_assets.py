@@ -28,16 +28,16 @@ from pydantic import Field
 from als_core.hyperparameters import DEFAULTS, SOLVERS, TUNABLE, Hyperparameters
 from als_store import model_tags, sql_files
 from als_store.mlflow_store import BundleUnloadable, MlflowUnavailable, mlflow_errors, quoted
+from als_store.settings import Settings
 from pipelines import plots, recommendations_table, scored_lists
 from pipelines.defs.mlflow_resource import MLflowResource
 from pipelines.defs.resources import DuckDBResource, PipelineSettings
+from pipelines.defs.tuning import TUNING_KEY, latest_tuning_result
 from pipelines.markdown import markdown_table
 from pipelines.registry import run_log
 from pipelines.registry.gate import GateDecision
 from pipelines.registry.registration import set_version_tags
-from als_store.settings import Settings
 from pipelines.training_data import TrainingData, latest_dir
-from pipelines.defs.tuning import TUNING_KEY, latest_tuning_result
 
 HISTORY_VERSIONS = 10  # retrains shown in the NDCG history picture
 
