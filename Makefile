@@ -10,7 +10,7 @@ SERVE_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements.lock -e ".[dev]"
+	$(PY) -m pip install -q -c requirements.lock -e ".[dev,postgres]"
 	touch $(STAMP)
 
 install: $(STAMP)

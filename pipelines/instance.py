@@ -3,10 +3,16 @@
     eval "$(python -m pipelines.instance)"   # creates it, recovers stuck runs, prints `export DAGSTER_HOME=...`
     dagster dev                               # then uses the pools limits of pipelines/dagster.yaml
 
-The shipped `pipelines/dagster.yaml` is copied when the instance has none, and replaces an instance's
-copy that nobody edited when a newer one ships (as a package manager treats an unmodified config file), so
-an upgrade gets the new settings and local edits survive. It names `PipelineInstance` (below) as the instance class: Dagster's own instance,
-plus the recovery of runs whose process died (pipelines/recovery.py) before every new run.
+Two profiles ship, chosen by the environment (no code change):
+- embedded (default): `pipelines/dagster.yaml`, sqlite storage under DAGSTER_HOME, one machine;
+- production, when DAGSTER_PG_HOST is set: `pipelines/dagster.postgres.yaml`, run/event-log/schedule storage in
+  the Postgres database named by DAGSTER_PG_HOST, DAGSTER_PG_PORT, DAGSTER_PG_USERNAME, DAGSTER_PG_PASSWORD and
+  DAGSTER_PG_DB (docs/deploy.md).
+The selected file is copied when the instance has none, and replaces an instance's copy that nobody edited when
+a newer one ships or the profile changes (as a package manager treats an unmodified config file), so an upgrade
+gets the new settings and local edits survive; an edited copy of the other profile is refused, not overwritten.
+Both name `PipelineInstance` (below) as the instance class: Dagster's own instance, plus the recovery of runs
+whose process died (pipelines/recovery.py) before every new run.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import dagster as dg
@@ -28,6 +34,10 @@ from pipelines import recovery
 from als_store.settings import Settings
 
 SHIPPED_CONFIG = Path(__file__).resolve().parent / "dagster.yaml"
+POSTGRES_CONFIG = Path(__file__).resolve().parent / "dagster.postgres.yaml"
+# Dagster's own names for them (its docs and Helm chart); the first one selects the production profile
+POSTGRES_VARIABLES = ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD",
+                      "DAGSTER_PG_DB")
 # sha256 of the instance's copy as this module wrote it: a copy that still has it is unedited
 SHIPPED_HASH_FILE = ".shipped-dagster.yaml.sha256"
 # earlier shipped versions, for instances prepared before the hash file existed
@@ -37,12 +47,50 @@ RECOVERY_INTERVAL_S = 2.0  # a backfill creates many runs at once: one check ser
 _log = logging.getLogger(__name__)
 
 
-def prepare_dagster_home(settings: Settings) -> Path:
+class InstanceConfigError(RuntimeError):
+    """The environment selects a profile the instance cannot be given (variables missing, an edited copy)."""
+
+
+def uses_postgres(environ: Mapping[str, str] | None = None) -> bool:
+    """The production profile is selected: DAGSTER_PG_HOST is set and not empty."""
+    env = os.environ if environ is None else environ
+    return bool(env.get(POSTGRES_VARIABLES[0], "").strip())
+
+
+def profile_config(environ: Mapping[str, str] | None = None) -> Path:
+    """The shipped instance config the environment selects; raises InstanceConfigError naming the Postgres
+    variables that are missing when DAGSTER_PG_HOST is set without them (an empty password counts as set)."""
+    env = os.environ if environ is None else environ
+    if not uses_postgres(env):
+        return SHIPPED_CONFIG
+    missing = [name for name in POSTGRES_VARIABLES if name not in env]
+    if missing:
+        raise InstanceConfigError(f"DAGSTER_PG_HOST selects the production profile (docs/deploy.md), which also "
+                                  f"needs {', '.join(missing)} (DAGSTER_PG_PASSWORD may be empty)")
+    return POSTGRES_CONFIG
+
+
+def describe_profile(environ: Mapping[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    if not uses_postgres(env):
+        return "embedded (sqlite storage under DAGSTER_HOME; set DAGSTER_PG_HOST for the production profile)"
+    host, port, user, _, db = (env.get(name, "") for name in POSTGRES_VARIABLES)
+    return f"production (Dagster storage in Postgres {user}@{host}:{port}/{db})"
+
+
+def prepare_dagster_home(settings: Settings, environ: Mapping[str, str] | None = None) -> Path:
+    shipped = profile_config(environ)
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists() or _unedited_older_copy(config):
-        shutil.copyfile(SHIPPED_CONFIG, config)
+    if config.exists() and _sha256(config) != _sha256(shipped) and not _unedited_copy(config):
+        if _has_postgres_storage(config) != (shipped == POSTGRES_CONFIG):
+            raise InstanceConfigError(
+                f"{config} was edited by hand and is not the {shipped.name} profile that the environment selects: "
+                f"merge {shipped} into it (or move it away to get the shipped one), then run this again")
+        return home  # an edited copy of the selected profile: the operator's edits win
+    if not config.exists() or _sha256(config) != _sha256(shipped):
+        shutil.copyfile(shipped, config)
         (home / SHIPPED_HASH_FILE).write_text(_sha256(config) + "\n")
     return home
 
@@ -51,13 +99,21 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _unedited_older_copy(config: Path) -> bool:
+def _unedited_copy(config: Path) -> bool:
+    """The copy is one this module wrote (of either profile, this version or an earlier one)."""
     current = _sha256(config)
-    if current == _sha256(SHIPPED_CONFIG):
-        return False
     hash_file = config.with_name(SHIPPED_HASH_FILE)
     written = hash_file.read_text().strip() if hash_file.exists() else None
-    return current == written or current in EARLIER_SHIPPED_SHA256
+    shipped_now = {_sha256(SHIPPED_CONFIG), _sha256(POSTGRES_CONFIG)}
+    return current == written or current in EARLIER_SHIPPED_SHA256 or current in shipped_now
+
+
+def _has_postgres_storage(config: Path) -> bool:
+    import yaml
+
+    loaded = yaml.safe_load(config.read_text()) or {}
+    sections = [loaded.get(key) for key in ("storage", "run_storage", "event_log_storage", "schedule_storage")]
+    return "postgres" in str(sections)
 
 
 def dagster_env(settings: Settings) -> dict[str, str]:
@@ -124,7 +180,11 @@ class PipelineInstance(dg.DagsterInstance):
 
 def main() -> None:
     settings = Settings.from_env()
-    home = prepare_dagster_home(settings)
+    try:
+        home = prepare_dagster_home(settings)
+    except InstanceConfigError as exc:
+        sys.exit(f"pipelines.instance: {exc}")
+    print(f"instance profile: {describe_profile()}", file=sys.stderr)
     with open_instance(settings) as instance:
         recovery.recover(instance, log=lambda line: print(f"recovered {line}", file=sys.stderr))
     print(f"export DAGSTER_HOME={shlex.quote(str(home))}")

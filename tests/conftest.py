@@ -16,7 +16,7 @@ from als_store.settings import Settings
 
 # Fixture modules loaded here, once: a `pytest_plugins` in a test module is loaded after pytest's assertion
 # rewriting has started (PytestAssertRewriteWarning) and is deprecated outside the root conftest.
-pytest_plugins = ["mlflow_server", "registry_stores"]
+pytest_plugins = ["mlflow_server", "postgres_server", "registry_stores"]
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 _PIPELINE_ENV = (

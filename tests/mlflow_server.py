@@ -88,9 +88,10 @@ class Server:
         self.process.wait(timeout=10)
 
 
-def start_server(root: Path, port: int | None = None) -> Server:
-    """Start `mlflow server` on 127.0.0.1 over ``root`` (sqlite backend ``root/mlflow.db``, proxied artifacts
-    in ``root/mlartifacts``, one worker); a second start over the same root serves the same store."""
+def start_server(root: Path, port: int | None = None, backend_uri: str | None = None) -> Server:
+    """Start `mlflow server` on 127.0.0.1 over ``root`` (backend ``backend_uri``, by default the sqlite file
+    ``root/mlflow.db``; proxied artifacts in ``root/mlartifacts``; one worker); a second start over the same
+    root and backend serves the same store."""
     root.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     uri = f"http://127.0.0.1:{port}"
@@ -98,7 +99,7 @@ def start_server(root: Path, port: int | None = None) -> Server:
     command = [
         *_mlflow_executable(),
         "server",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--backend-store-uri", backend_uri or f"sqlite:///{root / 'mlflow.db'}",
         "--artifacts-destination", str(root / "mlartifacts"),
         "--host", "127.0.0.1",
         "--port", str(port),
