@@ -14,11 +14,27 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a download is not a terminal session
 
 import argparse  # noqa: E402
-import logging  # noqa: E402
+import copy  # noqa: E402
 
 import uvicorn  # noqa: E402
+import uvicorn.config  # noqa: E402
 
 from serving.config import ServingConfig  # noqa: E402
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s"
+
+
+def log_config(level: str) -> dict:
+    """uvicorn's logging config plus a handler on the root logger for the service's own loggers (model swaps,
+    failed loads, fold-in). uvicorn applies it in every worker process it spawns, where a `basicConfig` in this
+    parent never runs; the process id tells the workers apart."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["formatters"]["service"] = {"format": LOG_FORMAT}
+    config["handlers"]["service"] = {"formatter": "service", "class": "logging.StreamHandler",
+                                     "stream": "ext://sys.stderr"}
+    config["root"] = {"handlers": ["service"], "level": level.upper()}
+    return config
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,9 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run("serving.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level=args.log_level, access_log=args.access_log)
+                log_config=log_config(args.log_level), log_level=args.log_level, access_log=args.access_log)
 
 
 if __name__ == "__main__":

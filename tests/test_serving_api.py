@@ -45,23 +45,30 @@ def trained_bundle(seed: int, factors: int) -> ModelBundle:
                              metadata={"training_window": WINDOW, "seed": seed})
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One sqlite store for the module (creating its tables takes seconds) with versions 1 and 2 of MODEL."""
-    root = tmp_path_factory.mktemp("serving-mlflow")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+def register_two_versions(uri: str, model: str, artifact_root: Path) -> dict[int, ModelBundle]:
+    """Versions 1 and 2 of ``model`` (different seeds and sizes, so different answers), registered as the
+    pipeline registers them; {version: bundle}."""
     client = mlflow_store.make_client(uri)
-    experiment = run_log.ensure_experiment(client, "serving-tests", root / "mlartifacts")
+    experiment = run_log.ensure_experiment(client, "serving-tests", artifact_root)
     bundles = {}
     for seed, factors, ndcg in [(1, 8, 0.21), (2, 5, 0.27)]:
         bundle = trained_bundle(seed, factors)
         run_id = run_log.start_training_run(client, experiment, f"seed {seed}", {})
         with tempfile.TemporaryDirectory() as tmp:
-            ref = registration.register_bundle(uri, run_id, MODEL, bundle.save(Path(tmp) / "bundle"),
+            ref = registration.register_bundle(uri, run_id, model, bundle.save(Path(tmp) / "bundle"),
                                                bundle.user_ids[:2], {model_tags.TAG_EVAL_CHALLENGER_NDCG: repr(ndcg)})
         run_log.finish_run(client, run_id)
         bundles[ref.version] = bundle
-    return {"uri": uri, "root": root, "client": client, "bundles": bundles}
+    return bundles
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One sqlite store for the module (creating its tables takes seconds) with versions 1 and 2 of MODEL."""
+    root = tmp_path_factory.mktemp("serving-mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    bundles = register_two_versions(uri, MODEL, root / "mlartifacts")
+    return {"uri": uri, "root": root, "client": mlflow_store.make_client(uri), "bundles": bundles}
 
 
 def set_champion(store, version: int | None) -> None:
@@ -299,6 +306,14 @@ def test_python_m_serving_serves_a_bundle_directory(tmp_path):
     shutil.rmtree(bundle_dir)
 
 
+def start_python_m_serving(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen:
+    """`python -m serving ARGS` in its own process group (uvicorn's workers included; stop it with
+    `mlflow_server.stop` or killpg), output to ``log_path``, working directory its folder."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "serving", *args], env=env, cwd=log_path.parent, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
 LOAD_CLIENTS = 6
 LOAD_MAX_REQUESTS = 20_000
 LOAD_POLL_S = 1.0
@@ -403,9 +418,7 @@ def test_under_load_a_promotion_and_a_rollback_answer_every_request_from_one_ver
            "ALS_SERVING_FOLD_IN": "0", "ALS_SERVING_WORKERS": "1"}
     env.pop("ALS_SERVING_BUNDLE_DIR", None)
     log_path = tmp_path / "serving.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "serving", "--log-level", "warning"], env=env,
-                                   cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = start_python_m_serving(env, log_path, "--log-level", "warning")
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0) as api:
             def version_now() -> int | None:
