@@ -2,6 +2,7 @@
 
     eval "$(python -m pipelines.instance)"   # creates it, recovers stuck runs, prints `export DAGSTER_HOME=...`
     dagster dev                               # then uses the pools limits of pipelines/dagster.yaml
+    python -m pipelines.instance --claim-warehouse   # production profile: the warehouse is on this machine now
 
 Two profiles ship, chosen by the environment (no code change):
 - embedded (default): `pipelines/dagster.yaml`, sqlite storage under DAGSTER_HOME, one machine;
@@ -25,7 +26,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -178,7 +179,19 @@ class PipelineInstance(dg.DagsterInstance):
         return super().create_run_for_job(*args, **kwargs)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
+    from pipelines import warehouse_claim
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.instance",
+        description="Prepare the project's Dagster instance, recover stuck runs and print `export DAGSTER_HOME=...` "
+                    "(the profile and anything recovered go to stderr).")
+    parser.add_argument("--claim-warehouse", action="store_true",
+                        help="production profile: record this machine and this home's warehouse file as the "
+                             "deployment's warehouse (moving it on purpose); prints the previous claim")
+    args = parser.parse_args(argv)
     settings = Settings.from_env()
     try:
         home = prepare_dagster_home(settings)
@@ -187,6 +200,13 @@ def main() -> None:
     print(f"instance profile: {describe_profile()}", file=sys.stderr)
     with open_instance(settings) as instance:
         recovery.recover(instance, log=lambda line: print(f"recovered {line}", file=sys.stderr))
+        if args.claim_warehouse:
+            if not warehouse_claim.is_shared(instance):
+                print("warehouse claim: not needed (the embedded profile runs on one machine)", file=sys.stderr)
+            else:
+                previous = warehouse_claim.claim(instance, settings.duckdb_path)
+                now = warehouse_claim.current_claim(instance)
+                print(f"warehouse claim: {now} (previously {previous or 'none'})", file=sys.stderr)
     print(f"export DAGSTER_HOME={shlex.quote(str(home))}")
 
 

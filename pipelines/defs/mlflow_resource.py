@@ -20,7 +20,7 @@ from als_store import mlflow_store, model_registry
 from als_store.model_registry import VersionRef
 from als_store.settings import Settings
 from pipelines.defs.resources import PipelineSettings
-from pipelines.registry import promotion, registration, run_log
+from pipelines.registry import locks, promotion, registration, run_log
 
 if TYPE_CHECKING:
     import numpy as np
@@ -44,6 +44,7 @@ class MLflowResource(dg.ConfigurableResource):
                                 description="MLFLOW_HTTP_REQUEST_TIMEOUT (seconds per request) for the step's process, unless the environment sets it.")
 
     _http_env_set: dict = PrivateAttr(default_factory=dict)
+    _lock: locks.PromotionLock | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         # per step process (the multiprocess executor starts one per step), not at import: the code server and
@@ -53,6 +54,8 @@ class MLflowResource(dg.ConfigurableResource):
             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": self.http_backoff_factor,
             "MLFLOW_HTTP_REQUEST_TIMEOUT": self.http_timeout_s,
         })
+        self._lock = locks.promotion_lock_for(context.instance, self.tracking_uri, Path(self.lock_dir),
+                                              self.model_name)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         mlflow_store.unbound_mlflow_http(self._http_env_set)
@@ -78,7 +81,7 @@ class MLflowResource(dg.ConfigurableResource):
 
     @property
     def lock_dir(self) -> str:
-        """Directory for the promotion lock when the store is a tracking server: the pipeline's home."""
+        """Directory for the file lock when the store is a tracking server: the pipeline's home."""
         return str(self.pipeline.settings.home)
 
     def client(self) -> MlflowClient:
@@ -91,7 +94,14 @@ class MLflowResource(dg.ConfigurableResource):
 
     @property
     def lock_path(self) -> Path:
-        return promotion.lock_path_for(self.tracking_uri, Path(self.lock_dir))
+        """Where the file lock is (the embedded profile's promotion lock)."""
+        return locks.lock_path_for(self.tracking_uri, Path(self.lock_dir))
+
+    @property
+    def lock(self) -> locks.PromotionLock:
+        """The promotion lock of the run's instance (`locks.promotion_lock_for`: an advisory lock in its Postgres
+        database, else the file lock); the file lock outside a run."""
+        return self._lock if self._lock is not None else locks.FileLock(self.lock_path)
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
         """Link for asset metadata: the run in the tracking server's UI, or in `ui_url` for a local store."""
@@ -140,5 +150,5 @@ class MLflowResource(dg.ConfigurableResource):
         """`pipelines.registry.promotion.promote_if_better` on this model under this deployment's lock."""
         return promotion.promote_if_better(
             client, self.model_name, challenger_version, challenger_ndcg, popularity_ndcg, evaluated_champion,
-            score_champion, self.lock_path, margin=margin, extra_tags=extra_tags,
+            score_champion, self.lock, margin=margin, extra_tags=extra_tags,
             champion_load_error=champion_load_error, register_popularity=register_popularity)

@@ -14,10 +14,11 @@ from typing import Any
 
 import dagster as dg
 import duckdb
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from als_store import warehouse
 from als_store.settings import DEFAULT_HOME, DEFAULT_MODEL_NAME, VARIABLES, Settings
+from pipelines import warehouse_claim
 
 EVENT_PRESET_VARIABLE = "ALS_PIPELINE_EVENT_PRESET"
 
@@ -61,13 +62,20 @@ class PipelineSettings(dg.ConfigurableResource):
 class DuckDBResource(dg.ConfigurableResource):
     """The DuckDB warehouse file. Open it per step with `with duckdb.connect() as con:` and close it
     before long computations: DuckDB allows one writing process per file (assets that open it are
-    in pool `duckdb`, limited to 1 by the project's dagster.yaml)."""
+    in pool `duckdb`, limited to 1 by the project's dagster.yaml). On an instance shared by machines (the
+    production profile) a write also checks the instance's claim of the warehouse's machine
+    (pipelines/warehouse_claim.py)."""
 
     pipeline: PipelineSettings
     lock_timeout_s: float = Field(
         default=warehouse.DEFAULT_LOCK_TIMEOUT_S,
         description="How long to wait for another process's lock on the file before failing.",
     )
+
+    _instance: dg.DagsterInstance | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._instance = context.instance
 
     @property
     def database(self) -> str:
@@ -77,6 +85,8 @@ class DuckDBResource(dg.ConfigurableResource):
     @contextlib.contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         log = dg.get_dagster_logger()
+        if not read_only:
+            warehouse_claim.check_or_claim(self._instance, self.database)
         with warehouse.open_warehouse(
             self.database, read_only=read_only, lock_timeout_s=self.lock_timeout_s, on_wait=log.info
         ) as con:

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from als_store.mlflow_store import RegistryError, bound_mlflow_http, check_reachable, make_client
 from als_store.model_registry import describe
 from als_store.model_tags import PREVIOUS_CHAMPION
-from pipelines.registry.promotion import AlreadyChampion, lock_path_for, operator_name, promote_by_hand, rollback
+from pipelines.registry.locks import deployment_promotion_lock
+from pipelines.registry.promotion import AlreadyChampion, operator_name, promote_by_hand, rollback
 from pipelines.registry.transfer import copy_champion
 
 
@@ -47,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_reachable(uri)
         client = make_client(uri)
-        lock = lock_path_for(uri, settings.home)
+        # the lock the gate of every machine of this deployment takes (`show` changes nothing)
+        lock = None if args.command == "show" else deployment_promotion_lock(settings, uri, name)
         if args.command == "rollback":
             demoted, restored = rollback(client, name, lock)
             print(f"{name}: champion v{demoted} -> v{restored} (v{demoted} is now {PREVIOUS_CHAMPION})")

@@ -1,62 +1,31 @@
-"""Moving the aliases: the promotion lock, the gate's compare-and-set (`promote_if_better`), a rollback and
-a promotion by hand. Every move of ``champion`` goes through `move_aliases` under the lock, so the old champion
-always becomes ``previous_champion`` and a failure half-way puts the aliases back."""
+"""Moving the aliases under the promotion lock (pipelines/registry/locks.py): the gate's compare-and-set
+(`promote_if_better`), a rollback and a promotion by hand. Every move of ``champion`` goes through `move_aliases`
+under the lock, so the old champion always becomes ``previous_champion`` and a failure half-way puts the aliases
+back."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import getpass
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from als_store.mlflow_store import BundleUnloadable, RegistryError, make_client, mlflow_errors, sqlite_path
+from als_store.mlflow_store import BundleUnloadable, RegistryError, make_client, mlflow_errors
 from als_store.model_registry import VersionRef, aliases, get_version, load_version_bundle, version_or_none
 from als_store.model_tags import (CHAMPION, PREVIOUS_CHAMPION, TAG_GATE_DECIDED_AT, TAG_GATE_ROLLED_BACK_AT,
                                   TAG_MANUAL_PROMOTED_AT, TAG_MANUAL_PROMOTED_BY, TAG_MANUAL_REASON,
                                   TAG_MANUAL_REPLACED, TAG_POPULARITY_OF)
 from pipelines.registry.gate import GateDecision, decide
+# lock_path_for: re-exported for the callers that import it from here
+from pipelines.registry.locks import PromotionLock, lock_path_for, promotion_lock  # noqa: F401
 from pipelines.registry.registration import set_version_tags
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-
-LOCK_TIMEOUT_S = 600.0
-
-
-def lock_path_for(tracking_uri: str, fallback_dir: Path) -> Path:
-    """The promotion lock lives next to a sqlite store (every writer of that file shares it); for a
-    tracking server, in the pipeline home (shared by every process of this deployment)."""
-    db_path = sqlite_path(tracking_uri)
-    if db_path is not None:
-        return db_path.with_name(db_path.name + ".promotion.lock")
-    return Path(fallback_dir) / "promotion.lock"
-
-
-@contextlib.contextmanager
-def promotion_lock(path: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    """Exclusive flock: serialises promotions across processes and threads (each call opens its own file
-    description, so two threads of one process exclude each other too)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + timeout_s
-    with open(path, "a+") as handle:
-        while True:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise RegistryError(f"timed out after {timeout_s:.0f}s waiting for promotion lock {path}")
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def promote_if_better(
@@ -67,7 +36,7 @@ def promote_if_better(
     popularity_ndcg: float,
     evaluated_champion: tuple[int | None, float | None],
     score_champion: Callable[[int], float],
-    lock_path: Path,
+    lock_path: PromotionLock | Path | str,  # a lock of pipelines.registry.locks, or a file lock's path
     margin: float = 0.0,
     extra_tags: Mapping[str, str] | None = None,
     champion_load_error: str | None = None,
@@ -143,7 +112,7 @@ def move_aliases(client: MlflowClient, name: str, moves: Mapping[str, int]) -> N
         raise
 
 
-def rollback(client: MlflowClient, name: str, lock_path: Path | None = None,
+def rollback(client: MlflowClient, name: str, lock_path: PromotionLock | Path | str | None = None,
              check_loads: bool = True) -> tuple[int, int]:
     """Point ``champion`` back at ``previous_champion``; the demoted version becomes ``previous_champion``,
     so a second rollback undoes the first. Returns (demoted version, restored version). Refuses (nothing
@@ -190,7 +159,7 @@ class AlreadyChampion(RegistryError):
     """A promotion by hand of the version that is the champion already: nothing to do, nothing done."""
 
 
-def promote_by_hand(tracking_uri: str, name: str, version: int, lock_path: Path, who: str,
+def promote_by_hand(tracking_uri: str, name: str, version: int, lock_path: PromotionLock | Path | str, who: str,
                     reason: str | None = None) -> int | None:
     """Make ``version`` the champion by an operator's decision, with the bookkeeping the gate keeps: the old
     champion becomes ``previous_champion``, both aliases move under the promotion lock in one step, and the
