@@ -131,6 +131,7 @@ class RunsStatus:
     dagster_home: str
     state: str  # ok | empty | unavailable
     message: str | None = None
+    profile: str | None = None  # the instance profile the environment selects (pipelines.instance)
     runs: list[RunSummary] = field(default_factory=list)
 
 
@@ -327,8 +328,10 @@ def read_warehouse(settings: Settings, limit: int = DEFAULT_LIMIT,
 
 def read_runs(settings: Settings) -> RunsStatus:
     """Runs in progress or holding a pool slot, from the project's instance (opened only if it exists)."""
+    from pipelines.instance import describe_profile
+
     home = settings.dagster_home
-    status = RunsStatus(dagster_home=str(home), state="ok")
+    status = RunsStatus(dagster_home=str(home), state="ok", profile=describe_profile())
     if not (home / "dagster.yaml").is_file():
         status.state, status.message = "empty", f"no Dagster instance yet ({home}): nothing has run"
         return status
@@ -482,7 +485,10 @@ def _problem_lines(problems: list[Problem]) -> list[str]:
 
 def render(status: Status) -> str:
     reg = status.registry
-    lines = [f"ALS pipeline status   home {status.home}", f"MLflow {reg.tracking_uri}   model {reg.model_name}", ""]
+    lines = [f"ALS pipeline status   home {status.home}", f"MLflow {reg.tracking_uri}   model {reg.model_name}"]
+    if status.runs is not None and status.runs.profile:
+        lines.append(f"Dagster instance profile: {status.runs.profile}")
+    lines.append("")
     if reg.state == "unavailable":
         lines.append(f"Champion: unknown. {reg.message}")
     else:

@@ -161,6 +161,7 @@ def test_populated_text_report_is_readable(populated):
     result = run_status(populated)
     assert result.returncode == 0, result.stderr
     text = result.stdout
+    assert "Dagster instance profile: embedded (sqlite storage under DAGSTER_HOME" in text.splitlines()[2]
     assert f"Champion: {populated.model_name} v3   NDCG@10 0.3500" in text
     assert "  data      window 2026-01-05..2026-01-06, 3,000 events, 12 users, 9 items" in text
     lines = text.splitlines()
