@@ -35,7 +35,7 @@ class WarehouseClaim:
 
     @classmethod
     def here(cls, path: str | Path) -> WarehouseClaim:
-        return cls(host=socket.gethostname(), path=str(Path(path).absolute()))
+        return cls(host=socket.gethostname(), path=str(Path(path).resolve()))
 
     @classmethod
     def from_json(cls, text: str) -> WarehouseClaim:

@@ -208,12 +208,13 @@ def test_the_registry_cli_waits_for_the_advisory_lock_of_the_production_profile(
                "AND application_name = 'als-pipeline lock'")
     with locks.AdvisoryLock(cluster.url(database), locks.promotion_key(name)).hold(timeout_s=5):
         command = subprocess.Popen([sys.executable, "-m", "pipelines", "registry", "rollback"], cwd=ROOT,
-                                   env={**os.environ, **production_profile.environment}, stdout=subprocess.PIPE,
+                                   env={**os.environ, **production_profile.environment,
+                                        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
         try:
             deadline = time.monotonic() + 120
             while cluster.sql(waiting, database)[0][0] < 2:  # the test's session and the command's
-                assert command.poll() is None, f"the command ended without waiting: {command.communicate()}"
+                assert command.poll() is None, f"it ended without waiting: {command.communicate()[0][:200]}"
                 assert time.monotonic() < deadline, "the command never asked for the lock"
                 time.sleep(0.2)
             time.sleep(1.0)

@@ -56,7 +56,7 @@ def fingerprint(path: Path) -> tuple[str, int]:
 def test_a_write_from_elsewhere_fails_untouched_until_the_warehouse_is_claimed(production_profile, forged):
     settings = production_profile.settings
     land(settings, days=DAYS)
-    here = warehouse_claim.WarehouseClaim(socket.gethostname(), str(settings.duckdb_path))
+    here = warehouse_claim.WarehouseClaim(socket.gethostname(), str(settings.duckdb_path.resolve()))
     with open_instance(settings) as instance:
         assert warehouse_claim.current_claim(instance) is None
         assert ingest(settings, instance, DAYS[0]).success
@@ -85,6 +85,7 @@ def test_a_write_from_elsewhere_fails_untouched_until_the_warehouse_is_claimed(p
     assert fingerprint(settings.duckdb_path) != before
 
 
+@pytest.mark.slow  # a subprocess
 def test_the_embedded_profile_records_no_claim(settings):
     """One machine by construction: a write on the sqlite instance checks nothing and records nothing."""
     land(settings, days=DAYS[:1])
