@@ -123,7 +123,7 @@ class AdvisoryLock:
 
 
 def as_lock(lock: PromotionLock | Path | str) -> PromotionLock:
-    """A lock object as is; a path (the callers that predate the lock kinds) as its `FileLock`."""
+    """A lock object as is; a path as the `FileLock` there."""
     return FileLock(Path(lock)) if isinstance(lock, (str, Path)) else lock
 
 
