@@ -151,7 +151,7 @@ def test_two_retrains_racing_from_two_processes_promote_one_at_a_time_and_the_be
     from pipelines.defs.resources import PipelineSettings
 
     job = defs_at(PipelineSettings.of(settings)).resolve_job_def("daily_retrain")
-    with open_instance(settings) as instance:
+    with open_instance(settings) as instance:  # in process: nothing runs beside it yet
         first = job.execute_in_process(instance=instance, run_config={
             **QUIET, "ops": {"challenger": {"config": FIRST_CHAMPION}}})
     assert first.success
