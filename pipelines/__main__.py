@@ -15,7 +15,8 @@ from collections.abc import Sequence
 COMMANDS = {
     "status": ("pipelines.status", "champion, last retrains and last ingest per day"),
     "registry": ("pipelines.registry.cli", "the aliases and newest versions, roll back, promote by hand "
-                                           "(show | rollback | promote VERSION [--reason TEXT])"),
+                                           "(show | rollback | promote VERSION [--reason TEXT] | "
+                                           "copy-champion --from URI [--force])"),
     "recover": ("pipelines.recovery", "fail runs whose process is gone and free the pool slots they hold"),
 }
 

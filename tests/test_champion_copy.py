@@ -132,7 +132,8 @@ def test_the_champion_and_previous_champion_are_carried_to_a_tracking_server_onc
     # a retrain against the target gates against the carried champion (re-scored on the challenger's holdout)
     result = materialize(GATE_ASSETS, mlflow_resource(settings, tracking_uri=target_uri), settings, challenger=WEAK)
     gated = metadata_of(result, "champion")
-    assert (gated["compared_with_version"], gated["rule"], gated["decision"]) == (champion, "beats_champion", "rejected")
+    assert (gated["compared_with_version"], gated["rule"], gated["decision"]) == \
+        (champion, "beats_champion", "rejected")
     assert gated["champion_ndcg_at_10"] > gated["challenger_ndcg_at_10"]
     assert model_registry.aliases(target, name)[model_tags.CHAMPION] == champion
 

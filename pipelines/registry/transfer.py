@@ -157,7 +157,8 @@ def _copy_run(source: MlflowClient, target: MlflowClient, run_id: str | None, ar
             metrics = []
             with mlflow_errors(f"reading the metrics of source run {run_id}"):
                 for key in run.data.metrics:
-                    metrics += [Metric(m.key, m.value, m.timestamp, m.step) for m in source.get_metric_history(run_id, key)]
+                    metrics += [Metric(m.key, m.value, m.timestamp, m.step)
+                                for m in source.get_metric_history(run_id, key)]
             params = [Param(key, value) for key, value in run.data.params.items()]
             with mlflow_errors("logging the copy's params and metrics"):
                 if params:
