@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -32,8 +33,8 @@ DOC = "docs/deploy.md"
 SWITCH = "## Switching a running install to the production profile"
 VALUES, COMMANDS, SERVER = "your values", "production services", "a server"
 SERVER_START_S = 120.0
-EMBEDDED_INSTALL = (".venv/bin/python -m pipelines.demo --events 20000 --days 4 --users 300 --items 100 --sparse-days 0 "
-                    "--no-api")
+EMBEDDED_INSTALL = (".venv/bin/python -m pipelines.demo --events 20000 --days 4 --users 300 --items 100 "
+                    "--sparse-days 0 --no-api")
 
 
 def _kind(block: ShellBlock) -> str | None:
@@ -96,24 +97,43 @@ def _values(postgres, home: Path, workdir: Path, mlflow_port: int) -> tuple[dict
     return values, "\n".join(f"export {name}='{value}'" for name, value in values.items())
 
 
-def _start_in_background(reader: DocReader, block: ShellBlock, health_url: str) -> subprocess.Popen:
+def _start_in_background(reader: DocReader, block: ShellBlock, health_url: str | None) -> subprocess.Popen:
+    """Start the block's command as a server in its own process group; wait until ``health_url`` answers 200
+    (None: do not wait)."""
     with open(reader.transcript, "a") as log:
         log.write(f"\n### {block.where} (in the background, until {health_url} answers)\n{block.text}\n###\n")
         log.flush()
         process = subprocess.Popen(["bash", "-c", reader._script(block.text)], cwd=ROOT,
                                    env=reader.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
-    deadline = time.monotonic() + SERVER_START_S
+    if health_url is not None:
+        _wait_for(lambda: _answers_200(health_url), f"{block.where}: {health_url} to answer", reader, process)
+    return process
+
+
+def _answers_200(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _listens(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait_for(condition, what: str, reader: DocReader, process: subprocess.Popen | None = None,
+              timeout_s: float = SERVER_START_S):
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{block.where} exited {process.returncode}:\n{reader.tail()}")
-        try:
-            if httpx.get(health_url, timeout=2).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"exited {process.returncode} before {what}:\n{reader.tail()}")
+        value = condition()
+        if value:
+            return value
         time.sleep(0.5)
-    pytest.fail(f"{block.where}: {health_url} did not answer within {SERVER_START_S:.0f}s:\n{reader.tail()}")
+    pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}:\n{reader.tail()}")
 
 
 @pytest.mark.slow
@@ -150,6 +170,7 @@ def test_an_embedded_install_switches_to_the_production_profile_by_the_doc(postg
             elif kind in ("run", COMMANDS):
                 reader.run(block)
         check_end_state(reader, values, name, old_uri, old_champion)
+        check_the_processes(reader, values, name, servers)
     finally:
         for server in servers:
             try:
@@ -209,3 +230,90 @@ def check_end_state(reader: DocReader, values: dict[str, str], name: str, old_ur
     backups = reader.home / "backup"
     assert [p.suffix for p in backups.glob("warehouse-*.duckdb")] == [".duckdb"]
     assert (backups / "dagster.dump").stat().st_size > 0 and (backups / "mlflow.dump").stat().st_size > 0
+
+
+WORKSPACE_QUERY = """{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus locationOrLoadError {
+  __typename ... on RepositoryLocation { repositories { schedules { name scheduleState { status } }
+  sensors { name sensorState { status } } } } ... on PythonError { message } } } } } }"""
+
+
+def _step_7(reader: DocReader, code_port: int, web_port: int, api_port: int) -> list[ShellBlock]:
+    """Step 7's processes, one block per line, on 127.0.0.1 and free ports, with the doc's workspace file
+    (written to the test's directory, the host and port of its code server)."""
+    import yaml
+
+    text = (ROOT / DOC).read_text()
+    [workspace] = re.findall(r"`workspace.production.yaml`.*?```yaml\n(.*?)```", text, re.S)
+    loaded = yaml.safe_load(workspace)
+    loaded["load_from"][0]["grpc_server"].update(host="127.0.0.1", port=code_port)
+    path = reader.workdir / "workspace.production.yaml"
+    path.write_text(yaml.safe_dump(loaded))
+    [block] = [b for b in switch_blocks() if "code-server start" in b.text]
+    replaced = block.text
+    for old, new in ((" -h 0.0.0.0 -p 4000", f" -h 127.0.0.1 -p {code_port}"),
+                     (" -h 0.0.0.0 -p 3000", f" -h 127.0.0.1 -p {web_port}"),
+                     ("--host 0.0.0.0 --workers 4", f"--host 127.0.0.1 --port {api_port} --workers 1")):
+        assert replaced.count(old) == 1, f"step 7 changed: {old!r} not found once"
+        replaced = replaced.replace(old, new)
+    replaced = replaced.replace("workspace.production.yaml", str(path))
+    return [ShellBlock(block.doc, block.line, "skip", "", line) for line in replaced.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def check_the_processes(reader: DocReader, values: dict[str, str], name: str, servers: list) -> None:
+    """Step 7's code server, daemon, webserver and API on the production instance: the location loads with its
+    schedules and sensor running, the daemon's first sensor tick requests nothing, a run launched through the
+    queue runs (the daemon hands it to the code server), and the API serves the new store's champion."""
+    from als_store import mlflow_store, model_registry, model_tags
+    from als_store.settings import Settings
+    from pipelines.instance import open_instance
+
+    code_port, web_port, api_port = free_port(), free_port(), free_port()
+    code_server, daemon, webserver, api = _step_7(reader, code_port, web_port, api_port)
+    servers.append(_start_in_background(reader, code_server, None))
+    _wait_for(lambda: _listens(code_port), "the code server to listen", reader, servers[-1])  # "first", says step 7
+    servers.append(_start_in_background(reader, webserver, f"http://127.0.0.1:{web_port}/server_info"))
+
+    def location():
+        answer = httpx.post(f"http://127.0.0.1:{web_port}/graphql", json={"query": WORKSPACE_QUERY}, timeout=30)
+        [entry] = answer.json()["data"]["workspaceOrError"]["locationEntries"]
+        return entry if entry["loadStatus"] == "LOADED" else None
+
+    def loaded_location():
+        entry = location()
+        assert entry is None or entry["locationOrLoadError"]["__typename"] == "RepositoryLocation", entry
+        return entry
+
+    entry = _wait_for(loaded_location, "the code location to load in the webserver", reader, servers[0])
+    assert entry["name"] == "pipelines.definitions", entry
+    [repository] = entry["locationOrLoadError"]["repositories"]
+    states = {s["name"]: s["scheduleState"]["status"] for s in repository["schedules"]}
+    states.update({s["name"]: s["sensorState"]["status"] for s in repository["sensors"]})
+    assert set(states) == {"ingest_daily", "daily_retrain_schedule", "tune_hyperparameters_schedule",
+                           "landing_sensor"} and set(states.values()) == {"RUNNING"}, states
+
+    settings = Settings.build(reader.home, None, values["MLFLOW_TRACKING_URI"], name)
+    servers.append(_start_in_background(reader, daemon, None))
+    with open_instance(settings) as instance:
+        def first_sensor_tick():
+            found = [s for s in instance.all_instigator_state() if s.instigator_name == "landing_sensor"]
+            ticks = instance.get_ticks(found[0].instigator_origin_id, found[0].selector_id) if found else []
+            return [t for t in ticks if t.status.value != "STARTED"]
+
+        [tick] = _wait_for(first_sensor_tick, "the daemon's first landing_sensor tick", reader, servers[-1])
+        assert (tick.status.value, tick.run_ids) == ("SKIPPED", []), tick
+        before = {run.run_id for run in instance.get_runs()}
+        launched = subprocess.run([str(ROOT / ".venv/bin/dagster"), "job", "launch", "-w",
+                                   str(reader.workdir / "workspace.production.yaml"), "-j", "daily_retrain"],
+                                  env={**reader.env, **values, "DAGSTER_HOME": str(settings.dagster_home)}, cwd=ROOT,
+                                  capture_output=True, text=True, timeout=120)
+        assert launched.returncode == 0, launched.stderr
+        [run_id] = _wait_for(lambda: {run.run_id for run in instance.get_runs()} - before, "the launched run", reader)
+        finished = _wait_for(lambda: (run := instance.get_run_by_id(run_id)) and run.is_finished and run,
+                             "the launched run to finish", reader, servers[-1], timeout_s=300)
+        assert finished.status.value == "SUCCESS"
+
+    servers.append(_start_in_background(reader, api, f"http://127.0.0.1:{api_port}/ready"))
+    champion = model_registry.aliases(mlflow_store.make_client(settings.mlflow_tracking_uri), name)[model_tags.CHAMPION]
+    model = httpx.get(f"http://127.0.0.1:{api_port}/model", timeout=10).json()
+    assert (model["name"], model["version"]) == (name, champion)
