@@ -8,7 +8,10 @@ is switched to the production profile by the doc's own blocks, against a throwaw
 
 Then the end state: the instance is on Postgres, the champion served from the new store is the old one (same
 model files), a retrain on the new profile gated against it, the landing sensor's first tick without a cursor
-requests nothing, the embedded run history is where the doc says, and the backups were written.
+requests nothing, the embedded run history is where the doc says, and the backups were written. Last, step 7's
+processes (code server, webserver, daemon, API) on 127.0.0.1 with the doc's workspace file: the location loads
+over gRPC with its schedules and sensor running, the daemon's first sensor tick requests nothing, a run
+launched through the queue succeeds, and the API serves the new store's champion.
 """
 
 from __future__ import annotations
