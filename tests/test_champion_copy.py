@@ -146,3 +146,50 @@ def test_a_source_without_a_champion_or_a_missing_store_copies_nothing(settings,
     assert not (tmp_path / "nothing-here.db").exists()
     same = copy_command(settings, settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
     assert same.returncode == 1 and "nothing to copy" in same.stderr
+
+
+def _store_with_champion(root: Path, name: str, seed: int) -> tuple[str, int]:
+    """A sqlite store under ``root`` with one registered ALS bundle, made the champion."""
+    import scipy.sparse as sp
+
+    from als_core import ALS
+    from als_core.bundle import ModelBundle
+    from pipelines.registry import registration, run_log
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = mlflow_store.make_client(uri)
+    experiment = run_log.ensure_experiment(client, run_log.DEFAULT_EXPERIMENT, root / "mlartifacts")
+    train = sp.random(12, 9, density=0.4, format="csr", dtype=np.float32, random_state=seed) * 10
+    bundle = ModelBundle.build(ALS(factors=4, iterations=2, random_state=seed).fit(train), np.arange(100, 112),
+                               np.arange(500, 509), train)
+    run_id = run_log.start_training_run(client, experiment, f"store {seed}",
+                                        {"training_window": "2026-01-01..2026-01-02"})
+    version = registration.register_bundle(uri, run_id, name, bundle.save(root / "bundle"), bundle.user_ids[:2],
+                                           {model_tags.TAG_MODEL_KIND: model_tags.KIND_ALS}).version
+    run_log.finish_run(client, run_id)
+    client.set_registered_model_alias(name, model_tags.CHAMPION, str(version))
+    return uri, version
+
+
+def test_force_over_a_champion_of_the_targets_own_keeps_it_as_previous_champion(tmp_path):
+    """Between two sqlite stores, in process: refused without force (nothing written); with force the copy is
+    the champion and the target's own champion its previous_champion, so `registry rollback` undoes it."""
+    name = "force-copy"
+    source_uri, source_version = _store_with_champion(tmp_path / "source", name, seed=1)
+    target_uri, own = _store_with_champion(tmp_path / "target", name, seed=2)
+    target = mlflow_store.make_client(target_uri)
+    lock = tmp_path / "promotion.lock"
+    with pytest.raises(transfer.TargetHasChampion, match="nothing copied; --force"):
+        transfer.copy_champion(source_uri, target_uri, name, lock)
+    assert len(target.search_model_versions(f"name = '{name}'")) == 1
+    done = transfer.copy_champion(source_uri, target_uri, name, lock, force=True,
+                                  artifact_root=tmp_path / "target" / "mlartifacts")
+    [copied] = done.copied
+    assert (copied.alias, copied.source_version, copied.new) == (model_tags.CHAMPION, source_version, True)
+    assert model_registry.aliases(target, name) == {model_tags.CHAMPION: copied.target_version,
+                                                    model_tags.PREVIOUS_CHAMPION: own}
+    assert_same_bundle(model_registry.load_bundle(target_uri, name, copied.target_version),
+                       model_registry.load_bundle(source_uri, name, source_version))
+    again = transfer.copy_champion(source_uri, target_uri, name, lock, force=True)
+    assert not again.aliases_moved and not again.copied[0].new
+    assert "nothing to copy" in again.lines()[0]
