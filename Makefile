@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+SPARK_STAMP := $(VENV)/.installed-spark
 SERVE_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 
-.PHONY: install run test test-fast bench ui mlflow-ui serve landing clean
+.PHONY: install install-spark run test test-fast bench ui mlflow-ui serve landing clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,18 +14,25 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q -c requirements.lock -e ".[dev,postgres]"
 	touch $(STAMP)
 
+# the Spark engine's extra (pyspark, ~0.5 GB; Java 17 from the system): the tests need it, `make run` does not
+$(SPARK_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c requirements.lock -e ".[dev,postgres,spark]"
+	touch $(SPARK_STAMP)
+
 install: $(STAMP)
+
+install-spark: $(SPARK_STAMP)
 
 ## run the main job end to end on embedded defaults and print what it did
 run: $(STAMP)
 	$(PY) -m pipelines.demo
 
 ## the whole test suite (slow end-to-end tests included)
-test: $(STAMP)
+test: $(SPARK_STAMP)
 	$(PY) -m pytest -q
 
 ## the quick part of the suite
-test-fast: $(STAMP)
+test-fast: $(SPARK_STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 ## the Dagster UI on http://127.0.0.1:3000 with the project's instance (schedules and sensor running)
@@ -44,7 +52,7 @@ serve: $(STAMP)
 landing: $(STAMP)
 	$(PY) -m pipelines.landing
 
-bench: $(STAMP)
+bench: $(SPARK_STAMP)
 	$(PY) bench/als_fit.py
 	$(PY) bench/quality_ml100k.py
 	$(PY) bench/pipeline.py
