@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # (very popular items) does not leave the other threads idle
 _BLOCKS_PER_THREAD = 64
 _SCORE_BATCH = 2048
+_PAIR_CHUNK = 1 << 16  # pairs per gather when the objective scores the nonzeros
 _BLAS: ThreadpoolController | None = None  # scanning the loaded libraries costs milliseconds: do it once
 
 
@@ -65,7 +66,8 @@ class ALS:
 
     ``loss_history`` holds the objective after every iteration, divided by the total weight of the data
     term (implicit: the sum of confidences over all user-item pairs, the normalisation ``implicit``
-    reports; explicit: the number of ratings).
+    reports; explicit: the number of ratings). ``objective(user_items)`` computes the same value for whatever
+    factors the model holds (e.g. factors another engine fitted), so fits compare on one number.
 
     The hyperparameters, their defaults and their checks are ``als_core.hyperparameters.Hyperparameters``:
     ``ALS.from_hyperparameters(h)`` builds a model from one, ``model.hyperparameters`` gives it back.
@@ -169,13 +171,7 @@ class ALS:
         If ``user_factors``/``item_factors`` are already set with matching shapes, training warm-starts
         from them (as ``implicit`` does); otherwise they are initialised from ``random_state``.
         """
-        Cui = as_user_items(user_items, allow_negative=not self.implicit).astype(self.dtype)  # a copy
-        if self.implicit:
-            Cui.eliminate_zeros()  # a stored 0 is "no interaction": p = 0, c = 1, same as missing
-        if Cui.nnz == 0:
-            raise ValueError("user_items has no nonzero entries: nothing to learn from")
-        Cui = _with_int64_index(Cui)
-        Ciu = _with_int64_index(Cui.T.tocsr())
+        Cui, Ciu = self._user_and_item_rows(user_items)
         n_users, n_items = Cui.shape
         self._init_factors(n_users, n_items)
         self.loss_history = []
@@ -183,6 +179,8 @@ class ALS:
         self._item_gram = None
 
         data = _HalfStepData.build(self, Cui, Ciu)
+        if not self.implicit:
+            self.global_mean = data.global_mean
         with self._thread_limits() as n_threads, self._original_basis_on_exit():
             for iteration in range(self.iterations):
                 started = time.perf_counter()
@@ -201,6 +199,16 @@ class ALS:
             log.warning("%d row solves were not positive definite and kept their previous factors; "
                         "use regularization > 0", self.failed_solves)
         return self
+
+    def _user_and_item_rows(self, user_items) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """``user_items`` as the half-steps read it: users x items and items x users, in the model's float type."""
+        Cui = as_user_items(user_items, allow_negative=not self.implicit).astype(self.dtype)  # a copy
+        if self.implicit:
+            Cui.eliminate_zeros()  # a stored 0 is "no interaction": p = 0, c = 1, same as missing
+        if Cui.nnz == 0:
+            raise ValueError("user_items has no nonzero entries: nothing to learn from")
+        Cui = _with_int64_index(Cui)
+        return Cui, _with_int64_index(Cui.T.tocsr())
 
     def _converged(self) -> bool:
         if self.tol is None or len(self.loss_history) < 2:
@@ -330,10 +338,42 @@ class ALS:
         users = self.user_factors
         if self.use_biases:
             users = _augmented(users, self.user_bias)
+        return (item_step_objective + self._regularisation(users, data.reg_weight_users)) / data.loss_normaliser
+
+    def _regularisation(self, factors: np.ndarray, weights: np.ndarray) -> float:
+        """lambda * sum_u n_u^w |x_u|^2 over the rows of ``factors``."""
         # per-row sums in the factors' type (a float64 einsum over float32 costs 3x), their total in float64
-        squared_norms = np.einsum("ij,ij->i", users, users)
-        user_reg = self.regularization * float(np.dot(data.reg_weight_users.astype(np.float64), squared_norms))
-        return (item_step_objective + user_reg) / data.loss_normaliser
+        squared_norms = np.einsum("ij,ij->i", factors, factors)
+        return self.regularization * float(np.dot(weights.astype(np.float64), squared_norms))
+
+    def objective(self, user_items) -> float:
+        """The normalised objective of the current factors on ``user_items`` (the quantity ``loss_history``
+        holds after each iteration), computed from the factors alone, in float64: factors trained elsewhere
+        (another engine, then set as ``user_factors``/``item_factors``) and factors fitted here compare on one
+        number. The model's hyperparameters (alpha, regularization, weighted_regularization) define it."""
+        self._check_fitted()
+        Cui, Ciu = self._user_and_item_rows(user_items)
+        if Cui.shape != (self.n_users, self.n_items):
+            raise ValueError(f"user_items is {Cui.shape[0]} x {Cui.shape[1]} but the model has {self.n_users} "
+                             f"users and {self.n_items} items")
+        data = _HalfStepData.build(self, Cui, Ciu)
+        users, items = self.user_factors.astype(np.float64), self.item_factors.astype(np.float64)
+        rows = np.repeat(np.arange(Cui.shape[0]), np.diff(Cui.indptr))
+        scores = _pair_scores(users, items, rows, Cui.indices)
+        if self.implicit:
+            confidence = data.conf_ui.astype(np.float64)
+            # every pair counts (0 - s)^2 at confidence 1 (the gram trace); the nonzeros c (1 - s)^2 instead
+            data_term = (float(np.sum((users.T @ users) * (items.T @ items))) - float(np.dot(scores, scores))
+                         + float(np.dot(confidence, (1.0 - scores) ** 2)))
+        else:
+            if self.use_biases:
+                scores += self.global_mean + self.user_bias[rows] + self.item_bias[Cui.indices]
+                users = _augmented(users, self.user_bias.astype(np.float64))
+                items = _augmented(items, self.item_bias.astype(np.float64))
+            data_term = float(np.sum((Cui.data.astype(np.float64) - scores) ** 2))
+        regularisation = (self._regularisation(users, data.reg_weight_users)
+                          + self._regularisation(items, data.reg_weight_items))
+        return (data_term + regularisation) / data.loss_normaliser
 
     # ------------------------------------------------------------------ inference
     def _check_fitted(self) -> None:
@@ -537,9 +577,18 @@ class _HalfStepData:
         else:
             self.gram_ui = np.ones(Cui.nnz, dtype=dtype)
             self.gram_iu = np.ones(Ciu.nnz, dtype=dtype)
-            model.global_mean = float(Cui.data.mean(dtype=np.float64)) if model.use_biases else 0.0
+            self.global_mean = float(Cui.data.mean(dtype=np.float64)) if model.use_biases else 0.0
             self.loss_normaliser = float(Cui.nnz)
         return self
+
+
+def _pair_scores(users: np.ndarray, items: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """x_u . y_i of the pairs (rows[j], columns[j]), gathered a slice at a time (never nnz x k at once)."""
+    scores = np.empty(len(rows), dtype=np.result_type(users, items))
+    for lo in range(0, len(rows), _PAIR_CHUNK):
+        hi = lo + _PAIR_CHUNK
+        scores[lo:hi] = np.einsum("ij,ij->i", users[rows[lo:hi]], items[columns[lo:hi]])
+    return scores
 
 
 def _augmented(factors: np.ndarray, column: np.ndarray) -> np.ndarray:

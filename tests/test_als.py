@@ -256,6 +256,44 @@ def test_tol_stops_early_and_callback_sees_every_iteration():
     assert all(s[2] >= 0 for s in seen)
 
 
+# ---------------------------------------------------------------- the objective of given factors
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+def test_objective_of_the_fitted_factors_is_the_last_loss(solver, weighted):
+    R_csr = random_user_items(n_users=300, n_items=120, density=0.08, seed=41)
+    model = ALS(factors=8, regularization=0.5, alpha=ALPHA, iterations=4, solver=solver,
+                weighted_regularization=weighted, random_state=3).fit(R_csr)
+    assert model.objective(R_csr) == pytest.approx(model.loss_history[-1], rel=1e-6)
+
+
+def test_objective_of_explicit_factors_with_biases_is_the_last_loss():
+    R_csr = random_user_items(seed=43)
+    model = ALS(factors=K, regularization=REG, implicit=False, use_biases=True, iterations=3, solver="cholesky",
+                random_state=0).fit(R_csr)
+    assert model.objective(R_csr) == pytest.approx(model.loss_history[-1], rel=1e-6)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_objective_of_any_factors_is_the_dense_objective(weighted):
+    """Factors no fit produced (as another engine's would be) get the objective itself, not a constant."""
+    R_csr = random_user_items(seed=47)
+    R = R_csr.toarray().astype(np.float64)
+    model = ALS(factors=K, regularization=REG, alpha=ALPHA, weighted_regularization=weighted)
+    reg_users = REG * ((R > 0).sum(1) if weighted else np.ones(R.shape[0]))
+    reg_items = REG * ((R > 0).sum(0) if weighted else np.ones(R.shape[1]))
+    values = []
+    for seed in (1, 2):
+        model.user_factors, model.item_factors = start_factors(*R.shape, seed=seed)
+        values.append(model.objective(R_csr))
+        expected = implicit_objective(R, model.user_factors, model.item_factors, reg_users, reg_items)
+        assert values[-1] == pytest.approx(expected, rel=1e-9)
+    assert values[0] != pytest.approx(values[1], rel=1e-3)
+    with pytest.raises(ValueError, match="model has"):
+        model.objective(R_csr[:, :-1])
+
+
 # ---------------------------------------------------------------- inference
 
 
