@@ -3,8 +3,8 @@ model_version)` over the coded tables `recommendation_lists`, `recommendation_us
 (als_store/sql/recommendations_schema.sql), and the one-row table `recommendations_model` that says which model wrote
 them. No Dagster import.
 
-- `stage` scores the users into Parquet (bounded memory, no DuckDB lock held) and `replace` swaps the contents
-  for them in one transaction;
+- `stage` scores the users into Parquet (bounded memory, no DuckDB lock held), in this process or through a
+  `Scorer` (another engine: Spark), and `replace` swaps the contents for them in one transaction;
 - `written_by` reads which model the tables hold, so that the asset can leave them alone while they hold the
   champion's top-N, and `evaluation` can read the champion's lists back instead of scoring them again
   (`top_k_lists`): a registered version never changes, so its stored lists are what scoring would give.
@@ -12,13 +12,14 @@ them. No Dagster import.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from als_store import sql_files
@@ -29,6 +30,10 @@ from als_store.warehouse import transaction
 # ids as strings in numpy took 5.6 s at 200k users x top 50.
 _STAGED_SCHEMA = pa.schema([("user_index", pa.int32()), ("rank", pa.int32()), ("item_index", pa.int32()),
                             ("score", pa.float32())])
+
+# Scores the ALS lists of some bundle rows (users with a history) N deep, seen items excluded, best first and ties
+# by item index, as `ModelBundle.recommend_many`: yields staged tables whose user_index are those bundle rows.
+Scorer = Callable[[np.ndarray, int], Iterable[pa.Table]]
 
 
 @dataclass(frozen=True)
@@ -79,10 +84,15 @@ def holds(con: duckdb.DuckDBPyConnection, model: TableModel) -> int | None:
 
 
 def stage(bundle, version: int, n: int, batch_size: int, directory: Path, log: Callable[[str], None],
-          prescored: PrescoredLists | None = None) -> tuple[int, dict]:
-    """Score every known user of ``bundle`` in batches into Parquet files under ``directory``; users in
-    ``prescored`` are written from it instead of being scored again. Returns the number of rows staged and
-    the staged files' parameters of als_store/sql/recommendations_replace.sql."""
+          prescored: PrescoredLists | None = None, scorer: Scorer | None = None) -> tuple[int, dict]:
+    """Score every known user of ``bundle`` into Parquet files under ``directory``: users in ``prescored`` are
+    written from it instead of being scored again; ``scorer`` (ALS bundles only) scores the ALS lists of the
+    others that have a history; the bundle itself scores the rest in batches of ``batch_size`` (without a
+    scorer all of them, with one the users without a history, whose lists are the popularity fallback).
+    Returns the number of rows staged and the staged files' parameters of
+    als_store/sql/recommendations_replace.sql."""
+    if scorer is not None and bundle.model is None:
+        raise ValueError(f"a scorer scores ALS lists; this bundle is of kind {bundle.kind}")
     user_ids = bundle.user_ids
     params = {"staged_files": [str(directory / "recommendations.parquet")], "model_version": int(version)}
     for what, ids in (("user", user_ids), ("item", bundle.item_ids)):
@@ -102,6 +112,14 @@ def stage(bundle, version: int, n: int, batch_size: int, directory: Path, log: C
             to_score = np.setdiff1d(to_score, prescored.rows, assume_unique=True)
             log(f"{len(prescored.rows)} users' lists taken as scored by the evaluation; scoring the other "
                 f"{len(to_score)}")
+        if scorer is not None:
+            with_history = np.diff(bundle.seen.indptr)[to_score] > 0
+            engine_rows, to_score = to_score[with_history], to_score[~with_history]
+            for table in scorer(engine_rows, n) if len(engine_rows) else ():
+                writer.write_table(table)
+                written += table.num_rows
+            log(f"{len(engine_rows)} users' lists scored by the engine ({written} rows); {len(to_score)} without "
+                f"a history left to the popularity fallback")
         for start in range(0, len(to_score), batch_size):
             rows = to_score[start:start + batch_size]
             recs = bundle.recommend_many(user_ids[rows], n=n)  # the bundle's own ids: all known
@@ -110,6 +128,17 @@ def stage(bundle, version: int, n: int, batch_size: int, directory: Path, log: C
             written += table.num_rows
             log(f"scored users {start + len(rows)}/{len(to_score)} ({written} rows)")
     return written, params
+
+
+def staged_from(path: Path, rows: np.ndarray) -> Iterator[pa.Table]:
+    """The staged lists another engine wrote to Parquet ``path`` (a file or a directory of parts) for bundle
+    rows ``rows``, its user_index being a position in ``rows``: read batch by batch, user_index made the bundle
+    row."""
+    rows = np.asarray(rows, dtype=np.int32)
+    for batch in pads.dataset(path, format="parquet").to_batches(columns=_STAGED_SCHEMA.names):
+        table = pa.Table.from_batches([batch]).cast(_STAGED_SCHEMA)
+        positions = table.column("user_index").to_numpy()
+        yield table.set_column(0, _STAGED_SCHEMA.field("user_index"), pa.array(rows[positions]))
 
 
 def _batch(rows: np.ndarray, item_index: np.ndarray, scores: np.ndarray) -> pa.Table:
