@@ -295,16 +295,20 @@ def run(spec: dict, progress: Progress) -> dict:
 # ---------------------------------------------------------------------------------------------- entry point
 @contextlib.contextmanager
 def _pipes() -> Iterator[object | None]:
-    """Dagster Pipes' context when started by a Pipes client and dagster_pipes is installed, else None."""
+    """Dagster Pipes' context when a Pipes client started this process (its parameters in the environment, as
+    PipesSubprocessClient passes them, or on the command line, as spark-submit based clients may) and
+    dagster_pipes is installed; else None."""
     try:
-        from dagster_pipes import is_dagster_pipes_process, open_dagster_pipes
+        from dagster_pipes import PipesCliArgsParamsLoader, PipesEnvVarParamsLoader, open_dagster_pipes
     except ImportError:
         yield None
         return
-    if not is_dagster_pipes_process():
+    loader = next((loader for loader in (PipesEnvVarParamsLoader(), PipesCliArgsParamsLoader())
+                   if loader.is_dagster_pipes_process()), None)
+    if loader is None:
         yield None
         return
-    with open_dagster_pipes() as pipes:
+    with open_dagster_pipes(params_loader=loader) as pipes:
         yield pipes
 
 
@@ -328,7 +332,8 @@ def _write_report(path: str | None, report: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", required=True, help="the job's spec (JSON file)")
-    spec = json.loads(Path(parser.parse_args(argv).spec).read_text())
+    args, _ = parser.parse_known_args(argv)  # a Pipes client may add its own arguments
+    spec = json.loads(Path(args.spec).read_text())
     if spec.get("log_out"):
         _redirect_output(spec["log_out"])
     with _pipes() as pipes:

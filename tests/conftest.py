@@ -16,7 +16,7 @@ from als_store.settings import Settings
 
 # Fixture modules loaded here, once: a `pytest_plugins` in a test module is loaded after pytest's assertion
 # rewriting has started (PytestAssertRewriteWarning) and is deprecated outside the root conftest.
-pytest_plugins = ["mlflow_server", "postgres_server", "registry_stores"]
+pytest_plugins = ["mlflow_server", "postgres_server", "registry_stores", "spark_cluster"]
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 _PIPELINE_ENV = (
@@ -27,6 +27,10 @@ _PIPELINE_ENV = (
     "ALS_RETRAIN_CRON",
     "ALS_TUNING_CRON",
     "ALS_MODEL_NAME",
+    "ALS_SPARK_MASTER",
+    "ALS_SPARK_EXCHANGE_DIR",
+    "ALS_SPARK_CONF",
+    "ALS_SPARK_JAVA_HOME",
     "MLFLOW_TRACKING_URI",
     "DAGSTER_HOME",
 )

@@ -5,18 +5,23 @@ failing job fails the Dagster step with the job's error."""
 
 from __future__ import annotations
 
+import dagster as dg
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 
+from als_core.als import ALS
 from als_core.hyperparameters import Hyperparameters
 from als_core.synthetic import generate_user_items
 from als_core.topk import score_top_n, top_n
 from als_spark import exchange, job
 from als_spark.params import als_core_equivalent, spark_als_params
 from pipelines import recommendations_table
+from pipelines.defs.resources import build_resources
+from pipelines.defs.spark_resource import SparkEngine, SparkUnavailable
+from spark_cluster import skip_without_spark
 
 
 # ---------------------------------------------------------------------------------------------- exchange
@@ -158,3 +163,122 @@ def test_score_batch_is_the_numba_top_n():
     unseen = [0, 2, 5, 11]  # item 0 is nobody's
     assert user0["item_index"].to_pylist() == sorted(unseen, key=lambda i: -float(users[0] @ items[i]))
     assert got.filter(pa.compute.equal(got["user_index"], 1)).num_rows == 10
+
+
+# ---------------------------------------------------------------------------------------------- the resource
+def test_spark_engine_from_the_environment(pipeline):
+    engine = SparkEngine.from_env(pipeline, environ={})
+    assert (engine.master_url, engine.conf) == ("local[*]", {})
+    assert engine.exchange_root == pipeline.settings.home / "spark"
+    engine = SparkEngine.from_env(pipeline, environ={"ALS_SPARK_MASTER": "spark://h:7077",
+                                                     "ALS_SPARK_EXCHANGE_DIR": "/mnt/x",
+                                                     "ALS_SPARK_CONF": '{"spark.executor.memory": "4g", "a": true}'})
+    assert isinstance(engine.master, dg.EnvVar) and engine.master.env_var_name == "ALS_SPARK_MASTER"
+    assert isinstance(engine.exchange_dir, dg.EnvVar) and engine.exchange_dir.env_var_name == "ALS_SPARK_EXCHANGE_DIR"
+    assert engine.conf == {"spark.executor.memory": "4g", "a": "true"}
+    with pytest.raises(ValueError, match="ALS_SPARK_CONF must be a JSON object"):
+        SparkEngine.from_env(pipeline, environ={"ALS_SPARK_CONF": "spark.executor.memory=4g"})
+    assert isinstance(build_resources(pipeline)["spark"], SparkEngine)
+
+
+def test_without_java_the_step_fails_before_any_work(pipeline, tmp_path):
+    engine = SparkEngine(pipeline=pipeline, master="local[2]", java_home=str(tmp_path / "no-java"),
+                         exchange_dir=str(tmp_path / "exchange"))
+    with pytest.raises(SparkUnavailable, match=r"needs the `spark` extra \(make install-spark\) and Java 17"):
+        engine.fit(dg.build_asset_context(), generate_user_items(20, 10, 50), Hyperparameters(factors=2))
+    assert not (tmp_path / "exchange").exists()
+    # Spark Connect: the client runs no JVM, so no Java is needed
+    SparkEngine(pipeline=pipeline, master="sc://127.0.0.1:15002", java_home=str(tmp_path / "no-java")
+                ).check_available()
+
+
+def run_in_step(engine: SparkEngine, call) -> tuple[dg.ExecuteInProcessResult, list, list[str]]:
+    """``call(context, spark)`` in a Dagster asset's step with ``engine`` as the `spark` resource: the run's
+    result, what the call returned, and the run's log messages."""
+    results = []
+
+    @dg.asset(required_resource_keys={"spark"})
+    def spark_work(context) -> dg.MaterializeResult:
+        results.append(call(context, context.resources.spark))
+        return dg.MaterializeResult()  # Pipes makes the step's results typed
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([spark_work], resources={"spark": engine}, instance=instance, raise_on_error=False)
+        messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    return result, results, messages
+
+
+def fit_objectives(train: sp.csr_matrix, hp: Hyperparameters, user_factors, item_factors) -> tuple[float, float]:
+    """als_core's objective of ``hp`` (as Spark minimises it) for the given factors, and for als_core's own
+    cholesky fit of it on ``train``."""
+    same = als_core_equivalent(hp)
+    spark_model = ALS.from_hyperparameters(same)
+    spark_model.user_factors, spark_model.item_factors = user_factors, item_factors
+    core_model = ALS.from_hyperparameters(same).fit(train)
+    return spark_model.objective(train), core_model.objective(train)
+
+
+@pytest.mark.slow
+def test_spark_fit_reaches_als_cores_objective(spark_master, pipeline, tmp_path):
+    train = generate_user_items(500, 200, 8000, seed=4)
+    train[7, :] = 0  # a user without ratings: Spark returns no factors for it, it stays 0
+    train.eliminate_zeros()
+    hp = Hyperparameters(factors=8, iterations=12, regularization=0.05, alpha=10.0, random_state=1)
+    engine = SparkEngine(pipeline=pipeline, master=spark_master, exchange_dir=str(tmp_path / "exchange"))
+    result, fits, messages = run_in_step(engine, lambda context, spark: spark.fit(context, train, hp))
+    assert result.success, result.get_step_failure_events()
+    [fit] = fits
+    assert fit.user_factors.shape == (500, 8) and fit.item_factors.shape == (200, 8)
+    assert fit.user_factors.dtype == fit.item_factors.dtype == np.float32
+    assert not fit.user_factors[7].any() and fit.user_factors.any(axis=1).sum() == 499
+    spark_objective, core_objective = fit_objectives(train, hp, fit.user_factors, fit.item_factors)
+    assert abs(spark_objective - core_objective) <= 0.01 * core_objective, (spark_objective, core_objective)
+
+    report = fit.report
+    assert report["engine"] == "spark" and report["spark_version"].startswith("4.")
+    assert report["master"] == spark_master and report["n_ratings"] == train.nnz
+    assert report["executors"] == 1 and report["executor_cores"] == 2
+    assert fit.seconds_fitting == report["seconds_fit"] > 0 and fit.seconds_moving > 0
+    assert list((tmp_path / "exchange").iterdir()) == []  # the run's directory is gone after success
+    print(f"\nspark fit on {spark_master}: {report['seconds_fit']:.1f}s fit, {report['seconds_read']:.1f}s read, "
+          f"{report['seconds_write']:.1f}s write, {report['seconds_job']:.1f}s job; objective {spark_objective:.6f} "
+          f"vs als_core {core_objective:.6f}")
+    assert any("fitted ALS" in message for message in messages), messages  # the job's progress, in the step's log
+
+
+@pytest.mark.slow
+def test_spark_score_is_the_numba_top_n(spark_master, pipeline, tmp_path):
+    seen = seen_matrix_with_edge_users(300, 90, seed=6)
+    rng = np.random.default_rng(2)
+    users = rng.standard_normal((300, 8)).astype(np.float32)
+    items = rng.standard_normal((90, 8)).astype(np.float32)
+    items[[30, 12]] = items[60]  # equal scores: the lower item index first
+    engine = SparkEngine(pipeline=pipeline, master=spark_master, exchange_dir=str(tmp_path / "exchange"))
+    out = tmp_path / "staged.parquet"
+    result, scores, _ = run_in_step(engine, lambda context, spark: spark.score(context, users, items, seen, 10, out))
+    assert result.success, result.get_step_failure_events()
+    [score] = scores
+    staged = pq.read_table(out)
+    assert staged.schema == exchange.STAGED_SCHEMA and score.rows_written == staged.num_rows
+    expected = numba_staged(users, items, seen, 10)
+    assert staged.sort_by([("user_index", "ascending"), ("rank", "ascending")]).equals(expected)
+    assert staged.filter(pa.compute.equal(staged["user_index"], 0)).num_rows == 5  # 4 unseen + item 0
+    assert score.report["n_users"] == 300 and score.seconds_scoring > 0
+    print(f"\nspark score on {spark_master}: {score.report['seconds_score']:.1f}s scoring, "
+          f"{score.seconds_moving:.1f}s moving, {score.report['seconds_job']:.1f}s job")
+
+
+@pytest.mark.slow
+def test_a_failing_job_fails_the_step_with_its_error(pipeline, tmp_path):
+    skip_without_spark()
+    engine = SparkEngine(pipeline=pipeline, master="local[1]", exchange_dir=str(tmp_path / "exchange"),
+                         conf={"spark.driver.memory": "1x"})  # the driver's JVM cannot start
+    result, _, _ = run_in_step(engine, lambda context, spark: spark.fit(context, generate_user_items(30, 10, 80),
+                                                                     Hyperparameters(factors=2, iterations=1)))
+    assert not result.success
+    [failure] = result.get_step_failure_events()
+    description = failure.step_failure_data.user_failure_data.description
+    assert description.startswith("Spark fit job on local[1] failed: ")
+    assert "JAVA_GATEWAY_EXITED" in description and "Invalid maximum heap size" in description
+    [run_dir] = (tmp_path / "exchange").iterdir()  # kept for a look, with the job's log
+    assert (run_dir / "job.log").exists() and "coords.parquet" in {p.name for p in run_dir.iterdir()}

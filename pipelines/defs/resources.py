@@ -1,7 +1,8 @@
 """The resources of the code location, for every module under `pipelines/defs/`.
 
-Keys: `pipeline` (PipelineSettings: where everything lives), `duckdb` (DuckDBResource) and `mlflow`
-(MLflowResource from `pipelines/defs/mlflow_resource.py`). The last two take their paths from the
+Keys: `pipeline` (PipelineSettings: where everything lives), `duckdb` (DuckDBResource), `mlflow`
+(MLflowResource from `pipelines/defs/mlflow_resource.py`) and `spark` (SparkEngine from
+`pipelines/defs/spark_resource.py`: where `engine: spark` runs). The others take their paths from the
 `pipeline` resource they hold, so a path is spelled once: `als_store.settings.Settings.build`.
 """
 
@@ -93,12 +94,15 @@ class DuckDBResource(dg.ConfigurableResource):
             yield con
 
 
-def build_resources(pipeline: PipelineSettings) -> dict[str, Any]:
-    """Every resource of the code location, all at `pipeline`'s paths."""
-    # imported here: mlflow_resource imports PipelineSettings from this module
+def build_resources(pipeline: PipelineSettings, spark: Any = None) -> dict[str, Any]:
+    """Every resource of the code location, all at `pipeline`'s paths; `spark` (a SparkEngine) defaults to the one
+    the environment configures (`SparkEngine.from_env`)."""
+    # imported here: mlflow_resource and spark_resource import PipelineSettings from this module
     from pipelines.defs.mlflow_resource import MLflowResource
+    from pipelines.defs.spark_resource import SparkEngine
 
-    return {"pipeline": pipeline, "duckdb": DuckDBResource(pipeline=pipeline), "mlflow": MLflowResource(pipeline=pipeline)}
+    return {"pipeline": pipeline, "duckdb": DuckDBResource(pipeline=pipeline), "mlflow": MLflowResource(pipeline=pipeline),
+            "spark": spark if spark is not None else SparkEngine.from_env(pipeline)}
 
 
 @dg.definitions
