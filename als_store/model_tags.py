@@ -50,6 +50,19 @@ def gate_ndcg_tag(role: str) -> str:
     return f"{TAG_GATE_PREFIX}{role}_{metric_name(GATE_METRIC)}"
 
 
+# on a challenger's run: which engine trained it (`numba`: als_core here; `spark`: Spark's MLlib ALS), the
+# als_core objective of its final factors (one number across engines), and, for Spark, where and how long
+PARAM_ENGINE = "engine"
+METRIC_FINAL_OBJECTIVE = "final_objective"
+METRIC_TRAIN_LOSS = "train_loss"  # per iteration, numba only: Spark's ALS reports no loss while it fits
+TAG_TRAIN_LOSS = "train_loss_per_iteration"  # on a run without per-iteration loss: why
+PARAM_SPARK_VERSION = "spark_version"
+PARAM_SPARK_MASTER = "spark_master"
+PARAM_SPARK_EXECUTORS = "spark_executors"
+PARAM_SPARK_EXECUTOR_CORES = "spark_executor_cores"
+METRIC_SECONDS_MOVING_DATA = "seconds_moving_data"
+METRIC_SECONDS_FITTING = "seconds_fitting"
+
 # on runs and versions
 TAG_DAGSTER_RUN_ID = "dagster_run_id"
 TAG_HOLDOUT_FINGERPRINT = "holdout_fingerprint"

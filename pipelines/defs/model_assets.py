@@ -17,6 +17,7 @@ import math
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +33,7 @@ from als_store.settings import Settings
 from pipelines import plots, recommendations_table, scored_lists
 from pipelines.defs.mlflow_resource import MLflowResource
 from pipelines.defs.resources import DuckDBResource, PipelineSettings
+from pipelines.defs.spark_resource import SparkEngine
 from pipelines.defs.tuning import TUNING_KEY, latest_tuning_result
 from pipelines.markdown import markdown_table
 from pipelines.registry import run_log
@@ -45,6 +47,9 @@ GROUP = "training"
 DECIDING = model_tags.GATE_METRIC  # what the gate compares
 K = int(DECIDING.split("@")[1])  # every metric is measured at the same cut-off
 ROLES = ("challenger", "champion", "popularity")
+ENGINES = ("numba", "spark")  # where the challenger trains
+SPARK_NO_LOSS = ("not reported: Spark's ALS computes no loss while it fits; final_objective is the als_core "
+                 "objective of the final factors")
 
 
 @contextlib.contextmanager
@@ -109,12 +114,23 @@ class ChallengerConfig(dg.Config):
     solver: Literal[SOLVERS] = Field(default=DEFAULTS.solver, description=(
         "cg: a few conjugate-gradient steps per row; cholesky: exact row solves."))
     cg_steps: int = Field(default=DEFAULTS.cg_steps, description="Conjugate-gradient steps per row (solver=cg).")
+    weighted_regularization: bool = Field(default=DEFAULTS.weighted_regularization, description=(
+        "Scale the regularization by each user's and item's count of interactions (ALS-WR), as Spark's ALS "
+        "always does: a numba run with it and solver=cholesky fits the objective an engine=spark run fits."))
     seed: int = Field(default=0, description="Seed of the factor initialisation (reproducible retrains).")
     use_tuned: bool = Field(
         default=True,
         description="Fill factors/regularization/alpha left empty from the latest materialisation of the `tuning` "
                     "asset (its best_params) when there is one (false: empty fields take the defaults).",
     )
+    engine: Literal[ENGINES] = Field(default="numba", description=(
+        "numba: train here with als_core. spark: train with Spark MLlib's ALS on the cluster of the `spark` "
+        "resource (ALS_SPARK_MASTER; local[*] when unset; needs Java 17 and the `spark` extra). Spark's implicit "
+        "ALS always scales the regularization by each user's and item's count of interactions (ALS-WR) and "
+        "solves every row exactly, so a spark run records weighted_regularization=true and solver=cholesky "
+        "(solver and cg_steps are not used), and the same regularization number is a stronger penalty than on "
+        "numba's default (tuning searches unweighted). Both engines log final_objective, the als_core "
+        "objective of the final factors, to compare runs across engines (docs/scale.md)."))
 
 
 def resolve_hyperparameters(config: ChallengerConfig, tuned: Mapping[str, Any] | None
@@ -132,7 +148,12 @@ def resolve_hyperparameters(config: ChallengerConfig, tuned: Mapping[str, Any] |
         else:
             sources[key] = "default"
     hyperparameters = DEFAULTS.replace(iterations=config.iterations, solver=config.solver, cg_steps=config.cg_steps,
+                                       weighted_regularization=config.weighted_regularization,
                                        random_state=config.seed, **values)
+    if config.engine == "spark":
+        from als_spark.params import als_core_equivalent
+
+        hyperparameters = als_core_equivalent(hyperparameters)  # what Spark fits, said in als_core's terms
     return hyperparameters, sources
 
 
@@ -142,6 +163,39 @@ def sources_summary(sources: dict[str, str]) -> str:
     if len(distinct) == 1:
         return distinct.pop()
     return ", ".join(f"{key}={source}" for key, source in sources.items())
+
+
+@dataclass(frozen=True)
+class EngineFacts:
+    """What a run records about the engine beyond `engine` itself (MLflow params, metrics and tags)."""
+
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def fit_on_spark(context: dg.AssetExecutionContext, spark: SparkEngine, data: TrainingData,
+                 hyperparameters: Hyperparameters):
+    """Spark's ALS on the training matrix, its factors in an als_core model of ``hyperparameters`` (Spark's
+    objective in als_core's terms: `als_spark.params.als_core_equivalent`), which the bundle serves as any
+    other; and the facts of the Spark run."""
+    from als_core import ALS
+
+    fitted = spark.fit(context, data.train, hyperparameters)
+    model = ALS.from_hyperparameters(hyperparameters)
+    model.user_factors, model.item_factors = fitted.user_factors, fitted.item_factors
+    report = fitted.report
+    facts = EngineFacts(
+        params={model_tags.PARAM_SPARK_VERSION: str(report.get("spark_version", "")),
+                model_tags.PARAM_SPARK_MASTER: str(report.get("master", "")),
+                model_tags.PARAM_SPARK_EXECUTORS: str(report.get("executors", "")),
+                model_tags.PARAM_SPARK_EXECUTOR_CORES: str(report.get("executor_cores", ""))},
+        metrics={model_tags.METRIC_SECONDS_MOVING_DATA: float(fitted.seconds_moving),
+                 model_tags.METRIC_SECONDS_FITTING: float(fitted.seconds_fitting)},
+        tags={model_tags.TAG_TRAIN_LOSS: SPARK_NO_LOSS})
+    context.log.info(f"Spark {facts.params[model_tags.PARAM_SPARK_VERSION]} on {report.get('master')}: fitted in "
+                     f"{fitted.seconds_fitting:.1f}s, {fitted.seconds_moving:.1f}s moving data")
+    return model, facts
 
 
 def factors_finite_result(model) -> dg.AssetCheckResult:
@@ -160,10 +214,11 @@ def factors_finite_result(model) -> dg.AssetCheckResult:
     kinds={"python", "mlflow"},
     check_specs=[dg.AssetCheckSpec("factors_finite", asset="challenger", blocking=True,
                                    description="All factors finite; blocks evaluation and promotion if not.")],
-    description="ALS fit on the latest training data; one MLflow run, registered as a new model version.",
+    description="ALS fit on the latest training data, here (numba) or on Spark (run config `engine`); one MLflow "
+                "run, registered as a new model version.",
 )
 def challenger(context: dg.AssetExecutionContext, config: ChallengerConfig, mlflow: MLflowResource,
-               pipeline: PipelineSettings) -> dg.MaterializeResult:
+               pipeline: PipelineSettings, spark: SparkEngine) -> dg.MaterializeResult:
     from als_core import ALS
     from als_core.bundle import ModelBundle
 
@@ -201,26 +256,37 @@ def challenger(context: dg.AssetExecutionContext, config: ChallengerConfig, mlfl
                     "training_snapshot": str(snapshot), "hyperparameters_from": source}
         mlflow_run = run_log.start_training_run(client, experiment_id, f"challenger {data.window_end}", identity)
         try:
-            context.log.info(f"training {hyperparameters} ({source}) on {data.train.shape[0]} users x {data.train.shape[1]} "
-                             f"items, {data.train.nnz} nonzeros; MLflow run {mlflow_run}")
+            context.log.info(f"training on {config.engine}: {hyperparameters} ({source}) on {data.train.shape[0]} users "
+                             f"x {data.train.shape[1]} items, {data.train.nnz} nonzeros; MLflow run {mlflow_run}")
 
             def progress(iteration: int, loss: float, seconds: float) -> None:
                 context.log.info(f"iteration {iteration + 1}/{hyperparameters.iterations}: loss {loss:.6f} ({seconds:.2f}s)")
 
             started = time.perf_counter()
-            model = ALS.from_hyperparameters(hyperparameters, callback=progress).fit(data.train)
+            if config.engine == "spark":
+                model, engine_facts = fit_on_spark(context, spark, data, hyperparameters)
+            else:
+                model = ALS.from_hyperparameters(hyperparameters, callback=progress).fit(data.train)
+                engine_facts = EngineFacts()
             fit_seconds = time.perf_counter() - started
+            final_objective = model.objective(data.train)  # the same number whichever engine fitted the factors
             sizes = {"users": data.train.shape[0], "items": data.train.shape[1], "nnz": int(data.train.nnz),
                      "holdout_pairs": data.holdout_pairs}
-            run_log.log_training(client, mlflow_run, {**hyperparameters.to_dict(), "hyperparameters_from": source},
-                                  model.loss_history, fit_seconds, sizes)
+            run_log.log_training(client, mlflow_run, {**hyperparameters.to_dict(), "hyperparameters_from": source,
+                                                      model_tags.PARAM_ENGINE: config.engine, **engine_facts.params},
+                                 model.loss_history, fit_seconds, sizes,
+                                 metrics={model_tags.METRIC_FINAL_OBJECTIVE: final_objective, **engine_facts.metrics},
+                                 tags=engine_facts.tags)
             run_log.log_holdout(client, mlflow_run, data.holdout_user_ids, data.holdout_item_ids)
             check = factors_finite_result(model)
             metadata = {
                 "mlflow_run": dg.MetadataValue.url(mlflow.run_url(experiment_id, mlflow_run)),
                 "mlflow_run_id": dg.MetadataValue.text(mlflow_run),
+                "engine": dg.MetadataValue.text(config.engine),
                 "fit_seconds": dg.MetadataValue.float(fit_seconds),
                 "final_loss": dg.MetadataValue.float(float(model.loss_history[-1]) if model.loss_history else math.nan),
+                "final_objective": dg.MetadataValue.float(final_objective),
+                **{key: dg.MetadataValue.float(value) for key, value in engine_facts.metrics.items()},
                 "hyperparameters": dg.MetadataValue.json({**hyperparameters.to_dict(), "from": sources}),
                 "tuning_result": dg.MetadataValue.text(tuning_note),
                 **{key: dg.MetadataValue.int(value) for key, value in sizes.items()},

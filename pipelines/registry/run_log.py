@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from als_store.mlflow_store import is_remote, mlflow_errors
-from als_store.model_tags import HOLDOUT_ARTIFACT_PATH, TAG_CLOSED_BY, TAG_DAGSTER_RUN_ID
+from als_store.model_tags import HOLDOUT_ARTIFACT_PATH, METRIC_TRAIN_LOSS, TAG_CLOSED_BY, TAG_DAGSTER_RUN_ID
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -60,20 +60,25 @@ def log_training(
     loss_history: Sequence[float],
     fit_seconds: float,
     sizes: Mapping[str, int],
+    metrics: Mapping[str, float] | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> None:
-    """Params, the loss per iteration as a metric history, fit time and data sizes: one run, few requests."""
-    from mlflow.entities import Metric, Param
+    """Params, the loss per iteration as a metric history, fit time, data sizes and any other ``metrics`` and
+    ``tags``: one run, few requests."""
+    from mlflow.entities import Metric, Param, RunTag
 
     now = int(time.time() * 1000)
     # steps count iterations from 1, as the loss picture and the step's log lines do
-    metrics = [Metric("train_loss", float(v), now, step) for step, v in enumerate(loss_history, start=1)]
-    metrics.append(Metric("fit_seconds", float(fit_seconds), now, 0))
-    metrics += [Metric(f"data_{key}", float(value), now, 0) for key, value in sizes.items()]
+    metric_list = [Metric(METRIC_TRAIN_LOSS, float(v), now, step) for step, v in enumerate(loss_history, start=1)]
+    metric_list.append(Metric("fit_seconds", float(fit_seconds), now, 0))
+    metric_list += [Metric(f"data_{key}", float(value), now, 0) for key, value in sizes.items()]
+    metric_list += [Metric(key, float(value), now, 0) for key, value in (metrics or {}).items()]
     param_list = [Param(str(key), str(value)) for key, value in params.items()]
+    tag_list = [RunTag(key, str(value)) for key, value in (tags or {}).items()]
     with mlflow_errors("logging the training run"):
-        client.log_batch(run_id, params=param_list)
-        for start in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics per request
-            client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        client.log_batch(run_id, params=param_list, tags=tag_list)
+        for start in range(0, len(metric_list), 1000):  # log_batch takes at most 1000 metrics per request
+            client.log_batch(run_id, metrics=metric_list[start:start + 1000])
 
 
 def log_metrics(client: MlflowClient, run_id: str, values: Mapping[str, float]) -> None:
