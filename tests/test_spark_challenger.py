@@ -108,7 +108,8 @@ def test_spark_challenger_run_records_the_engine_where_it_ran_and_how_long(spark
     assert params[model_tags.PARAM_ENGINE] == "spark"
     assert params[model_tags.PARAM_SPARK_VERSION] == pyspark.__version__
     assert params[model_tags.PARAM_SPARK_MASTER] == "local[2]"
-    assert int(params[model_tags.PARAM_SPARK_EXECUTORS]) >= 1 and int(params[model_tags.PARAM_SPARK_EXECUTOR_CORES]) >= 1
+    assert int(params[model_tags.PARAM_SPARK_EXECUTORS]) >= 1
+    assert int(params[model_tags.PARAM_SPARK_EXECUTOR_CORES]) >= 1
     assert metrics[model_tags.METRIC_SECONDS_MOVING_DATA] > 0 and metrics[model_tags.METRIC_SECONDS_FITTING] > 0
     # the hyperparameters Spark fitted, said in als_core's terms
     assert (params["weighted_regularization"], params["solver"]) == ("True", "cholesky")
