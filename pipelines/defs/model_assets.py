@@ -47,7 +47,7 @@ GROUP = "training"
 DECIDING = model_tags.GATE_METRIC  # what the gate compares
 K = int(DECIDING.split("@")[1])  # every metric is measured at the same cut-off
 ROLES = ("challenger", "champion", "popularity")
-ENGINES = ("numba", "spark")  # where the challenger trains
+ENGINES = ("numba", "spark")  # where the challenger trains and `recommendations` scores
 SPARK_NO_LOSS = ("not reported: Spark's ALS computes no loss while it fits; final_objective is the als_core "
                  "objective of the final factors")
 
@@ -625,8 +625,44 @@ def champion(context: dg.AssetExecutionContext, config: ChampionConfig, mlflow: 
 # ------------------------------------------------------------------------------------------ recommendations
 
 
+def ranking_factors(model) -> tuple[np.ndarray, np.ndarray]:
+    """User and item factors whose dot products rank items as ``model`` does: an explicit model with item
+    biases ranks by x.y + item bias, so the biases become one more item column against a column of ones."""
+    if not model.use_biases:
+        return model.user_factors, model.item_factors
+    ones = np.ones((model.n_users, 1), dtype=model.user_factors.dtype)
+    return (np.hstack([model.user_factors, ones]),
+            np.hstack([model.item_factors, model.item_bias[:, None].astype(model.item_factors.dtype)]))
+
+
+def spark_scorer(spark: SparkEngine, context: dg.AssetExecutionContext, bundle, directory: Path,
+                 metadata: dict[str, dg.MetadataValue]) -> recommendations_table.Scorer:
+    """Scores the bundle's ALS lists on Spark (`SparkEngine.score`, seen items from the bundle's own record);
+    ``metadata`` receives the asset's metadata of it: users, the job's report, the seconds spent moving data
+    (the resource's, plus reading the lists back here) and scoring."""
+    user_factors, item_factors = ranking_factors(bundle.model)
+
+    def score(rows: np.ndarray, n: int) -> Iterator:
+        out = directory / "spark-scored"
+        result = spark.score(context, user_factors[rows], item_factors, bundle.seen[rows], n, out)
+        started = time.perf_counter()
+        yield from recommendations_table.staged_from(out, rows)
+        metadata.update({
+            "spark_users": dg.MetadataValue.int(len(rows)), "spark_rows": dg.MetadataValue.int(result.rows_written),
+            "spark": dg.MetadataValue.json(result.report),
+            "spark_seconds_moving": dg.MetadataValue.float(result.seconds_moving + time.perf_counter() - started),
+            "spark_seconds_scoring": dg.MetadataValue.float(result.seconds_scoring)})
+
+    return score
+
+
 class RecommendationsConfig(dg.Config):
     n: int = Field(default=50, ge=1, le=1000, description="Recommendations per user.")
+    engine: Literal[ENGINES] = Field(default="numba", description=(
+        "Where the ALS lists are scored. numba: here, in batches. spark: on the cluster of the `spark` resource "
+        "(ALS_SPARK_MASTER; local[*] when unset; needs Java 17 and the `spark` extra). The same lists either way "
+        "(seen items excluded, best first, ties by item index). A popularity champion has no factors: the numba "
+        "path scores it whatever the engine."))
     batch_size: int = Field(default=20000, ge=1, description="Users scored per batch (bounds memory: a batch holds "
                                                               "its users' lists, about 12 bytes per recommendation).")
     force: bool = Field(default=False, description="Score again even when the table already holds the "
@@ -640,10 +676,11 @@ class RecommendationsConfig(dg.Config):
     kinds={"duckdb", "mlflow"},
     description="The champion's top-N (ALS or popularity, seen items excluded) for every user it knows, in DuckDB "
                 "table `recommendations` (replaced whole when the champion or N changes; left alone while it already "
-                "holds them).",
+                "holds them). Scored here (engine numba) or on Spark (engine spark: ALS champions; a popularity "
+                "champion is scored here whatever the engine).",
 )
 def recommendations(context: dg.AssetExecutionContext, config: RecommendationsConfig, mlflow: MLflowResource,
-                    duckdb: DuckDBResource, pipeline: PipelineSettings) -> dg.MaterializeResult:
+                    duckdb: DuckDBResource, pipeline: PipelineSettings, spark: SparkEngine) -> dg.MaterializeResult:
     with mlflow_failure_is_a_run_failure():
         champion_now = mlflow.champion(mlflow.client())  # fails fast when MLflow is down
         if champion_now is not None and not config.force:
@@ -670,12 +707,19 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationsCo
                                               "rows": dg.MetadataValue.int(0)})
     ref, bundle = loaded
     prescored = scored_lists.load(pipeline.settings, ref.run_id, min(config.n, len(bundle.items)))
+    engine = config.engine if bundle.model is not None else "numba"
+    engine_metadata = {"engine": dg.MetadataValue.text(engine)}
+    if engine != config.engine:
+        engine_metadata["engine_note"] = dg.MetadataValue.text(
+            f"a {bundle.kind} champion has no factors: scored by the numba path (engine {config.engine} asked)")
+        context.log.info(engine_metadata["engine_note"].value)
     context.log.info(f"scoring {len(bundle.user_ids)} users with champion v{ref.version} ({bundle.kind}), "
-                     f"top {config.n}")
+                     f"top {config.n}, engine {engine}")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="recommendations-") as tmp:
+        scorer = spark_scorer(spark, context, bundle, Path(tmp), engine_metadata) if engine == "spark" else None
         _, staged = recommendations_table.stage(bundle, ref.version, config.n, config.batch_size, Path(tmp),
-                                                context.log.info, prescored)
+                                                context.log.info, prescored, scorer)
         with duckdb.connect() as con:
             recommendations_table.ensure_schema(con)
             recommendations_table.replace(con, staged, table_model(ref, config.n))
@@ -693,6 +737,7 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationsCo
         "rescored": dg.MetadataValue.bool(True),
         "prescored_users": dg.MetadataValue.int(0 if prescored is None else len(prescored.rows)),
         "seconds": dg.MetadataValue.float(seconds),
+        **engine_metadata,
         "preview": dg.MetadataValue.md(markdown_table(["user_id", "rank", "item_id", "score", "model_version"],
                                                       [list(row) for row in preview])),
     })
