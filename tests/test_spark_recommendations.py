@@ -9,7 +9,6 @@ resource's subprocess (local[2]), on a real MLflow sqlite store and DuckDB file.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -30,7 +29,7 @@ from pipelines.defs import model_assets
 from pipelines.defs.spark_resource import SparkEngine
 from pipelines.registry import run_log
 from spark_cluster import skip_without_spark, spark_java_home
-from test_model_assets import expected_rows
+from test_model_assets import assert_same_lists, expected_rows
 
 N = 12
 NO_HISTORY, HEAVY = 3, 5
@@ -173,32 +172,35 @@ def test_a_popularity_champion_is_scored_by_numba_whatever_the_engine(settings, 
 
 @pytest.mark.slow
 def test_spark_writes_the_rows_numba_writes(settings, tmp_path, spark_local):
-    """The same champion scored by both engines: the same rows (user, rank, item, score; ties by item index),
-    the same recorded writer, only the champion's known users; first with the evaluation's prescored lists (the
-    promotion day: Spark scores the others), then with none (Spark scores every user with a history)."""
+    """Each champion scored by both engines: the same rows, the same recorded writer, only the champion's known
+    users. The crafted champion (exact scores, many ties: row for row, ties by item index) comes with the
+    evaluation's prescored lists (the promotion day: Spark scores the others); then a fitted champion (float
+    factors: scores to float32 tolerance, items as sets only among scores that close) with none kept (Spark
+    scores every user with a history)."""
     mlflow = mlflow_resource(settings)
-    bundle = crafted_bundle()
-    ref = make_champion(mlflow, bundle, tmp_path)
-    kept = np.array([0, 1, 7, 30, 31, 60])
-    deeper = bundle.recommend_many(bundle.user_ids[kept], n=20)
-    scored_lists.save(settings, ref.run_id, recommendations_table.PrescoredLists(kept, deeper.item_index,
-                                                                                deeper.scores))
     resources = {**resources_of(mlflow, settings), "spark": spark_local(mlflow.pipeline)}
-    numba_meta, numba_rows, numba_writer = score_table(settings, resources, "numba")
-    expected = expected_rows(bundle, N, ref.version)
-    assert numba_rows == expected
-    assert {row[0] for row in numba_rows} == {str(user) for user in bundle.user_ids}  # the known users, no other
-    assert sum(row[0] == str(bundle.user_ids[HEAVY]) for row in numba_rows) == 10 < N
-    assert {str(bundle.item_ids[item]) for item in NOBODY} <= {row[2] for row in numba_rows}
+    crafted = crafted_bundle()
+    fitted = ModelBundle.build(ALS(factors=8, iterations=5, random_state=0).fit(crafted.seen), crafted.user_ids,
+                               crafted.item_ids, crafted.seen)
+    for position, (bundle, kept, exact) in enumerate(((crafted, [0, 1, 7, 30, 31, 60], True), (fitted, [], False))):
+        ref = make_champion(mlflow, bundle, tmp_path / f"champion-{position}")
+        if kept:
+            deeper = bundle.recommend_many(bundle.user_ids[kept], n=20)
+            scored_lists.save(settings, ref.run_id, recommendations_table.PrescoredLists(
+                np.array(kept), deeper.item_index, deeper.scores))
+        numba_meta, numba_rows, numba_writer = score_table(settings, resources, "numba")
+        assert_same_lists(numba_rows, expected_rows(bundle, N, ref.version))
+        assert {row[0] for row in numba_rows} == {str(user) for user in bundle.user_ids}  # the known users only
+        assert sum(row[0] == str(bundle.user_ids[HEAVY]) for row in numba_rows) == 10 < N
+        assert {str(bundle.item_ids[item]) for item in NOBODY} <= {row[2] for row in numba_rows}
 
-    for prescored in (len(kept), 0):
-        if not prescored:
-            shutil.rmtree(settings.scored_lists_dir)
         spark_meta, spark_rows, spark_writer = score_table(settings, resources, "spark")
-        assert spark_rows == numba_rows
+        if exact:
+            assert spark_rows == numba_rows
+        assert_same_lists(spark_rows, numba_rows)
         assert spark_writer == numba_writer == recommendations_table.TableModel(ref.name, ref.version, ref.run_id, N)
-        assert spark_meta["engine"] == "spark" and spark_meta["prescored_users"] == prescored
-        assert spark_meta["spark_users"] == 90 - 1 - prescored  # user 3 has no history: popularity, here
+        assert spark_meta["engine"] == "spark" and spark_meta["prescored_users"] == len(kept)
+        assert spark_meta["spark_users"] == 90 - 1 - len(kept)  # user 3 has no history: popularity, here
         assert spark_meta["spark"]["master"] == "local[2]"
         assert spark_meta["spark_seconds_moving"] > 0 and spark_meta["spark_seconds_scoring"] > 0
         assert {key: numba_meta[key] for key in ("rows", "users", "distinct_items", "champion_version")} == \
