@@ -20,6 +20,14 @@ The spec (JSON):
 - score: `user_factors`, `item_factors` (FACTORS_SCHEMA Parquet), `n_items`, `seen` (COORDS_SCHEMA Parquet: the
   pairs to exclude), `n`, `staged_out` (a directory of STAGED_SCHEMA Parquet part files: for every user row, its
   top-`n` unseen items, rank 1 = best; score descending, ties by lower item index, as als_core's top-N).
+
+ALS's partitioning (numUserBlocks/numItemBlocks, executors, cores) does not change what an iteration computes:
+every row is solved exactly against all the other side's factors. It changes only the random start (Spark seeds
+each block's initial factors from `seed` and the block's id): the same data fitted on local[2] and on a
+standalone cluster gave the same objective to 6 digits; 1, 3 or 10 blocks, within 0.3% of each other after 30
+iterations. A long ALS lineage overflows the driver's stack (30 iterations did, without checkpoints): classic
+sessions checkpoint into `checkpoint_dir`; behind Spark Connect the server's `spark.checkpoint.dir` must be set for
+more than ~20 iterations.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A real Spark standalone cluster on 127.0.0.1 (one master, one worker, started with `spark-class` from the
 installed pyspark) for the Spark engine's tests, and `spark_master`: each Spark test once on `local[2]` and once
-on that cluster.
+on that cluster. Also `spark_connect`: a Spark Connect server (local[2] behind it) from the same installation.
 
 tests/conftest.py loads this module as a plugin. The cluster is per test session (start-up ~5 s on 2 cores) and
 stopped at its end, process groups and all. Without pyspark or Java 17 the Spark tests are skipped (CI=true turns
@@ -31,6 +31,7 @@ STOP_TIMEOUT_S = 10.0
 WORKER_CORES = 2
 WORKER_MEMORY = "1g"  # spark.executor.memory (default 1g) must fit in it
 _MASTER_URL = re.compile(r"Starting Spark master at (spark://127\.0\.0\.1:\d+)")
+_CONNECT_PORT = re.compile(r"Spark Connect server started at: 127\.0\.0\.1:(\d+)")
 
 
 def spark_java_home() -> str | None:
@@ -93,10 +94,11 @@ class SparkCluster:
                          if log.exists())
 
 
-def _start(cluster: SparkCluster, name: str, arguments: list[str], env: dict[str, str]) -> subprocess.Popen:
+def _start(cluster: SparkCluster, name: str, arguments: list[str], env: dict[str, str],
+           launcher: str = "spark-class") -> subprocess.Popen:
     log = cluster.root / f"{name}.log"
     with open(log, "ab") as out:
-        process = subprocess.Popen([str(spark_home() / "bin" / "spark-class"), *arguments], cwd=cluster.root,
+        process = subprocess.Popen([str(spark_home() / "bin" / launcher), *arguments], cwd=cluster.root,
                                    env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     cluster.processes.append(process)
     cluster.logs.append(log)
@@ -136,6 +138,26 @@ def start_cluster(root: Path, cores: int = WORKER_CORES, memory: str = WORKER_ME
     return cluster
 
 
+def start_connect_server(root: Path, master: str = "local[2]") -> SparkCluster:
+    """Start a Spark Connect server on 127.0.0.1 (a free port chosen by Spark) over ``master``; its
+    `master_url` is the client's sc:// URL."""
+    cluster = SparkCluster(root)
+    try:
+        server = _start(cluster, "connect", [
+            "--class", "org.apache.spark.sql.connect.service.SparkConnectServer", "--name", "Spark Connect server",
+            "--master", master, "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
+            "--conf", "spark.connect.grpc.binding.port=0", "--conf", "spark.driver.host=127.0.0.1",
+            "--conf", "spark.driver.bindAddress=127.0.0.1", "--conf", "spark.ui.enabled=false"],
+            spark_env(root), launcher="spark-submit")
+        port = _wait_for(cluster, server, cluster.logs[0], _CONNECT_PORT.pattern).group(1)
+        cluster.master_url = f"sc://127.0.0.1:{port}"
+    except Exception as error:
+        tails = cluster.log_tails()
+        stop_cluster(cluster)
+        pytest.fail(f"could not start a Spark Connect server: {error}\n{tails}")
+    return cluster
+
+
 def stop_cluster(cluster: SparkCluster) -> None:
     """SIGTERM the worker's and the master's process groups (executors die with the worker), SIGKILL what is
     left after STOP_TIMEOUT_S."""
@@ -159,6 +181,17 @@ def spark_cluster(tmp_path_factory) -> str:
     cluster = start_cluster(root)
     yield cluster.master_url
     stop_cluster(cluster)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def spark_connect(tmp_path_factory) -> str:
+    """The sc:// URL of a Spark Connect server (local[2] behind it) for the whole session."""
+    skip_without_spark()
+    root = tmp_path_factory.mktemp("spark_connect")
+    server = start_connect_server(root)
+    yield server.master_url
+    stop_cluster(server)
     shutil.rmtree(root, ignore_errors=True)
 
 
