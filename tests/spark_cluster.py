@@ -147,7 +147,9 @@ def start_connect_server(root: Path, master: str = "local[2]") -> SparkCluster:
             "--class", "org.apache.spark.sql.connect.service.SparkConnectServer", "--name", "Spark Connect server",
             "--master", master, "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
             "--conf", "spark.connect.grpc.binding.port=0", "--conf", "spark.driver.host=127.0.0.1",
-            "--conf", "spark.driver.bindAddress=127.0.0.1", "--conf", "spark.ui.enabled=false"],
+            "--conf", "spark.driver.bindAddress=127.0.0.1", "--conf", "spark.ui.enabled=false",
+            # ALS checkpoints its lineage there (a client cannot set it: the server's context reads it at start)
+            "--conf", f"spark.checkpoint.dir={root / 'checkpoints'}"],
             spark_env(root), launcher="spark-submit")
         port = _wait_for(cluster, server, cluster.logs[0], _CONNECT_PORT.pattern).group(1)
         cluster.master_url = f"sc://127.0.0.1:{port}"
