@@ -36,6 +36,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +49,7 @@ from pipelines.defs.resources import PipelineSettings
 from pipelines.defs.spark_resource import SparkEngine
 
 FACTORS = 64
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # the Dagster run's own log: warnings only
 SMALL = {"users": 20_000, "items": 4_000, "nnz": 300_000, "iterations": 5}
 
 
@@ -142,7 +144,7 @@ def fit_spark(train, hp, master: str, home: Path, extra_env: dict[str, str] | No
                          conf={"spark.driver.memory": "4g"})
     with environment(extra_env or {}):
         started = time.perf_counter()
-        result = dg.materialize([spark_fit], resources={"spark": engine})
+        result = dg.materialize([spark_fit], resources={"spark": engine}, run_config=QUIET)
         wall = time.perf_counter() - started
         blas = netlib_backends(dict(os.environ))
     assert result.success
@@ -164,6 +166,7 @@ def main() -> int:
     parser.add_argument("--native-blas", type=Path, default=None,
                         help="a directory with libblas.so.3 and liblapack.so.3: one more Spark local[2] run with it")
     args = parser.parse_args()
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)  # Dagster Pipes' own internals
     if args.small:
         for name, value in SMALL.items():
             setattr(args, name, value)
