@@ -300,11 +300,32 @@ def run(spec: dict, progress: Progress) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- entry point
+PIPES_TRANSPORTS = ("default", "dbfs", "s3")
+
+
+def pipes_io(transport: str) -> dict:
+    """The context loader and message writer of ``transport``: `default` is the one `PipesSubprocessClient`
+    speaks (files and the environment); `dbfs` is Databricks' (`PipesDatabricksClient`); `s3` writes the messages
+    to S3 (`PipesEMRClient` with a `PipesS3MessageReader`; needs boto3 on the cluster)."""
+    import dagster_pipes
+
+    if transport == "dbfs":
+        return {"context_loader": dagster_pipes.PipesDbfsContextLoader(),
+                "message_writer": dagster_pipes.PipesDbfsMessageWriter()}
+    if transport == "s3":
+        import boto3  # on EMR's images; a clear ImportError elsewhere
+
+        return {"message_writer": dagster_pipes.PipesS3MessageWriter(client=boto3.client("s3"))}
+    if transport == "default":
+        return {}
+    raise ValueError(f"--pipes-transport is one of {', '.join(PIPES_TRANSPORTS)}, got {transport!r}")
+
+
 @contextlib.contextmanager
-def _pipes() -> Iterator[object | None]:
+def _pipes(transport: str = "default") -> Iterator[object | None]:
     """Dagster Pipes' context when a Pipes client started this process (its parameters in the environment, as
     PipesSubprocessClient passes them, or on the command line, as spark-submit based clients may) and
-    dagster_pipes is installed; else None."""
+    dagster_pipes is installed; else None. ``transport``: how context and messages travel (`pipes_io`)."""
     try:
         from dagster_pipes import PipesCliArgsParamsLoader, PipesEnvVarParamsLoader, open_dagster_pipes
     except ImportError:
@@ -315,7 +336,7 @@ def _pipes() -> Iterator[object | None]:
     if loader is None:
         yield None
         return
-    with open_dagster_pipes(params_loader=loader) as pipes:
+    with open_dagster_pipes(params_loader=loader, **pipes_io(transport)) as pipes:
         yield pipes
 
 
@@ -339,11 +360,14 @@ def _write_report(path: str | None, report: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", required=True, help="the job's spec (JSON file)")
+    parser.add_argument("--pipes-transport", choices=PIPES_TRANSPORTS, default="default",
+                        help="how Dagster Pipes' context and messages travel: default (PipesSubprocessClient), "
+                             "dbfs (PipesDatabricksClient), s3 (PipesEMRClient with an S3 message reader)")
     args, _ = parser.parse_known_args(argv)  # a Pipes client may add its own arguments
     spec = json.loads(Path(args.spec).read_text())
     if spec.get("log_out"):
         _redirect_output(spec["log_out"])
-    with _pipes() as pipes:
+    with _pipes(args.pipes_transport) as pipes:
         def progress(message: str) -> None:
             print(f"{time.strftime('%H:%M:%S')} als_spark: {message}", file=sys.stderr, flush=True)
             if pipes is not None:

@@ -86,6 +86,26 @@ def test_crons_and_first_day_come_from_the_environment_when_the_definitions_load
     assert events.get_first_partition_key() == "2025-06-01"
 
 
+def test_the_scheduled_retrain_trains_and_scores_with_the_engine_the_environment_names(settings, monkeypatch):
+    from pipelines.defs.automation import ENGINE_ASSETS
+
+    def scheduled_config() -> dict:
+        schedule = defs().get_repository_def().get_schedule_def("daily_retrain_schedule")
+        [request] = schedule.evaluate_tick(dg.build_schedule_context()).run_requests
+        return request.run_config
+
+    assert scheduled_config() == {}  # numba: every asset on its defaults
+    monkeypatch.setenv("ALS_RETRAIN_ENGINE", "spark")
+    config = scheduled_config()
+    assert {asset: config["ops"][asset]["config"] for asset in ENGINE_ASSETS} == {
+        "challenger": {"engine": "spark"}, "recommendations": {"engine": "spark"}}
+    dg.validate_run_config(defs().get_job_def("daily_retrain"), config)  # raises for a config the job refuses
+    monkeypatch.setenv("ALS_RETRAIN_ENGINE", "flink")
+    with pytest.raises(Exception) as refused:  # Dagster wraps the module's error in its component tree's
+        defs()
+    assert "ALS_RETRAIN_ENGINE='flink': the engine is one of numba, spark" in str(refused.value.__cause__)
+
+
 def test_the_resources_come_from_the_environment_as_env_vars_where_it_sets_them(monkeypatch):
     from als_store.settings import PROJECT_ROOT
 
@@ -277,7 +297,7 @@ print(json.dumps(sorted(read)))
 def test_no_module_reads_the_pipelines_variables_at_import():
     poisoned = {"ALS_PIPELINE_HOME": "/nonexistent/home", "ALS_PIPELINE_LANDING": "/nonexistent/landing",
                 "ALS_PIPELINE_START_DATE": "not a date", "ALS_PIPELINE_EVENT_PRESET": "no such preset",
-                "ALS_RETRAIN_CRON": "not a cron", "ALS_TUNING_CRON": "not a cron",
+                "ALS_RETRAIN_CRON": "not a cron", "ALS_TUNING_CRON": "not a cron", "ALS_RETRAIN_ENGINE": "flink",
                 "MLFLOW_TRACKING_URI": "relative.db", "ALS_MODEL_NAME": "poisoned"}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ALS_", "MLFLOW_TRACKING", "DAGSTER_"))}
     out = subprocess.run([sys.executable, "-c", IMPORT_EVERYTHING, str(ROOT)], env={**env, **poisoned}, cwd=ROOT,

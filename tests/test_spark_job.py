@@ -166,6 +166,17 @@ def test_score_batch_is_the_numba_top_n():
 
 
 # ---------------------------------------------------------------------------------------------- the resource
+def test_the_pipes_transport_picks_the_platforms_loader_and_writer():
+    import dagster_pipes
+
+    assert job.pipes_io("default") == {}
+    dbfs = job.pipes_io("dbfs")
+    assert isinstance(dbfs["context_loader"], dagster_pipes.PipesDbfsContextLoader)
+    assert isinstance(dbfs["message_writer"], dagster_pipes.PipesDbfsMessageWriter)
+    with pytest.raises(ValueError, match="--pipes-transport is one of default, dbfs, s3"):
+        job.pipes_io("gcs")
+
+
 def test_spark_engine_from_the_environment(pipeline):
     engine = SparkEngine.from_env(pipeline, environ={})
     assert (engine.master_url, engine.conf) == ("local[*]", {})

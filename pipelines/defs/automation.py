@@ -4,10 +4,11 @@
   requested by `landing_sensor` for the days of new or changed landing files (not for a day the
   warehouse already holds from these same files, e.g. every day `make run` ingested).
 - `daily_retrain`: the whole `training` group (interactions -> training_data -> challenger ->
-  evaluation -> champion -> recommendations) on the cron $ALS_RETRAIN_CRON (default 03:00 UTC).
+  evaluation -> champion -> recommendations) on the cron $ALS_RETRAIN_CRON (default 03:00 UTC), training and
+  scoring with the engine $ALS_RETRAIN_ENGINE (`numba` by default, `spark`: docs/scale.md).
 - `tune_hyperparameters` (pipelines/defs/tuning.py) on the cron $ALS_TUNING_CRON (default Sundays 01:00 UTC).
 
-The crons and the first partition (ALS_PIPELINE_START_DATE, for the sensor) shape the definitions, so
+The crons, the retrain's engine and the first partition (ALS_PIPELINE_START_DATE, for the sensor) shape the definitions, so
 `defs()` reads them when the definitions load, never at import. A module with a `@dg.definitions` function
 contributes only what that function returns (dg.load_from_defs_folder): a new job here goes into `defs()`.
 """
@@ -23,6 +24,7 @@ import duckdb
 from als_store import sql_files, warehouse
 from als_store.settings import Settings
 from pipelines.defs import tuning
+from pipelines.defs.model_assets import ENGINES
 from pipelines.defs.partitions import daily_partitions
 from pipelines.defs.resources import PipelineSettings
 from pipelines.event_ingest import content_sha256
@@ -32,6 +34,9 @@ WAREHOUSE_WAIT_S = 1.0  # the sensor reads the warehouse between the runs' write
 
 RETRAIN_CRON_VARIABLE, DEFAULT_RETRAIN_CRON = "ALS_RETRAIN_CRON", "0 3 * * *"
 TUNING_CRON_VARIABLE, DEFAULT_TUNING_CRON = "ALS_TUNING_CRON", "0 1 * * 0"
+RETRAIN_ENGINE_VARIABLE = "ALS_RETRAIN_ENGINE"
+# the assets whose run config has `engine`: the challenger trains, `recommendations` scores
+ENGINE_ASSETS = ("challenger", "recommendations")
 
 ingest_job = dg.define_asset_job(
     name="ingest",
@@ -54,13 +59,21 @@ daily_retrain_job = dg.define_asset_job(
 )
 
 
-def daily_retrain_schedule(cron: str) -> dg.ScheduleDefinition:
+def daily_retrain_schedule(cron: str, engine: str = ENGINES[0]) -> dg.ScheduleDefinition:
+    """The scheduled retrain; ``engine`` other than numba goes into its run config for the challenger and
+    `recommendations`, as a person would set it in the launchpad (the UI shows it on every scheduled run)."""
+    if engine not in ENGINES:
+        raise ValueError(f"{RETRAIN_ENGINE_VARIABLE}={engine!r}: the engine is one of {', '.join(ENGINES)}")
+    run_config = None
+    if engine != ENGINES[0]:
+        run_config = {"ops": {asset: {"config": {"engine": engine}} for asset in ENGINE_ASSETS}}
     return dg.ScheduleDefinition(
         name="daily_retrain_schedule",
         job=daily_retrain_job,
         cron_schedule=cron,
         execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.RUNNING,
+        run_config=run_config,
     )
 
 
@@ -158,12 +171,14 @@ def _landing_tick(context: dg.SensorEvaluationContext, settings: Settings,
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    """The jobs, the schedules on the crons the environment sets and the sensor over `events`' days."""
+    """The jobs, the schedules on the crons (and the retrain's engine) the environment sets and the sensor over
+    `events`' days."""
     return dg.Definitions(
         jobs=[ingest_job, daily_retrain_job],
         schedules=[
             ingest_schedule,
-            daily_retrain_schedule(os.environ.get(RETRAIN_CRON_VARIABLE) or DEFAULT_RETRAIN_CRON),
+            daily_retrain_schedule(os.environ.get(RETRAIN_CRON_VARIABLE) or DEFAULT_RETRAIN_CRON,
+                                   os.environ.get(RETRAIN_ENGINE_VARIABLE) or ENGINES[0]),
             tuning.weekly_tuning(os.environ.get(TUNING_CRON_VARIABLE) or DEFAULT_TUNING_CRON),
         ],
         sensors=[build_landing_sensor(daily_partitions())],
