@@ -261,7 +261,7 @@ def test_dg_checks_and_lists_the_definitions_from_the_project_root():
         asset["asset_key"] for asset in found["assets"]}
     assert {"ingest", "daily_retrain"} <= {job["name"] for job in found["jobs"]}
     assert {"landing_sensor"} == {sensor["name"] for sensor in found["sensors"]}
-    assert {"pipeline", "duckdb", "mlflow"} == {resource["name"] for resource in found["resources"]}
+    assert {"pipeline", "duckdb", "mlflow", "spark"} == {resource["name"] for resource in found["resources"]}
 
 
 # Every module of the pipelines package imported with the environment's reads recorded: none of the pipeline's
