@@ -19,7 +19,7 @@ import fcntl
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, ContextManager, Protocol
 
@@ -36,6 +36,15 @@ ADVISORY_POLL_S = 0.1  # one cheap query per poll; a promotion takes seconds
 APPLICATION_NAME = "als-pipeline lock"  # what pg_stat_activity shows for the holder's session
 
 _log = logging.getLogger(__name__)
+
+
+def _poll_until_taken(try_take: Callable[[], bool], timeout_s: float, poll_s: float, what: str) -> None:
+    """Call ``try_take`` every ``poll_s`` seconds until it returns True; RegistryError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not try_take():
+        if time.monotonic() > deadline:
+            raise RegistryError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(poll_s)
 
 
 class PromotionLock(Protocol):
@@ -59,16 +68,15 @@ class FileLock:
     @contextlib.contextmanager
     def hold(self, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + timeout_s
         with open(self.path, "a+") as handle:
-            while True:
+            def try_take() -> bool:
                 try:
                     fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
+                    return True
                 except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise RegistryError(f"timed out after {timeout_s:.0f}s waiting for promotion lock {self}")
-                    time.sleep(FILE_POLL_S)
+                    return False
+
+            _poll_until_taken(try_take, timeout_s, FILE_POLL_S, f"promotion lock {self}")
             try:
                 yield
             finally:
@@ -105,11 +113,9 @@ class AdvisoryLock:
                                   connect_args={"application_name": APPLICATION_NAME})
         try:
             with engine.connect() as con:
-                deadline = time.monotonic() + timeout_s
-                while not con.execute(sa.text("SELECT pg_try_advisory_lock(:id)"), {"id": self.lock_id}).scalar():
-                    if time.monotonic() > deadline:
-                        raise RegistryError(f"timed out after {timeout_s:.0f}s waiting for {self.label} {self}")
-                    time.sleep(ADVISORY_POLL_S)
+                _poll_until_taken(
+                    lambda: bool(con.execute(sa.text("SELECT pg_try_advisory_lock(:id)"), {"id": self.lock_id}).scalar()),
+                    timeout_s, ADVISORY_POLL_S, f"{self.label} {self}")
                 try:
                     yield
                 finally:
