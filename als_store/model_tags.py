@@ -77,6 +77,12 @@ TAG_EVAL_CHAMPION_VERSION = f"{TAG_EVAL_PREFIX}champion_version"
 # the champion the evaluation could not load or score, and why (empty: it was scored, or there was none)
 TAG_EVAL_CHAMPION_LOAD_ERROR = f"{TAG_EVAL_PREFIX}champion_load_error"
 TAG_EVAL_DAGSTER_RUN_ID = f"{TAG_EVAL_PREFIX}dagster_run_id"
+# list stability: the challenger's top-10 against the champion's for the same (holdout) users; empty when there
+# was no champion to compare with. MLflow metrics of the challenger's run too, as eval_<name>
+STABILITY_JACCARD = "list_jaccard_at_10"  # mean Jaccard overlap of the two top-10 item sets
+STABILITY_FIRST_CHANGED = "first_item_changed_share"  # share of the users whose first item differs
+TAG_EVAL_LIST_JACCARD = f"{TAG_EVAL_PREFIX}{STABILITY_JACCARD}"
+TAG_EVAL_FIRST_ITEM_CHANGED = f"{TAG_EVAL_PREFIX}{STABILITY_FIRST_CHANGED}"
 
 # written by the gate
 TAG_GATE_DECISION = f"{TAG_GATE_PREFIX}decision"

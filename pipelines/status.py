@@ -56,6 +56,10 @@ class VersionSummary:
     dagster_run_id: str | None
     evaluated: bool = False  # has the evaluation's scores (eval.* tags)
     evaluated_by: str | None = None  # the Dagster run that evaluated it
+    # list stability against the champion of its evaluation (eval.* tags; None: no champion to compare with)
+    list_jaccard: float | None = None
+    first_item_changed: float | None = None
+    evaluated_against: int | None = None
 
 
 @dataclass
@@ -199,6 +203,9 @@ def _version_summary(mv, aliases_of: dict[int, list[str]]) -> VersionSummary:
         dagster_run_id=tags.get(model_tags.TAG_DAGSTER_RUN_ID),
         evaluated=bool(tags.get(model_tags.TAG_EVAL_CHALLENGER_NDCG)),
         evaluated_by=tags.get(model_tags.TAG_EVAL_DAGSTER_RUN_ID) or None,
+        list_jaccard=model_tags.tag_float(tags.get(model_tags.TAG_EVAL_LIST_JACCARD)),
+        first_item_changed=model_tags.tag_float(tags.get(model_tags.TAG_EVAL_FIRST_ITEM_CHANGED)),
+        evaluated_against=_int(tags.get(model_tags.TAG_EVAL_CHAMPION_VERSION)),
     )
 
 
@@ -447,7 +454,18 @@ def _versions_lines(reg: RegistryStatus) -> list[str]:
         rows.append((f"v{v.version}", v.registered_at or "-", v.decision or "not gated", _score(v.ndcg_at_10),
                      against, _score(v.popularity_ndcg_at_10), ",".join(v.aliases)))
     header = ("version", "registered", "decision", "NDCG@10", "vs champion", "popularity", "aliases")
-    return ["", "Last retrains (newest first):", *_table(header, rows)]
+    return ["", "Last retrains (newest first):", *_table(header, rows), *_stability_lines(reg)]
+
+
+def _stability_lines(reg: RegistryStatus) -> list[str]:
+    """The newest retrain's list stability against the champion it was evaluated with."""
+    measured = next((v for v in reg.versions if v.list_jaccard is not None and v.first_item_changed is not None),
+                    None)
+    if measured is None:
+        return []
+    return [f"List stability: v{measured.version} against champion v{measured.evaluated_against} on the same "
+            f"holdout users: top-10 mean Jaccard {measured.list_jaccard:.3f}, first item changed for "
+            f"{measured.first_item_changed:.1%}"]
 
 
 def _warehouse_lines(wh: WarehouseStatus) -> list[str]:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from als_core.bundle import ModelBundle
-    from pipelines.registry.gate import GateDecision
+    from pipelines.registry.gate import GateDecision, StabilityRule
 
 
 class MLflowResource(dg.ConfigurableResource):
@@ -146,9 +146,12 @@ class MLflowResource(dg.ConfigurableResource):
                           popularity_ndcg: float, evaluated_champion: tuple[int | None, float | None],
                           score_champion: Callable[[int], float], margin: float = 0.0,
                           extra_tags: Mapping[str, str] | None = None, champion_load_error: str | None = None,
-                          register_popularity: Callable[[GateDecision], int] | None = None) -> GateDecision:
+                          register_popularity: Callable[[GateDecision], int] | None = None,
+                          stability_rule: StabilityRule | None = None,
+                          first_item_changed: float | None = None) -> GateDecision:
         """`pipelines.registry.promotion.promote_if_better` on this model under this deployment's lock."""
         return promotion.promote_if_better(
             client, self.model_name, challenger_version, challenger_ndcg, popularity_ndcg, evaluated_champion,
             score_champion, self.lock, margin=margin, extra_tags=extra_tags,
-            champion_load_error=champion_load_error, register_popularity=register_popularity)
+            champion_load_error=champion_load_error, register_popularity=register_popularity,
+            stability_rule=stability_rule, first_item_changed=first_item_changed)

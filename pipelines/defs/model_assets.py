@@ -27,6 +27,7 @@ from duckdb import IOException as DuckDBIOError
 from pydantic import Field
 
 from als_core.hyperparameters import DEFAULTS, SOLVERS, TUNABLE, Hyperparameters
+from als_core.stability import bundle_list_stability
 from als_store import model_tags, sql_files
 from als_store.mlflow_store import BundleUnloadable, MlflowUnavailable, mlflow_errors, quoted
 from als_store.settings import Settings
@@ -37,7 +38,7 @@ from pipelines.defs.spark_resource import SparkEngine
 from pipelines.defs.tuning import TUNING_KEY, latest_tuning_result
 from pipelines.markdown import markdown_table
 from pipelines.registry import run_log
-from pipelines.registry.gate import GateDecision
+from pipelines.registry.gate import GateDecision, StabilityRule
 from pipelines.registry.registration import set_version_tags
 from pipelines.training_data import TrainingData, latest_dir
 
@@ -48,6 +49,7 @@ DECIDING = model_tags.GATE_METRIC  # what the gate compares
 K = int(DECIDING.split("@")[1])  # every metric is measured at the same cut-off
 ROLES = ("challenger", "champion", "popularity")
 ENGINES = ("numba", "spark")  # where the challenger trains and `recommendations` scores
+WARM_STARTS = ("none", "champion")  # where the challenger's fit starts (ChallengerConfig.warm_start)
 SPARK_NO_LOSS = ("not reported: Spark's ALS computes no loss while it fits; final_objective is the als_core "
                  "objective of the final factors")
 
@@ -131,6 +133,14 @@ class ChallengerConfig(dg.Config):
         "(solver and cg_steps are not used), and the same regularization number is a stronger penalty than on "
         "numba's default (tuning searches unweighted). Both engines log final_objective, the als_core "
         "objective of the final factors, to compare runs across engines (docs/scale.md)."))
+    warm_start: Literal[WARM_STARTS] = Field(default="none", description=(
+        "none: factors start from the seeded random initialisation. champion: from the champion's factors for "
+        "the users and items both know (the others initialised as with none), so fewer iterations reach the "
+        "same quality (warm_start_iterations). A champion of another kind (popularity), another factor count, "
+        "one that does not load, no champion, or engine spark: a cold start, said in the log and the MLflow "
+        "params. The gate still decides (docs/registry.md)."))
+    warm_start_iterations: int | None = Field(default=None, ge=1, description=(
+        "Iterations of a fit that did warm-start; empty: `iterations`. A cold start always runs `iterations`."))
 
 
 def resolve_hyperparameters(config: ChallengerConfig, tuned: Mapping[str, Any] | None
@@ -198,6 +208,48 @@ def fit_on_spark(context: dg.AssetExecutionContext, spark: SparkEngine, data: Tr
     return model, facts
 
 
+def start_from_champion(context: dg.AssetExecutionContext, config: ChallengerConfig, mlflow: MLflowResource, client,
+                        model, data: TrainingData) -> tuple[EngineFacts, bool]:
+    """Set ``model``'s starting factors as ``config.warm_start`` asks (`als_core.warm_start`): the champion's
+    for the ids both know, or a cold start, said in the log. Returns the run's facts of it (params warm_start,
+    warm_start_from, warm_start_users, warm_start_items; metric warm_start_seconds, loading the champion
+    included) and whether the fit warm-starts."""
+    from als_core.warm_start import WarmStart, warm_start
+
+    started = time.perf_counter()
+    champion_ref, source, reason = None, None, None
+    if config.warm_start == "none":
+        reason = "warm_start: none"
+    elif config.engine == "spark":
+        reason = "engine spark: Spark's ALS starts from its own initialisation"
+    else:
+        champion_ref = mlflow.champion(client)
+        if champion_ref is not None:
+            try:
+                source = mlflow.load_version_bundle(champion_ref.version)
+            except BundleUnloadable as exc:
+                reason = f"champion v{champion_ref.version} does not load ({exc.cause})"
+    if reason is None:
+        started_from = warm_start(model, source, data.user_ids, data.item_ids)
+    else:
+        started_from = WarmStart(0, 0, len(data.user_ids), len(data.item_ids), reason)
+    seconds = time.perf_counter() - started
+    if started_from.warm:
+        origin = f"champion v{champion_ref.version}"
+        context.log.info(f"warm start from {origin}: {started_from.users}/{started_from.n_users} users and "
+                         f"{started_from.items}/{started_from.n_items} items start from its factors, the others "
+                         f"from the seeded initialisation ({seconds:.2f}s)")
+    else:
+        origin = f"cold: {started_from.reason}"
+        if config.warm_start != "none":
+            context.log.info(f"warm_start: {config.warm_start} asked, cold start: {started_from.reason}")
+    facts = EngineFacts(params={"warm_start": config.warm_start, "warm_start_from": origin,
+                                "warm_start_users": str(started_from.users),
+                                "warm_start_items": str(started_from.items)},
+                        metrics={"warm_start_seconds": seconds} if started_from.warm else {})
+    return facts, started_from.warm
+
+
 def factors_finite_result(model) -> dg.AssetCheckResult:
     bad = {name: int((~np.isfinite(getattr(model, name))).sum()) for name in ("user_factors", "item_factors")}
     return dg.AssetCheckResult(
@@ -262,13 +314,21 @@ def challenger(context: dg.AssetExecutionContext, config: ChallengerConfig, mlfl
             def progress(iteration: int, loss: float, seconds: float) -> None:
                 context.log.info(f"iteration {iteration + 1}/{hyperparameters.iterations}: loss {loss:.6f} ({seconds:.2f}s)")
 
+            model = ALS.from_hyperparameters(hyperparameters, callback=progress)
+            start_facts, warm = start_from_champion(context, config, mlflow, client, model, data)
+            if warm and config.warm_start_iterations is not None:
+                hyperparameters = hyperparameters.replace(iterations=config.warm_start_iterations)
+                model.iterations = hyperparameters.iterations
+                context.log.info(f"warm start: {hyperparameters.iterations} iterations (warm_start_iterations)")
             started = time.perf_counter()
             if config.engine == "spark":
                 model, engine_facts = fit_on_spark(context, spark, data, hyperparameters)
             else:
-                model = ALS.from_hyperparameters(hyperparameters, callback=progress).fit(data.train)
+                model.fit(data.train)
                 engine_facts = EngineFacts()
             fit_seconds = time.perf_counter() - started
+            engine_facts = EngineFacts({**engine_facts.params, **start_facts.params},
+                                       {**engine_facts.metrics, **start_facts.metrics}, engine_facts.tags)
             final_objective = model.objective(data.train)  # the same number whichever engine fitted the factors
             sizes = {"users": data.train.shape[0], "items": data.train.shape[1], "nnz": int(data.train.nnz),
                      "holdout_pairs": data.holdout_pairs}
@@ -283,6 +343,7 @@ def challenger(context: dg.AssetExecutionContext, config: ChallengerConfig, mlfl
                 "mlflow_run": dg.MetadataValue.url(mlflow.run_url(experiment_id, mlflow_run)),
                 "mlflow_run_id": dg.MetadataValue.text(mlflow_run),
                 "engine": dg.MetadataValue.text(config.engine),
+                "warm_start": dg.MetadataValue.text(start_facts.params["warm_start_from"]),
                 "fit_seconds": dg.MetadataValue.float(fit_seconds),
                 "final_loss": dg.MetadataValue.float(float(model.loss_history[-1]) if model.loss_history else math.nan),
                 "final_objective": dg.MetadataValue.float(final_objective),
@@ -359,6 +420,14 @@ def stored_champion_lists(duckdb: DuckDBResource, champion_ref, bundle, users: n
         return None
 
 
+def stability_figures(stability) -> dict[str, float]:
+    """The evaluation's list stability (`als_core.stability.ListStability`) by name; empty without one."""
+    if stability is None:
+        return {}
+    return {model_tags.STABILITY_JACCARD: stability.mean_jaccard,
+            model_tags.STABILITY_FIRST_CHANGED: stability.first_item_changed}
+
+
 @dg.asset(
     group_name=GROUP,
     deps=[challenger],
@@ -390,7 +459,7 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, mlfl
             kept = keep_challenger_lists(pipeline.settings, ref.run_id, bundle, users, lists)
             context.log.info(f"kept {kept} users' top {config.keep_n} for `recommendations`")
         champion = mlflow.champion(client)
-        champion_from, champion_error = "none", None
+        champion_from, champion_error, stability = "none", None, None
         if champion is not None:
             try:
                 if champion.version == ref.version:
@@ -402,7 +471,11 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, mlfl
                     champion_from = "scored" if champion_lists is None else "table recommendations"
                 context.log.info(f"champion v{champion.version} on the same holdout: lists {champion_from}")
                 try:
+                    if champion_lists is None:
+                        champion_lists = champion_bundle.recommend_many(users, n=K)
                     scores["champion"] = _score(champion_bundle, holdout, lists=champion_lists)
+                    stability = bundle_list_stability(champion_bundle, champion_lists.item_index, bundle,
+                                                      lists.item_index, K)
                 except Exception as exc:  # loaded but not scorable on this holdout: judged as if unloadable
                     champion_error = f"scoring failed: {type(exc).__name__}: {exc}"
             except BundleUnloadable as exc:
@@ -411,9 +484,12 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, mlfl
                 champion_from = "not scored"
                 context.log.error(f"champion v{champion.version} could not be scored ({champion_error}): the gate "
                                   f"promotes the challenger if it beats popularity, else popularity")
+        if champion_error is not None:
+            stability = None
         run_log.log_metrics(client, ref.run_id, {
-            f"eval_{role}_{model_tags.metric_name(key)}": value
-            for role, values in scores.items() if values for key, value in values.items()})
+            **{f"eval_{role}_{model_tags.metric_name(key)}": value
+               for role, values in scores.items() if values for key, value in values.items()},
+            **{f"eval_{key}": value for key, value in stability_figures(stability).items()}})
         set_version_tags(client, ref, {
             model_tags.TAG_EVAL_CHALLENGER_NDCG: repr(scores["challenger"][DECIDING]),
             model_tags.TAG_EVAL_POPULARITY_NDCG: repr(scores["popularity"][DECIDING]),
@@ -421,6 +497,8 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, mlfl
             model_tags.TAG_EVAL_CHAMPION_NDCG: "" if scores["champion"] is None else repr(scores["champion"][DECIDING]),
             model_tags.TAG_EVAL_CHAMPION_LOAD_ERROR: champion_error or "",
             model_tags.TAG_EVAL_DAGSTER_RUN_ID: context.run.run_id,
+            model_tags.TAG_EVAL_LIST_JACCARD: repr(stability.mean_jaccard) if stability else "",
+            model_tags.TAG_EVAL_FIRST_ITEM_CHANGED: repr(stability.first_item_changed) if stability else "",
         })
         experiment_id = client.get_run(ref.run_id).info.experiment_id
         with tempfile.TemporaryDirectory(prefix="evaluation-") as tmp:
@@ -431,6 +509,10 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, mlfl
     for role, values in scores.items():
         if values:
             context.log.info(f"{role}: NDCG@10 {values[DECIDING]:.4f}, HitRate@10 {values['hit_rate@10']:.4f}")
+    if stability is not None:
+        context.log.info(f"list stability against champion v{champion.version} ({stability.users} holdout users): "
+                         f"mean Jaccard of the top-{K} {stability.mean_jaccard:.3f}, first item changed for "
+                         f"{stability.first_item_changed:.1%}")
     beats = scores["challenger"][DECIDING] > scores["popularity"][DECIDING]
     metadata = {
         f"{role}_ndcg_at_10": dg.MetadataValue.float(float(values[DECIDING]))
@@ -442,6 +524,7 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, mlfl
         "champion_lists": dg.MetadataValue.text(champion_from),
         **({"champion_load_error": dg.MetadataValue.text(f"v{champion.version}: {champion_error}")}
            if champion_error else {}),
+        **{key: dg.MetadataValue.float(value) for key, value in stability_figures(stability).items()},
         "holdout_pairs": dg.MetadataValue.int(len(holdout[0])),
         "holdout_fingerprint": dg.MetadataValue.text(ref.tags.get(model_tags.TAG_HOLDOUT_FINGERPRINT, "")),
         "metrics": dg.MetadataValue.md(_metrics_table(scores)),
@@ -482,6 +565,17 @@ class ChampionConfig(dg.Config):
                                                        "promoted.")
     version: int | None = Field(default=None, description="Evaluated model version to gate; empty = this run's "
                                                          "challenger (the newest version when champion runs on its own).")
+    stability_min_gain: float | None = Field(default=None, ge=0, description=(
+        "The stability rule, off when empty: refuse a challenger that beats the champion by less than this "
+        "NDCG@10 gain while it changes the first item of more than stability_max_first_item_changed of the "
+        "holdout users' lists (the evaluation's first_item_changed_share against that champion)."))
+    stability_max_first_item_changed: float = Field(default=0.5, ge=0, le=1, description=(
+        "Share of the users' lists whose first item may change under a gain below stability_min_gain."))
+
+    def stability_rule(self) -> StabilityRule | None:
+        if self.stability_min_gain is None:
+            return None
+        return StabilityRule(self.stability_min_gain, self.stability_max_first_item_changed)
 
 
 def register_popularity_of(client, mlflow: MLflowResource, ref, decision: GateDecision,
@@ -577,7 +671,9 @@ def champion(context: dg.AssetExecutionContext, config: ChampionConfig, mlflow: 
             extra_tags={model_tags.TAG_GATE_DAGSTER_RUN_ID: context.run.run_id,
                         model_tags.TAG_GATE_HOLDOUT_FINGERPRINT: fingerprint},
             champion_load_error=ref.tags.get(model_tags.TAG_EVAL_CHAMPION_LOAD_ERROR) or None,
-            register_popularity=register_popularity if config.popularity else None)
+            register_popularity=register_popularity if config.popularity else None,
+            stability_rule=config.stability_rule(),
+            first_item_changed=model_tags.tag_float(ref.tags.get(model_tags.TAG_EVAL_FIRST_ITEM_CHANGED)))
         now = mlflow.aliases(client)
         champion_kind = (mlflow.version(client, now[model_tags.CHAMPION]).kind
                          if model_tags.CHAMPION in now else None)

@@ -17,6 +17,8 @@ RULE_FIRST_MODEL = "first_model"  # no champion: beat popularity
 RULE_BEATS_CHAMPION = "beats_champion"  # beat the champion by more than the margin, and popularity
 RULE_CHAMPION_UNSCORABLE = "champion_unscorable"  # the champion could not be loaded or scored: beat popularity
 RULE_ALREADY_CHAMPION = "already_champion"
+# the optional stability rule (StabilityRule): it beat the champion, by too little for how many lists it changes
+RULE_SMALL_GAIN_UNSTABLE = "small_gain_unstable"
 # The rules under which the gate promotes popularity (counted on the challenger's training data) instead:
 RULE_POPULARITY_FIRST_MODEL = "popularity_first_model"  # no champion, and the challenger did not beat popularity
 RULE_POPULARITY_BEATS_CHAMPION = "popularity_beats_champion"  # an ALS champion below popularity by the margin,
@@ -25,7 +27,23 @@ RULE_POPULARITY_CHAMPION_UNSCORABLE = "popularity_champion_unscorable"  # unscor
 RULE_POPULARITY_REFRESH = "popularity_refresh"  # a popularity champion the challenger did not beat: fresh counts
 POPULARITY_RULES = (RULE_POPULARITY_FIRST_MODEL, RULE_POPULARITY_BEATS_CHAMPION, RULE_POPULARITY_CHAMPION_UNSCORABLE,
                     RULE_POPULARITY_REFRESH)
-RULES = (RULE_FIRST_MODEL, RULE_BEATS_CHAMPION, RULE_CHAMPION_UNSCORABLE, RULE_ALREADY_CHAMPION, *POPULARITY_RULES)
+RULES = (RULE_FIRST_MODEL, RULE_BEATS_CHAMPION, RULE_CHAMPION_UNSCORABLE, RULE_ALREADY_CHAMPION,
+         RULE_SMALL_GAIN_UNSTABLE, *POPULARITY_RULES)
+
+
+@dataclass(frozen=True)
+class StabilityRule:
+    """The optional rule against churn (off unless given): a challenger that beats the champion by less than
+    ``min_gain`` NDCG@10 while it changes the first item of more than ``max_first_item_changed`` of the
+    users' lists (the evaluation's ``first_item_changed_share`` against that champion) is refused."""
+
+    min_gain: float
+    max_first_item_changed: float
+
+    def refuses(self, gain: float, first_item_changed: float | None) -> bool:
+        """Whether the rule refuses; a stability not measured against this champion (None) refuses nothing."""
+        return (first_item_changed is not None and gain < self.min_gain
+                and first_item_changed > self.max_first_item_changed)
 
 
 @dataclass(frozen=True)
@@ -102,6 +120,8 @@ def decide(
     champion_kind: str | None = None,
     popularity_available: bool = False,
     champion_popularity_of: int | None = None,
+    stability_rule: StabilityRule | None = None,
+    first_item_changed: float | None = None,
 ) -> GateDecision:
     """The rule, always on the challenger's holdout. An ALS challenger is promoted only if it beats popularity,
     and
@@ -118,7 +138,12 @@ def decide(
     (``popularity_champion_unscorable``), over an ALS champion it beats by more than the margin
     (``popularity_beats_champion``), and over a popularity champion, whose counts it refreshes without a
     comparison (``popularity_refresh``). ``already_champion``: the challenger, or the popularity counted on
-    its data (``champion_popularity_of``), is the champion already. NaN never wins."""
+    its data (``champion_popularity_of``), is the champion already. NaN never wins.
+
+    ``stability_rule`` (`StabilityRule`, optional): a challenger that won under ``beats_champion`` with a gain
+    below its ``min_gain`` while ``first_item_changed`` (the share of the holdout users whose first item it
+    changes against this champion; None: not measured, and the rule does not apply) exceeds its
+    ``max_first_item_changed`` is refused (``small_gain_unstable``): the champion stays."""
     common = dict(challenger_version=challenger_version, challenger_ndcg=challenger_ndcg,
                   champion_version=champion_version, champion_ndcg=champion_ndcg,
                   popularity_ndcg=popularity_ndcg, margin=margin, champion_load_error=champion_load_error,
@@ -174,6 +199,12 @@ def decide(
     else:
         beats_champion, reason = False, versus_popularity
     if beats_champion and beats_popularity:
+        gain = challenger_ndcg - champion_ndcg
+        if stability_rule is not None and stability_rule.refuses(gain, first_item_changed):
+            return GateDecision(False, f"{reason}, but a gain of {gain:.5f} < {stability_rule.min_gain:g} changes the "
+                                       f"first item for {first_item_changed:.1%} > "
+                                       f"{stability_rule.max_first_item_changed:.1%} of the users",
+                                rule=RULE_SMALL_GAIN_UNSTABLE, **common)
         return GateDecision(True, reason, rule=rule, **common)
     if beats_champion:
         reason += f", but {versus_popularity}"

@@ -19,7 +19,7 @@ from als_store.model_registry import VersionRef, aliases, get_version, load_vers
 from als_store.model_tags import (CHAMPION, PREVIOUS_CHAMPION, TAG_GATE_DECIDED_AT, TAG_GATE_ROLLED_BACK_AT,
                                   TAG_MANUAL_PROMOTED_AT, TAG_MANUAL_PROMOTED_BY, TAG_MANUAL_REASON,
                                   TAG_MANUAL_REPLACED, TAG_POPULARITY_OF)
-from pipelines.registry.gate import GateDecision, decide
+from pipelines.registry.gate import GateDecision, StabilityRule, decide
 # lock_path_for: re-exported for the callers that import it from here
 from pipelines.registry.locks import PromotionLock, lock_path_for, promotion_lock  # noqa: F401
 from pipelines.registry.registration import set_version_tags
@@ -41,6 +41,8 @@ def promote_if_better(
     extra_tags: Mapping[str, str] | None = None,
     champion_load_error: str | None = None,
     register_popularity: Callable[[GateDecision], int] | None = None,
+    stability_rule: StabilityRule | None = None,
+    first_item_changed: float | None = None,
 ) -> GateDecision:
     """Move ``champion`` to the challenger if it wins; the replaced version becomes ``previous_champion``.
 
@@ -57,6 +59,9 @@ def promote_if_better(
     training data (the baseline scored as ``popularity_ndcg``). Given, the gate may promote popularity (see
     `decide`): it is registered only then, under the lock, so a retrain where it does not win adds nothing
     to the registry. The popularity version gets the decision's `popularity_tags`.
+
+    ``stability_rule``, ``first_item_changed``: `decide`'s optional stability rule and the evaluation's share of
+    users whose first item the challenger changes against the evaluated champion (not used against another).
     """
     evaluated_version, evaluated_ndcg = evaluated_champion
     with promotion_lock(lock_path):
@@ -77,7 +82,9 @@ def promote_if_better(
         decision = decide(challenger_version, challenger_ndcg, current, champion_ndcg, popularity_ndcg, margin,
                           champion_load_error=load_error, champion_kind=champion_kind,
                           popularity_available=register_popularity is not None,
-                          champion_popularity_of=int(popularity_of) if popularity_of else None)
+                          champion_popularity_of=int(popularity_of) if popularity_of else None,
+                          stability_rule=stability_rule,
+                          first_item_changed=first_item_changed if current == evaluated_version else None)
         promoted = challenger_version if decision.promote else None
         if decision.promote_popularity:
             promoted = int(register_popularity(decision))
