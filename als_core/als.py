@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 
 import numba as nb
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
 from threadpoolctl import ThreadpoolController
 
@@ -424,6 +425,7 @@ class ALS:
         filter_already_liked_items: bool = True,
         filter_items=None,
         recalculate_user: bool = False,
+        items=None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``N`` items for one user id (1-D results) or an array of user ids (2-D results).
 
@@ -431,6 +433,9 @@ class ALS:
         used to filter already-liked items and, with ``recalculate_user=True``, to fold the users in
         instead of using their trained factors. Rows with fewer than N unfiltered items are padded with
         id -1 and score -inf.
+
+        ``items``: score only these candidate items (as ``implicit`` does: the top min(N, candidates) of them,
+        liked ones still filtered when asked; repeated ids count once); not together with ``filter_items``.
         """
         self._check_fitted()
         scalar = np.ndim(userid) == 0
@@ -447,11 +452,27 @@ class ALS:
             ids = check_ids(ids, self.n_users, "user")
             rows = self._rows_for(user_items, len(ids), ids) if need_rows else None
             vectors = self.user_factors[ids]
-        exclude = _as_filter(filter_items, self.n_items)
-        out_ids, out_scores = self._top_n(vectors, n, rows if filter_already_liked_items else None, exclude)
+        seen = rows if filter_already_liked_items else None
+        if items is None:
+            out_ids, out_scores = self._top_n(vectors, n, seen, _as_filter(filter_items, self.n_items))
+        else:
+            if filter_items is not None:
+                raise ValueError("pass either items (the candidates) or filter_items, not both")
+            out_ids, out_scores = self._top_n_among(vectors, n, seen, _as_candidates(items, self.n_items, "item"))
         if scalar:
             return out_ids[0], out_scores[0]
         return out_ids, out_scores
+
+    def _top_n_among(self, user_vectors: np.ndarray, n: int, seen_rows: sp.csr_matrix | None,
+                     candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``_top_n`` over the ``candidates`` (sorted, unique item ids) only; ids are the items' own."""
+        offsets = self._item_offsets()
+        vectors = np.ascontiguousarray(user_vectors, dtype=self.item_factors.dtype)
+        with self._thread_limits():
+            ids, scores = score_top_n(vectors, self.item_factors[candidates], min(n, len(candidates)),
+                                      None if seen_rows is None else seen_rows[:, candidates].tocsr(), None,
+                                      None if offsets is None else offsets[candidates])
+        return np.where(ids >= 0, candidates[np.maximum(ids, 0)], -1), scores
 
     def iter_recommend_all(self, user_items=None, N: int = 10, batch_size: int = _SCORE_BATCH,
                            filter_already_liked_items: bool = True, filter_items=None):
@@ -478,19 +499,38 @@ class ALS:
         parts = list(self.iter_recommend_all(user_items, N, batch_size, filter_already_liked_items, filter_items))
         return np.vstack([p[1] for p in parts]), np.vstack([p[2] for p in parts])
 
-    def similar_items(self, itemid, N: int = 10, filter_items=None) -> tuple[np.ndarray, np.ndarray]:
-        """Items closest by cosine similarity of item factors, the item itself excluded."""
+    def similar_items(self, itemid, N: int = 10, filter_items=None, items=None) -> tuple[np.ndarray, np.ndarray]:
+        """Items closest by cosine similarity of item factors, the item itself excluded; ``items``: only among
+        these candidates (not together with ``filter_items``)."""
         self._check_fitted()
-        scalar = np.ndim(itemid) == 0
-        ids = check_ids(np.atleast_1d(np.asarray(itemid)), self.n_items, "item")
-        n = check_n(N, self.n_items)
-        norms = np.linalg.norm(self.item_factors, axis=1)
-        normalised = self.item_factors / np.where(norms > 0, norms, 1)[:, None]
+        return self._similar(self.item_factors, itemid, N, filter_items, items, "item")
+
+    def similar_users(self, userid, N: int = 10, filter_users=None, users=None) -> tuple[np.ndarray, np.ndarray]:
+        """Users closest by cosine similarity of user factors, the user itself excluded (as ``similar_items``;
+        ``implicit`` returns the user itself first); ``users``: only among these candidates (not together with
+        ``filter_users``)."""
+        self._check_fitted()
+        return self._similar(self.user_factors, userid, N, filter_users, users, "user")
+
+    def _similar(self, factors: np.ndarray, query, N: int, filter_rows, candidates, what: str):
+        """Rows of ``factors`` closest to the ``query`` rows by cosine, the query row itself excluded."""
+        scalar = np.ndim(query) == 0
+        ids = check_ids(np.atleast_1d(np.asarray(query)), len(factors), what)
+        n = check_n(N, len(factors))
+        norms = np.linalg.norm(factors, axis=1)
+        normalised = factors / np.where(norms > 0, norms, 1)[:, None]
         itself = sp.csr_matrix((np.ones(len(ids), dtype=np.float32), ids, np.arange(len(ids) + 1)),
-                               shape=(len(ids), self.n_items))
+                               shape=(len(ids), len(factors)))
+        pool, exclude = normalised, _as_filter(filter_rows, len(factors))
+        if candidates is not None:
+            if filter_rows is not None:
+                raise ValueError(f"pass either {what}s (the candidates) or filter_{what}s, not both")
+            candidates = _as_candidates(candidates, len(factors), what)
+            pool, itself, n = normalised[candidates], itself[:, candidates].tocsr(), min(n, len(candidates))
         with self._thread_limits():
-            out_ids, out_scores = score_top_n(normalised[ids], normalised, n, itself,
-                                              _as_filter(filter_items, self.n_items))
+            out_ids, out_scores = score_top_n(normalised[ids], pool, n, itself, exclude)
+        if candidates is not None:
+            out_ids = np.where(out_ids >= 0, candidates[np.maximum(out_ids, 0)], -1)
         if scalar:
             return out_ids[0], out_scores[0]
         return out_ids, out_scores
@@ -498,6 +538,17 @@ class ALS:
     def recalculate_user(self, user_items) -> np.ndarray:
         """Factors of users absent from training, from their interactions (rows over the model's items), by
         one exact least-squares solve against the fixed item factors (fold-in). One row gives a 1-D vector."""
+        rows = self._interaction_rows(user_items)
+        gram_w, rhs_w, base, reg = self._fold_in_terms(rows)
+        out = np.zeros((rows.shape[0], self.factors), dtype=self.dtype)
+        with self._thread_limits() as n_threads:
+            n_blocks = max(1, min(rows.shape[0], _BLOCKS_PER_THREAD * n_threads))
+            _kernels.kernels_for(self.dtype).solve_cholesky(
+                rows.indptr, rows.indices, gram_w, rhs_w, self.item_factors, base, reg, out, n_blocks, self.implicit)
+        return out[0] if rows.shape[0] == 1 and np.ndim(user_items) == 1 else out
+
+    def _interaction_rows(self, user_items) -> sp.csr_matrix:
+        """Users' interactions over the model's items (rows, or one 1-D row), checked, in the model's float type."""
         self._check_fitted()
         rows = as_user_items(sp.csr_matrix(np.atleast_2d(user_items)) if not sp.issparse(user_items)
                              else user_items, allow_negative=not self.implicit, name="interactions")
@@ -506,27 +557,64 @@ class ALS:
         rows = _with_int64_index(rows.astype(self.dtype))
         if self.implicit:
             rows.eliminate_zeros()
-        Y = self.item_factors
-        k = self.factors
+        return rows
+
+    def _fold_in_terms(self, rows: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Each row's normal equations against the fixed item factors, ``(base + Y_u^T diag(gram_w) Y_u + reg I)
+        x = Y_u^T rhs_w``: (gram_w and rhs_w per nonzero, base, reg per row)."""
         counts = np.diff(rows.indptr).astype(self.dtype)
         reg = self.regularization * (counts if self.weighted_regularization else np.ones_like(counts))
         if self.implicit:
-            gram_w = (self.alpha * rows.data).astype(self.dtype)
-            rhs_w = (1 + gram_w).astype(self.dtype)
+            gram_w = (self.alpha * rows.data).astype(self.dtype)  # c - 1
+            rhs_w = 1 + gram_w  # c (times p = 1)
             base = self._gram_of_items()
         else:
             gram_w = np.ones_like(rows.data)
             rhs_w = rows.data - self.dtype.type(self.global_mean)
             if self.use_biases:
                 rhs_w = rhs_w - self.item_bias[rows.indices]
-            base = np.zeros((k, k), dtype=self.dtype)
-        out = np.zeros((rows.shape[0], k), dtype=self.dtype)
-        with self._thread_limits() as n_threads:
-            n_blocks = max(1, min(rows.shape[0], _BLOCKS_PER_THREAD * n_threads))
-            _kernels.kernels_for(self.dtype).solve_cholesky(
-                rows.indptr, rows.indices, gram_w, rhs_w.astype(self.dtype), Y, base, reg.astype(self.dtype),
-                out, n_blocks, self.implicit)
-        return out[0] if rows.shape[0] == 1 and np.ndim(user_items) == 1 else out
+            base = np.zeros((self.factors, self.factors), dtype=self.dtype)
+        return gram_w, rhs_w.astype(self.dtype), base, reg.astype(self.dtype)
+
+    def explain(self, userid, user_items, itemid, user_weights=None, N: int = 10):
+        """Why ``itemid`` scores what it does for a user: the score as a sum of one contribution per item the user
+        interacted with (Hu, Koren, Volinsky 2008, section 5), with ``implicit``'s semantics and return values.
+
+        The user is solved from ``user_items`` against the item factors, as fold-in does: ``x_u = W_u Y^T C_u
+        p_u`` with ``W_u = (Y^T C_u Y + reg I)^-1``, so ``x_u . y_i = sum_j c_uj (y_i^T W_u y_j)``. A known user's
+        trained factors came from the item factors of the iteration before, so this total can differ slightly
+        from ``predict``; a folded-in user's is exactly its score. In explicit mode the terms are
+        ``(r_uj - mu - b_j) y_i^T W_u y_j`` and the total is the ``x_u . y_i`` part of the rating.
+
+        ``user_items``: the user's one row over the model's items (``userid`` may then be None), or the full
+        user x item matrix, whose row ``userid`` is taken. ``user_weights``: what an earlier call for the same
+        user returned (the Cholesky factorisation of ``W_u^-1``, ``scipy.linalg.cho_factor``'s pair), which
+        saves refactorising. ``itemid`` a scalar: returns ``(total_score, [(itemid, contribution), ...] for the
+        N largest contributions, best first, user_weights)``; an array of items: one total per item (array) and
+        one such list per item.
+        """
+        self._check_fitted()
+        scalar = np.ndim(itemid) == 0
+        items = check_ids(np.atleast_1d(np.asarray(itemid)), self.n_items, "item")
+        n = check_n(N, self.n_items)
+        ids = None if userid is None else check_ids(np.atleast_1d(np.asarray(userid)), self.n_users, "user")
+        rows = self._interaction_rows(self._rows_for(user_items, 1, ids))
+        gram_w, rhs_w, base, reg = self._fold_in_terms(rows)
+        liked = rows.indices
+        Y_u = self.item_factors[liked].astype(np.float64)
+        if user_weights is None:
+            A = base.astype(np.float64) + (Y_u.T * gram_w) @ Y_u + float(reg[0]) * np.eye(self.factors)
+            user_weights = scipy.linalg.cho_factor(A)
+        weighted = scipy.linalg.cho_solve(user_weights, self.item_factors[items].T.astype(np.float64))  # W_u y_i
+        contributions = rhs_w.astype(np.float64)[:, None] * (Y_u @ weighted)  # liked x asked
+        totals = contributions.sum(axis=0)
+        top = []
+        for column in contributions.T:
+            best = np.argsort(-column, kind="stable")[:n]  # ties: the lower item first
+            top.append([(int(liked[j]), float(column[j])) for j in best])
+        if scalar:
+            return float(totals[0]), top[0], user_weights
+        return totals, top, user_weights
 
     def _gram_of_items(self) -> np.ndarray:
         """Y^T Y of the current item factors, kept between fold-ins (a serving process folds in many users
@@ -606,6 +694,14 @@ def _as_filter(filter_items, n_items: int) -> np.ndarray | None:
     if filter_items is None:
         return None
     return check_ids(np.atleast_1d(np.asarray(filter_items)), n_items, "filter item")
+
+
+def _as_candidates(candidates, n_rows: int, what: str) -> np.ndarray:
+    """Candidate ids as sorted unique int64 ids in [0, n_rows); at least one."""
+    ids = np.atleast_1d(np.asarray(candidates))
+    if ids.ndim != 1 or len(ids) == 0:
+        raise ValueError(f"candidate {what}s must be a non-empty 1-D list of ids")
+    return np.unique(check_ids(ids, n_rows, f"candidate {what}"))
 
 
 def _stem(path: str | Path) -> Path:

@@ -31,13 +31,16 @@ from serving.schemas import (
     MAX_ID_LENGTH,
     BatchResponse,
     ErrorResponse,
+    ExplainedRecommendationsResponse,
     HealthResponse,
     ModelInfo,
     ModelRef,
     ReadyResponse,
     RecommendationsResponse,
+    RerankResponse,
     SimilarItemsResponse,
     batch_request_model,
+    rerank_request_model,
 )
 from serving.service import NoSimilarItems, NotReady, RecommendationService, UnknownItem, reading_for
 
@@ -79,6 +82,7 @@ def create_app(config: ServingConfig | None = None, source: ModelSource | None =
     service = RecommendationService(watcher, events)
     default_n = min(10, config.max_n)
     BatchRequest = batch_request_model(config.max_n, config.max_batch)
+    RerankRequest = rerank_request_model(config.max_batch)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -150,14 +154,20 @@ def create_app(config: ServingConfig | None = None, source: ModelSource | None =
              "recommendations": [{"item_id": i, "score": s} for i, s in zip(r.item_ids, r.scores)]}
             for r in results]))
 
-    @app.get("/recommendations/{user_id}", response_model=RecommendationsResponse, responses=NOT_READY,
-             tags=["recommendations"])
-    async def recommendations(user_id: IdPath, n: TopN = default_n) -> Response:
+    Explain = Annotated[bool, Query(description=(
+        "Also say why: per recommended item, the user's items that contributed most to its score and their "
+        "share (`explanation`); popularity answers say what the list is instead."))]
+
+    @app.get("/recommendations/{user_id}", response_model=RecommendationsResponse | ExplainedRecommendationsResponse,
+             responses=NOT_READY, tags=["recommendations"])
+    async def recommendations(user_id: IdPath, n: TopN = default_n, explain: Explain = False) -> Response:
         """Top-n items for one user, items the user already interacted with excluded. Users the model does not
         know are folded in from their recent warehouse events if they have some, else get the most popular
-        items."""
+        items. With `explain=true` the answer also has an `explanation`."""
         model = service.model()
         plan = service.plan(model, [user_id])
+        if explain:
+            return await run_in_threadpool(explained_recommendations, model, plan, n)
         if plan.needs_fold_in:
             result = (await run_in_threadpool(service.recommend, model, plan, n))[0]
         else:
@@ -165,6 +175,28 @@ def create_app(config: ServingConfig | None = None, source: ModelSource | None =
         return json_response(RecommendationsResponse(
             user_id=result.user_id, source=result.source, model=model_ref(model),
             recommendations=[{"item_id": i, "score": s} for i, s in zip(result.item_ids, result.scores)]))
+
+    def explained_recommendations(model, plan, n: int) -> Response:
+        result = service.recommend(model, plan, n)[0]
+        return json_response(ExplainedRecommendationsResponse(
+            user_id=result.user_id, source=result.source, model=model_ref(model),
+            recommendations=[{"item_id": i, "score": s} for i, s in zip(result.item_ids, result.scores)],
+            explanation=service.explain(model, plan, result)))
+
+    @app.post("/recommendations/{user_id}/rerank", response_model=RerankResponse,
+              responses={**NOT_READY, **TOO_LARGE}, tags=["recommendations"])
+    def rerank(user_id: IdPath, request: Annotated[RerankRequest, Body()]) -> Response:
+        """The caller's candidate items (e.g. search results) ranked for one user, best first: scored as GET
+        /recommendations scores that user (ALS, fold-in, or popularity for users the model cannot score).
+        Candidates the model does not know come back apart under `unknown`; those the user interacted with
+        under `seen` (unless `exclude_seen` is false)."""
+        model = service.model()
+        result = service.rerank(model, service.plan(model, [user_id]), list(request.item_ids), request.n,
+                                request.exclude_seen)
+        return json_response(RerankResponse(
+            user_id=result.user_id, source=result.source, model=model_ref(model),
+            ranked=[{"item_id": i, "score": s} for i, s in zip(result.item_ids, result.scores)],
+            seen=result.seen, unknown=result.unknown))
 
     @app.get("/similar-items/{item_id}", response_model=SimilarItemsResponse,
              responses={**NOT_READY, 404: {"model": ErrorResponse, "description": (
@@ -192,8 +224,9 @@ def create_app(config: ServingConfig | None = None, source: ModelSource | None =
         # published as 9.223372036854776e18 (2**63, past what is accepted): publish pydantic's exact schema.
         if app.openapi_schema is None:
             document = FastAPI.openapi(app)
-            document["components"]["schemas"][BatchRequest.__name__] = BatchRequest.model_json_schema(
-                ref_template="#/components/schemas/{model}")
+            for body in (BatchRequest, RerankRequest):
+                document["components"]["schemas"][body.__name__] = body.model_json_schema(
+                    ref_template="#/components/schemas/{model}")
         return app.openapi_schema
 
     app.openapi = openapi

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints, model_validator
 
 # Ids are what the event logs used (the warehouse keeps them as text): 1-128 characters, none in U+0000-U+0020 or
 # U+007F-U+009F (no whitespace, no control character): the rule the ingest applies (als_store/sql/ingest_id_rule.sql), so
@@ -38,6 +38,48 @@ class UserRecommendations(BaseModel):
 
 class RecommendationsResponse(UserRecommendations):
     model: ModelRef
+
+
+class Contribution(BaseModel):
+    item_id: int | str = Field(description="An item the user interacted with.")
+    contribution: float = Field(description="Its term of the explained score: c_uj * y_i^T W_u y_j.")
+    share: float | None = Field(description="contribution / explained_score (all of the user's items sum to 1); "
+                                            "null when the explained score is 0.")
+
+
+class ItemExplanation(BaseModel):
+    item_id: int | str = Field(description="A recommended item, in the order of `recommendations`.")
+    explained_score: float = Field(description="The sum of the contributions of all the user's items: the item's "
+                                               "score for the user solved from those items (fold_in: its score).")
+    because: list[Contribution] = Field(description="The user's items that contributed most, largest first.")
+    other_share: float | None = Field(description="The share of the user's other items together (1 - the listed "
+                                                  "shares); null when the explained score is 0.")
+
+
+class Explanation(BaseModel):
+    method: Literal["contributions", "popularity"] = Field(
+        description="contributions: the score split over the user's own items (Hu, Koren, Volinsky 2008, section "
+                    "5, as implicit's explain); popularity: the list is the most popular items, nothing per user "
+                    "to split.")
+    note: str = Field(description="What the explanation is, for this user, in words.")
+    items: list[ItemExplanation] = Field(description="One per recommended item (empty for popularity).")
+
+
+class ExplainedRecommendationsResponse(RecommendationsResponse):
+    explanation: Explanation
+
+
+class RerankResponse(BaseModel):
+    user_id: int | str
+    source: Source = Field(description="Who scored the candidates, as for GET /recommendations: als, fold_in, or "
+                                       "popularity (ranked by number of users).")
+    model: ModelRef
+    ranked: list[ScoredItem] = Field(description="The candidates the model knows, best first (each once); at "
+                                                 "most n.")
+    seen: list[int | str] = Field(description="Candidates left out because the user interacted with them "
+                                              "(exclude_seen), in request order.")
+    unknown: list[int | str] = Field(description="Candidates the model does not know, left out (not ranked), in "
+                                                 "request order: append them where they belong for you.")
 
 
 class BatchResponse(BaseModel):
@@ -95,6 +137,18 @@ def _whole(value):
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+def _whole_numbers(data, ids_field: str):
+    """JSON has one kind of number, and JSON Schema's "integer" (the document's type) includes 18.0: read it as
+    18. 18.5, NaN, infinities, booleans and strings are still refused."""
+    if isinstance(data, dict):
+        data = dict(data)
+        if isinstance(data.get(ids_field), list):
+            data[ids_field] = [_whole(value) for value in data[ids_field]]
+        if "n" in data:
+            data["n"] = _whole(data["n"])
+    return data
+
+
 def batch_request_model(max_n: int, max_batch: int) -> type[BaseModel]:
     """The batch body with this deployment's limits in its schema (they come from the environment)."""
 
@@ -107,14 +161,26 @@ def batch_request_model(max_n: int, max_batch: int) -> type[BaseModel]:
         @model_validator(mode="before")
         @classmethod
         def whole_numbers(cls, data):
-            # JSON has one kind of number, and JSON Schema's "integer" (the document's type) includes 18.0: read
-            # it as 18. 18.5, NaN, infinities, booleans and strings are still refused.
-            if isinstance(data, dict):
-                data = dict(data)
-                if isinstance(data.get("user_ids"), list):
-                    data["user_ids"] = [_whole(value) for value in data["user_ids"]]
-                if "n" in data:
-                    data["n"] = _whole(data["n"])
-            return data
+            return _whole_numbers(data, "user_ids")
 
     return BatchRequest
+
+
+def rerank_request_model(max_batch: int) -> type[BaseModel]:
+    """The re-rank body: up to ``max_batch`` candidates (the deployment's limit on ids per request)."""
+
+    class RerankRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        item_ids: list[IdNumber | IdText] = Field(min_length=1, max_length=max_batch, description=(
+            "The candidates to rank (e.g. search results); a repeated id counts once."))
+        n: StrictInt | None = Field(default=None, ge=1, le=max_batch, description=(
+            "How many to return; all the ranked candidates when absent."))
+        exclude_seen: StrictBool = Field(default=True, description="Leave out candidates the user interacted with.")
+
+        @model_validator(mode="before")
+        @classmethod
+        def whole_numbers(cls, data):
+            return _whole_numbers(data, "item_ids")
+
+    return RerankRequest

@@ -303,6 +303,19 @@ class Scorer:
         if self.bundle.model is None:
             self._fill_popular(out, np.arange(len(histories)), n)
             return out
+        folded, interactions = self.fold_in_rows(histories)
+        if folded:
+            vectors = np.atleast_2d(self.bundle.model.recalculate_user(interactions))
+            out.item_index[folded], out.scores[folded] = self.items.top_n(vectors, n, interactions.indptr,
+                                                                          interactions.indices)
+            out.sources[folded] = SOURCE_FOLD_IN
+        rest = np.setdiff1d(np.arange(len(histories)), folded)
+        if len(rest):
+            self._fill_popular(out, rest, n)
+        return out
+
+    def fold_in_rows(self, histories: list[tuple[np.ndarray, np.ndarray]]) -> tuple[list[int], sp.csr_matrix]:
+        """The histories that have an item the model knows (positions), as interaction rows over its items."""
         rows, cols, vals = [], [], []
         folded = []
         for pos, (item_ids, weights) in enumerate(histories):
@@ -314,19 +327,13 @@ class Scorer:
                 cols.append(index[keep])
                 vals.append(weights[keep])
                 folded.append(pos)
-        if folded:
-            interactions = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                                         shape=(len(folded), self.n_items))
-            interactions.sum_duplicates()
-            interactions.sort_indices()
-            vectors = np.atleast_2d(self.bundle.model.recalculate_user(interactions))
-            out.item_index[folded], out.scores[folded] = self.items.top_n(vectors, n, interactions.indptr,
-                                                                          interactions.indices)
-            out.sources[folded] = SOURCE_FOLD_IN
-        rest = np.setdiff1d(np.arange(len(histories)), folded)
-        if len(rest):
-            self._fill_popular(out, rest, n)
-        return out
+        if not folded:
+            return [], sp.csr_matrix((0, self.n_items), dtype=np.float32)
+        interactions = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                                     shape=(len(folded), self.n_items))
+        interactions.sum_duplicates()
+        interactions.sort_indices()
+        return folded, interactions
 
     def similar_items(self, item_index: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Items closest to one item by cosine similarity of item factors, the item itself excluded (as

@@ -22,8 +22,9 @@ from test_serving_scoring import random_bundle
 
 MAX_N, MAX_BATCH = 30, 25
 RESPONSE_MODELS = {
-    ("get", "/recommendations/{user_id}"): schemas.RecommendationsResponse,
+    ("get", "/recommendations/{user_id}"): (schemas.RecommendationsResponse, schemas.ExplainedRecommendationsResponse),
     ("post", "/recommendations/batch"): schemas.BatchResponse,
+    ("post", "/recommendations/{user_id}/rerank"): schemas.RerankResponse,
     ("get", "/similar-items/{item_id}"): schemas.SimilarItemsResponse,
     ("get", "/health"): schemas.HealthResponse,
     ("get", "/ready"): schemas.ReadyResponse,
@@ -73,9 +74,13 @@ def test_openapi_document_lists_the_contract(live_api):
     assert (id_number["minimum"], id_number["maximum"]) == (-(2**63), 2**63 - 1)
     assert type(id_number["maximum"]) is int and '"maximum":9223372036854775807' in client.get("/openapi.json").text
     assert set(document["paths"]["/recommendations/batch"]["post"]["responses"]) == {"200", "413", "422", "503"}
-    for (method, path), model in RESPONSE_MODELS.items():
+    rerank = document["components"]["schemas"]["RerankRequest"]
+    assert rerank["properties"]["item_ids"]["maxItems"] == MAX_BATCH
+    for (method, path), models in RESPONSE_MODELS.items():
         ok = document["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
-        assert ok["$ref"].endswith("/" + model.__name__), (path, ok)
+        refs = [ref["$ref"] for ref in ok.get("anyOf", [ok])]  # with explain=true, the same and an explanation
+        names = [model.__name__ for model in (models if isinstance(models, tuple) else (models,))]
+        assert [ref.rsplit("/", 1)[1] for ref in refs] == names, (path, ok)
 
 
 def known(value, ids: list[int]):
@@ -100,4 +105,6 @@ def test_fuzzed_requests_get_no_5xx_and_answers_match_the_schema(case, live_api)
             parameters["item_id"] = str(known(parameters["item_id"], KNOWN_ITEMS))
         if isinstance(case.body, dict) and isinstance(case.body.get("user_ids"), list):
             case.body["user_ids"] = [known(user_id, KNOWN_USERS) for user_id in case.body["user_ids"]]
+        if isinstance(case.body, dict) and isinstance(case.body.get("item_ids"), list):
+            case.body["item_ids"] = [known(item_id, KNOWN_ITEMS) for item_id in case.body["item_ids"]]
     case.call_and_validate(base_url=str(live_api.base_url))
