@@ -37,6 +37,13 @@ def log_config(level: str) -> dict:
     return config
 
 
+def uvicorn_settings(workers: int | None) -> dict:
+    """How uvicorn runs the API (bench/serve.py runs its anchor with the same): uvloop and httptools, the C
+    event loop and HTTP parser, named rather than left to uvicorn's "auto", which quietly falls back to the
+    pure-Python ones when they are missing."""
+    return {"workers": workers, "loop": "uvloop", "http": "httptools"}
+
+
 def main(argv: list[str] | None = None) -> None:
     config = ServingConfig.from_env()
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
@@ -48,8 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     args = parser.parse_args(argv)
-    uvicorn.run("serving.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_config=log_config(args.log_level), log_level=args.log_level, access_log=args.access_log)
+    uvicorn.run("serving.app:create_app", factory=True, host=args.host, port=args.port,
+                log_config=log_config(args.log_level), log_level=args.log_level, access_log=args.access_log,
+                **uvicorn_settings(args.workers))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import scipy.sparse as sp
 
 from als_core.bundle import SOURCE_ALS, SOURCE_FOLD_IN, SOURCE_POPULARITY, ModelBundle, NoItemFactors
 from als_core.topk import insert_sorted, mask_items, top_n
+from serving import _vnni
 
 # Reassociation lets LLVM vectorise the dot products; NaN/inf semantics stay.
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
@@ -63,17 +64,36 @@ def _contains(sorted_items, lo, hi, item):
     return lo < end and sorted_items[lo] == item
 
 
+@nb.njit(nogil=True, fastmath=_FASTMATH, inline="always")
+def _tile_bounds(tiles, tile_err, scale, user, shift, s_u, h, start, stop, dots, out):
+    """The upper bounds of ``_upper_bounds`` from the VNNI tiles (serving/_vnni.py): ``q_i . q_u`` exactly in
+    int32 against the user quantised to int8 too (``u = s_u * (q_u + f)``, ``|f_j| <= 1/2``), so the bound
+    widens by ``scale_i * s_u * |q_i|_1 / 2`` (``tile_err`` holds ``scale_i * 0.51 * |q_i|_1``)."""
+    for tile_start in range(start, stop, _vnni.TILE):
+        at = tile_start - start
+        _vnni.dot_tile(tiles, (tile_start // _vnni.TILE) * len(user) * _vnni.TILE, user, dots[at:at + _vnni.TILE])
+    for i in range(start, stop):
+        out[i - start] = scale[i] * (s_u * np.float32(dots[i - start] - shift) + h) + s_u * tile_err[i]
+
+
 @nb.njit(nogil=True, fastmath=_FASTMATH, cache=True)
-def _top_n(q, scale, offsets, offset_err, factors, vectors, n, excl_indptr, excl_indices, out_ids, out_scores):
+def _top_n(q, scale, tiles, tile_err, offsets, offset_err, factors, vectors, n, excl_indptr, excl_indices,
+           out_ids, out_scores):
     """Per row of ``vectors``: the top-``n`` items of ``factors @ u + offsets``, best first, without the row's
     excluded items (CSR rows, sorted indices). Unfilled slots get id -1 and score -inf. ``offsets`` and
-    ``offset_err`` (their float32 rounding bound) are empty when the model ranks by the dot product alone."""
+    ``offset_err`` (their float32 rounding bound) are empty when the model ranks by the dot product alone.
+    The bounds come from ``tiles`` (VNNI) when it is not empty, else from ``q``."""
     n_items, k = factors.shape
     has_offsets = len(offsets) > 0
+    tiled = len(tiles) > 0
     out_ids[:, :] = -1
     out_scores[:, :] = -np.inf
     bounds = np.empty(_BLOCK, np.float32)
     u32 = np.empty(k, np.float32)
+    groups = -(-k // _vnni.GROUP)
+    user_bytes = np.zeros(groups * _vnni.GROUP, np.int8)
+    user_words = user_bytes.view(np.int32)
+    dots = np.empty(_BLOCK, np.int32)
     low_ids = np.empty(n, np.int64)
     low = np.empty(n, np.float32)  # the n best lower bounds so far, -inf where unfilled
     cand = np.empty(1024, np.int64)
@@ -82,16 +102,38 @@ def _top_n(q, scale, offsets, offset_err, factors, vectors, n, excl_indptr, excl
         u = vectors[b]
         ex_lo, ex_hi = excl_indptr[b], excl_indptr[b + 1]
         h = np.float32(0)
+        peak = np.float32(0)
         for j in range(k):
             u32[j] = u[j]
             h += abs(u32[j])
+            peak = max(peak, abs(u32[j]))
         h *= np.float32(_BOUND_SLACK)
+        s_u = np.float32(0)
+        shift = 0
+        if tiled:
+            s_u = peak / np.float32(127)
+            if not s_u > 0:  # all zeros, or so small that the step underflows
+                s_u = np.float32(1)
+            for j in range(k):
+                v = min(max(np.rint(u32[j] / s_u), -127), 127)
+                user_bytes[j] = np.int8(v)
+                shift += np.int32(v)
+            shift *= _vnni.OFFSET  # the tiles hold q + 128
         low.fill(np.float32(-np.inf))  # numba's `low[:] = -inf` costs 3% of a request
         threshold = np.float32(-np.inf)
         n_cand = 0
         for start in range(0, n_items, _BLOCK):
             stop = min(start + _BLOCK, n_items)
-            _upper_bounds(q, scale, u32, h, start, stop, bounds)
+            if tiled:
+                _tile_bounds(tiles, tile_err, scale, user_words, shift, s_u, h, start, stop, dots, bounds)
+            else:
+                _upper_bounds(q, scale, u32, h, start, stop, bounds)
+            if not has_offsets:
+                reach = 0
+                for t in range(stop - start):
+                    reach += bounds[t] >= threshold
+                if reach == 0:  # most blocks once the threshold has settled: no item-by-item loop
+                    continue
             for t in range(stop - start):
                 i = start + t
                 up = bounds[t]
@@ -108,6 +150,8 @@ def _top_n(q, scale, offsets, offset_err, factors, vectors, n, excl_indptr, excl
                 cand_up[n_cand] = up
                 n_cand += 1
                 lower = up - 2 * scale[i] * h
+                if tiled:
+                    lower -= 2 * s_u * tile_err[i]
                 if has_offsets:
                     lower -= 2 * offset_err[i]
                 if lower > threshold:  # threshold: the n-th best lower bound so far (-inf until n are in)
@@ -147,8 +191,9 @@ def _popular_unseen(ranking, item_scores, n, excl_indptr, excl_indices, out_ids,
 @dataclass(frozen=True)
 class ItemMatrix:
     """Item vectors in the forms the kernels read: exact (``factors``, the model's dtype), int8 with one float32
-    scale per item, optionally a transposed copy for batches (BLAS multiplies a contiguous factors x items
-    matrix ~1.5x faster), and optional per-item offsets (explicit-mode item biases)."""
+    scale per item (item rows in ``q``, or VNNI tiles in ``tiles`` with ``tile_err`` where the CPU has
+    VNNI: serving/_vnni.py), optionally a transposed copy for batches (BLAS multiplies a contiguous factors x
+    items matrix ~1.5x faster), and optional per-item offsets (explicit-mode item biases)."""
 
     factors: np.ndarray
     q: np.ndarray
@@ -156,9 +201,13 @@ class ItemMatrix:
     offsets: np.ndarray
     offset_err: np.ndarray
     factors_t: np.ndarray | None
+    tiles: np.ndarray
+    tile_err: np.ndarray
 
     @classmethod
-    def of(cls, factors: np.ndarray, offsets: np.ndarray | None = None, batches: bool = True) -> ItemMatrix:
+    def of(cls, factors: np.ndarray, offsets: np.ndarray | None = None, batches: bool = True,
+           tiles: bool | None = None) -> ItemMatrix:
+        """``tiles``: bounds from VNNI tiles (None: where the CPU has VNNI) or from int8 rows."""
         factors = np.ascontiguousarray(factors)
         peak = np.abs(factors).max(axis=1) if factors.shape[1] else np.zeros(len(factors), factors.dtype)
         scale = np.where(peak > 0, peak / 127, 1)
@@ -171,7 +220,13 @@ class ItemMatrix:
             offsets32 = np.asarray(offsets, np.float32)
             offset_err = (np.abs(offsets32) * 1e-5 + 1e-30).astype(np.float32)
         factors_t = np.ascontiguousarray(factors.T) if batches else None
-        return cls(factors, q, scale32, offsets32, offset_err, factors_t)
+        if _vnni.AVAILABLE if tiles is None else tiles:
+            tiled = _vnni.tile_layout(q)
+            tile_err = (scale32 * _BOUND_SLACK * np.abs(q.astype(np.float32)).sum(axis=1)).astype(np.float32)
+            q = np.empty((0, q.shape[1]), np.int8)
+        else:
+            tiled, tile_err = np.empty(0, np.int32), np.empty(0, np.float32)
+        return cls(factors, q, scale32, offsets32, offset_err, factors_t, tiled, tile_err)
 
     def top_n(self, vectors: np.ndarray, n: int, excl_indptr, excl_indices) -> tuple[np.ndarray, np.ndarray]:
         """(ids, scores), one row per vector, -1 / -inf padded to min(n, items) columns."""
@@ -183,8 +238,8 @@ class ItemMatrix:
         if n_out == 0 or len(vectors) == 0:
             return out_ids, out_scores
         if len(vectors) < _GEMM_MIN_USERS or self.factors_t is None:
-            _top_n(self.q, self.scale, self.offsets, self.offset_err, self.factors, vectors, n_out,
-                   excl_indptr, excl_indices, out_ids, out_scores)
+            _top_n(self.q, self.scale, self.tiles, self.tile_err, self.offsets, self.offset_err, self.factors,
+                   vectors, n_out, excl_indptr, excl_indices, out_ids, out_scores)
             return out_ids, out_scores
         # many users: a matrix product reads the item factors once per block of users, which beats
         # streaming even the int8 copy once per user
@@ -275,6 +330,13 @@ class Scorer:
         seen items excluded; others: the popularity list (a user without history has seen nothing to
         exclude)."""
         user_rows = np.asarray(user_rows, dtype=np.int64)
+        if len(user_rows) == 1 and self.bundle.model is not None and user_rows[0] >= 0:
+            row = int(user_rows[0])
+            if self.has_history[row]:  # a single-user GET: straight to the kernel, without the masks below
+                lo, hi = self.seen_indptr[row], self.seen_indptr[row + 1]
+                ids, scores = self.items.top_n(self.user_factors[row:row + 1], n, np.array([0, hi - lo]),
+                                               self.seen_indices[lo:hi])
+                return Scored(ids, scores.astype(np.float32, copy=False), np.array([SOURCE_ALS], dtype="<U10"))
         out = self._empty(len(user_rows), n)
         scored = user_rows >= 0
         scored[scored] = self.has_history[user_rows[scored]]

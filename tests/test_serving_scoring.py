@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from als_core import ALS
 from als_core.bundle import SOURCE_ALS, SOURCE_FOLD_IN, SOURCE_POPULARITY, ModelBundle
+from serving import _vnni
 from serving.scoring import ItemMatrix, Scorer
 
 
@@ -135,11 +136,13 @@ def hard_factors(draw):
     return items.astype(dtype), user.astype(dtype), excluded, draw(st.integers(1, 40))
 
 
+@pytest.mark.parametrize("tiles", [
+    False, pytest.param(True, marks=pytest.mark.skipif(not _vnni.AVAILABLE, reason="this CPU has no AVX-512 VNNI"))])
 @settings(max_examples=150, deadline=None)
 @given(case=hard_factors())
-def test_top_n_is_exact_on_adversarial_factors(case):
+def test_top_n_is_exact_on_adversarial_factors(tiles, case):
     items, user, excluded, n = case
-    matrix = ItemMatrix.of(items)
+    matrix = ItemMatrix.of(items, tiles=tiles)
     dense = items.astype(np.float64) @ user.astype(np.float64)
     dense[excluded] = -np.inf
     expected = np.argsort(-dense, kind="stable")[:min(n, len(items))]
