@@ -398,7 +398,7 @@ class ALS:
     def _top_n(self, user_vectors: np.ndarray, n: int, seen_rows: sp.csr_matrix | None,
                exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``n`` of ``user_vectors @ item_factors.T`` (+ item offsets), ``seen_rows`` (one per vector) and
-        ``exclude`` masked: blocks of users scored and selected per thread (`topk.score_top_n`)."""
+        ``exclude`` masked: tiles of scores selected from while in registers (`topk.score_top_n`)."""
         vectors = np.ascontiguousarray(user_vectors, dtype=self.item_factors.dtype)
         with self._thread_limits():
             return score_top_n(vectors, self.item_factors, n, seen_rows, exclude, self._item_offsets())

@@ -2,11 +2,11 @@
 
 - ``top_n(scores, n)``: the best ``n`` of each row of a dense score block (a popularity row broadcast, cosine
   similarities, a caller's own matrix product).
-- ``score_top_n(vectors, factors_t, n, ...)``: the best ``n`` items of ``vectors @ factors_t`` with seen and
-  filtered items masked, without a dense score block: each thread multiplies a block of users by a block of
-  items into its own buffer (one BLAS call from numba; the caller pins BLAS to one thread) and merges it into
-  the users' lists while it is in cache. ALS.recommend/recommend_all and so ModelBundle.recommend_many go
-  through it.
+- ``score_top_n(vectors, item_factors, n, ...)``: the best ``n`` items of ``vectors @ item_factors.T`` with
+  seen and filtered items masked, without a dense score block: register tiles of scores (`_score_tile`)
+  whose items go to a user's list only when they reach its current n-th best, the items of largest norm
+  first so that the lists start close to final. ALS.recommend/recommend_all and so ModelBundle.recommend_many
+  go through it.
 
 Results are exact: best first, ties keep the lower item index, -inf (masked) and NaN are never returned, rows
 with fewer eligible items are padded with id -1 / score -inf. Selecting from a row takes two passes, not a
@@ -25,13 +25,12 @@ import numba as nb
 import numpy as np
 import scipy.sparse as sp
 
-# score_top_n's blocks: users x items per matrix product, 256 x 4096 (4 MB of float32 scores per thread, in
-# L3). Measured on 200k x 20k x 64 factors against 64 users x all items per product: 12-14% faster;
-# 128 or 512 users, 2048 or 8192 items, or whole rows were all slower (BLAS repacks its inputs for every call,
-# so small products pay more per score; big blocks are read back from memory by the selection).
-_BLOCK_CELLS = 256 * 4096
-_ITEM_BLOCK = 4096
-_MIN_CHUNK, _MAX_CHUNK = 16, 256
+from ._score_tile import ROWS, lowest_bit, score_tile, strip_width
+
+_CHUNK = 48  # users per parallel task at a time: their first block of scores (768 KB) stays in L2
+_FIRST_ITEMS = 4096  # items whose scores start each user's list (`_score_top_n`)
+_PACKED_MIN_USERS = 64
+_DENSE_BLOCK = 256  # users per matrix product on the small path
 _BLOCKS_PER_N = 8  # columns of pass 1 per wanted item: the n-th best column maximum is then near the n-th score
 _BISECTIONS = 12  # steps refining the threshold between the smallest and largest column maximum
 _NEG_INF = np.float32(-np.inf)  # widens to float64 where the scores are float64
@@ -163,41 +162,140 @@ def _top_n_rows(scores, n, n_tasks, out_ids, out_scores):
             _select(scores[r], 0, n, out_ids[r], out_scores[r], columns, picked)
 
 
+@nb.njit(inline="always")
+def _contains(sorted_items, lo, hi, item):
+    end = hi
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if sorted_items[mid] < item:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo < end and sorted_items[lo] == item
+
+
+@nb.njit(inline="always")
+def _insert_keyed(ids, best, n, item, value):
+    """Insert ``item`` into the descending ``best[:n]`` by (score, then lower index first), for items that do
+    not come in index order; the caller checked that it belongs in the list."""
+    pos = n - 1
+    while pos > 0 and (best[pos - 1] < value or (best[pos - 1] == value and ids[pos - 1] > item)):
+        best[pos] = best[pos - 1]
+        ids[pos] = ids[pos - 1]
+        pos -= 1
+    best[pos] = value
+    ids[pos] = item
+
+
 @nb.njit(parallel=True, cache=True)
-def _score_top_n(vectors, factors, offsets, excl_indptr, excl_indices, filter_items, n, chunk, item_block,
-                 n_tasks, out_ids, out_scores):
-    """``out_*[u]`` = best n of ``vectors[u] @ factors.T + offsets`` without the items of CSR row u of
-    ``excl_*`` and without ``filter_items``; ``out_*`` come filled with -1 / -inf. Each task scores ``chunk``
-    users against ``item_block`` items at a time and merges each block into the users' lists."""
-    n_users = vectors.shape[0]
-    n_items = factors.shape[0]
+def _score_top_n(users, packed, offsets, order, position, n_first, excl_indptr, excl_indices, blocked,
+                 filter_items, n, chunk, n_tasks, out_ids, out_scores):
+    """``out_*[u]`` = best n of ``users[u] @ items.T + offsets`` without the items of CSR row u of ``excl_*``
+    and the ``blocked`` items (also listed in ``filter_items``); ``out_*`` come filled with -1 / -inf,
+    ``users`` padded to a multiple of ROWS rows. ``packed``/``offsets`` hold the items in the order
+    ``order`` (``position`` its inverse, `_pack`): first the ``n_first`` with the largest factor norms,
+    then the others, each part in index order.
+
+    Each task takes ``chunk`` users at a time through the strips of items (a strip stays in L1 while the
+    chunk's users go past it), one register tile of scores per ROWS users and strip:
+    - the first part's scores are kept and each user's list starts from them by `_select` (column maxima,
+      then only the columns that can hold a top-n item). A user's best items are mostly among the items of
+      large norm, so the list starts close to final; filling it item by item from -inf would insert every
+      new best-so-far (about n * ln(items / n) insertions);
+    - after that, each tile compares its scores with each user's current n-th best in registers, and only
+      the items at or above it (a bitmask) go to the user's list."""
+    n_users = out_ids.shape[0]
+    n_items = len(order)
+    n_strips, _, width = packed.shape
+    first_strips = -(-n_first // width)
     n_chunks = (n_users + chunk - 1) // chunk
     for task in nb.prange(n_tasks):
-        buffer = np.empty(chunk * item_block, factors.dtype)
-        columns = np.empty(_BLOCKS_PER_N * n, factors.dtype)
+        tile = np.empty((ROWS, width), packed.dtype)
+        thresholds = np.empty(ROWS, packed.dtype)
+        masks = np.empty(ROWS, np.int64)
+        block = np.empty((chunk, first_strips * width), packed.dtype)
+        columns = np.empty(_BLOCKS_PER_N * n, packed.dtype)
         picked = np.empty(_BLOCKS_PER_N * n, np.int64)
         for c in range(task * n_chunks // n_tasks, (task + 1) * n_chunks // n_tasks):
             lo = c * chunk
-            m = min(chunk, n_users - lo)
-            for start in range(0, n_items, item_block):
-                width = min(item_block, n_items - start)
-                scores = buffer[:m * width].reshape((m, width))
-                np.dot(vectors[lo:lo + m], factors[start:start + width].T, scores)
-                for r in range(m):
-                    u = lo + r
-                    row = scores[r]
-                    if len(offsets):
-                        for i in range(width):
-                            row[i] += offsets[start + i]
-                    for p in range(excl_indptr[u], excl_indptr[u + 1]):
-                        i = excl_indices[p] - start
-                        if 0 <= i < width:
-                            row[i] = -np.inf
-                    for p in range(len(filter_items)):
-                        i = filter_items[p] - start
-                        if 0 <= i < width:
-                            row[i] = -np.inf
-                    _select(row, start, n, out_ids[u], out_scores[u], columns, picked)
+            hi = min(lo + chunk, n_users)
+            thresholds[:] = np.inf  # the first part's bitmasks are not read
+            for strip in range(first_strips):
+                for row0 in range(lo, hi, ROWS):
+                    score_tile(users, row0, packed, strip, thresholds, offsets, tile, masks)
+                    for r in range(min(ROWS, hi - row0)):
+                        target = block[row0 - lo + r]
+                        for j in range(width):
+                            target[strip * width + j] = tile[r, j]
+            for u in range(lo, hi):
+                row = block[u - lo, :n_first]
+                for p in range(excl_indptr[u], excl_indptr[u + 1]):
+                    if position[excl_indices[p]] < n_first:
+                        row[position[excl_indices[p]]] = -np.inf
+                for p in range(len(filter_items)):
+                    if position[filter_items[p]] < n_first:
+                        row[position[filter_items[p]]] = -np.inf
+                ids, best = out_ids[u], out_scores[u]
+                _select(row, 0, n, ids, best, columns, picked)
+                for j in range(n):
+                    if ids[j] >= 0:
+                        ids[j] = order[ids[j]]
+            for strip in range(first_strips, n_strips):
+                for row0 in range(lo, hi, ROWS):
+                    for r in range(ROWS):
+                        thresholds[r] = out_scores[row0 + r, n - 1] if row0 + r < hi else np.inf
+                    score_tile(users, row0, packed, strip, thresholds, offsets, tile, masks)
+                    for r in range(ROWS):
+                        mask = masks[r]
+                        if mask == 0:
+                            continue
+                        u = row0 + r
+                        ids, best = out_ids[u], out_scores[u]
+                        ex_lo, ex_hi = excl_indptr[u], excl_indptr[u + 1]
+                        while mask != 0:
+                            j = lowest_bit(mask)
+                            mask &= mask - 1
+                            p = strip * width + j
+                            if p >= n_items:  # padding
+                                continue
+                            item = order[p]
+                            value = tile[r, j]
+                            if not (value > best[n - 1] or (value == best[n - 1] and item < ids[n - 1])):
+                                continue  # also -inf, which never enters
+                            if blocked[item] or (ex_hi > ex_lo and _contains(excl_indices, ex_lo, ex_hi, item)):
+                                continue
+                            _insert_keyed(ids, best, n, item, value)
+
+
+def _item_order(item_factors: np.ndarray, n_first: int) -> tuple[np.ndarray, np.ndarray]:
+    """The items as `_score_top_n` reads them, and each item's place in that order: the ``n_first`` of
+    largest norm, then the others, each part in index order."""
+    n_items = len(item_factors)
+    first = np.zeros(n_items, dtype=np.bool_)
+    if n_first >= n_items:
+        first[:] = True
+    else:
+        norms = np.einsum("ij,ij->i", item_factors, item_factors)
+        first[np.argpartition(-norms, n_first - 1)[:n_first]] = True
+    order = np.concatenate((np.flatnonzero(first), np.flatnonzero(~first)))
+    position = np.empty(n_items, dtype=np.int64)
+    position[order] = np.arange(n_items)
+    return order, position
+
+
+def _pack(item_factors: np.ndarray, offsets: np.ndarray | None, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Items ``order`` as strips of ``strip_width`` items, each transposed (strips x factors x width), and
+    their offsets padded to match (zeros where none): the layout `score_tile` reads."""
+    n_items, k = item_factors.shape
+    width = strip_width(item_factors.dtype)
+    n_strips = -(-n_items // width)
+    padded = np.zeros((n_strips * width, k), dtype=item_factors.dtype)
+    padded[:n_items] = item_factors[order]
+    packed = np.ascontiguousarray(padded.reshape(n_strips, width, k).transpose(0, 2, 1))
+    padded_offsets = np.zeros(n_strips * width, dtype=item_factors.dtype)
+    if offsets is not None:
+        padded_offsets[:n_items] = offsets[order]
+    return packed, padded_offsets
 
 
 def _padded(n_rows: int, n: int, dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -234,13 +332,15 @@ def top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def score_top_n(vectors: np.ndarray, item_factors: np.ndarray, n: int, excluded: sp.csr_matrix | None = None,
                 filter_items: np.ndarray | None = None, offsets: np.ndarray | None = None,
-                chunk: int | None = None, item_block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                chunk: int | None = None, first_items: int | None = None,
+                packed: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Best ``n`` items of each row of ``vectors @ item_factors.T (+ offsets)``, as ``top_n`` would return
     them from that dense product with ``excluded`` (one CSR row per vector: its stored columns) and
-    ``filter_items`` masked, but computed ``chunk`` users x ``item_block`` items at a time per thread (by
-    default 256 x 4096).
+    ``filter_items`` masked, without the dense product: register tiles of scores (`_score_tile`), ``chunk``
+    users per parallel task. Fewer than ``_PACKED_MIN_USERS`` vectors (or ``packed=False``) are scored by a
+    matrix product and ``top_n`` instead: re-laying the items out costs more than it saves there.
 
-    The matrix products call BLAS from numba threads: pin BLAS to one thread around this call.
+    The small path calls BLAS: pin BLAS to one thread around this call when it runs in parallel code.
     """
     vectors = np.ascontiguousarray(vectors)
     dtype = vectors.dtype
@@ -252,20 +352,42 @@ def score_top_n(vectors: np.ndarray, item_factors: np.ndarray, n: int, excluded:
     ids, best = _padded(n_users, max(n, 0), dtype)
     if n <= 0 or n_users == 0:
         return ids, best
+    if excluded is not None and excluded.shape != (n_users, n_items):
+        raise ValueError(f"excluded has shape {excluded.shape}, expected {(n_users, n_items)}")
+    filtered = np.empty(0, np.int64) if filter_items is None else np.asarray(filter_items, np.int64)
+    filtered = filtered[(filtered >= 0) & (filtered < n_items)]
+    if offsets is not None:
+        offsets = np.ascontiguousarray(offsets, dtype=dtype)
+    if not (n_users >= _PACKED_MIN_USERS if packed is None else packed):
+        for lo in range(0, n_users, _DENSE_BLOCK):
+            hi = min(lo + _DENSE_BLOCK, n_users)
+            with np.errstate(invalid="ignore"):  # inf * 0 in the factors: NaN scores, never selected
+                scores = vectors[lo:hi] @ item_factors.T
+            if offsets is not None:
+                scores += offsets
+            mask_items(scores, None if excluded is None else excluded[lo:hi], filtered)
+            ids[lo:hi], best[lo:hi] = top_n(scores, n)
+        return ids, best
     if excluded is None:
         indptr, indices = np.zeros(n_users + 1, dtype=np.int64), np.empty(0, dtype=np.int64)
     else:
-        if excluded.shape != (n_users, n_items):
-            raise ValueError(f"excluded has shape {excluded.shape}, expected {(n_users, n_items)}")
+        excluded = excluded if excluded.has_sorted_indices else excluded.sorted_indices()
         indptr = excluded.indptr.astype(np.int64, copy=False)
         indices = excluded.indices.astype(np.int64, copy=False)
-    filtered = np.empty(0, np.int64) if filter_items is None else np.asarray(filter_items, np.int64)
-    offsets = np.empty(0, dtype) if offsets is None else np.ascontiguousarray(offsets, dtype=dtype)
-    # blocks of items long enough for the column maxima (pass 1) to have rows to take maxima over
-    item_block = min(n_items, int(item_block or max(_ITEM_BLOCK, 4 * _BLOCKS_PER_N * n)))
-    chunk = int(chunk or min(_MAX_CHUNK, max(_MIN_CHUNK, _BLOCK_CELLS // item_block)))
-    chunk = max(1, min(chunk, n_users))
+    blocked = np.zeros(n_items, dtype=np.bool_)
+    blocked[filtered] = True
+    # the first part: long enough for the column maxima (pass 1 of `_select`) to have rows to take maxima over
+    # and whole strips, so that the second part starts on a strip of its own
+    width = strip_width(dtype)
+    n_first = min(n_items, -(-max(int(first_items or _FIRST_ITEMS), 4 * _BLOCKS_PER_N * n) // width) * width)
+    order, position = _item_order(item_factors, n_first)
+    items, padded_offsets = _pack(item_factors, offsets, order)
+    users = vectors
+    if n_users % ROWS:
+        users = np.zeros((n_users + ROWS - n_users % ROWS, vectors.shape[1]), dtype=dtype)
+        users[:n_users] = vectors
+    chunk = ROWS * max(1, -(-int(chunk or _CHUNK) // ROWS))
     with nb.parallel_chunksize(1):
-        _score_top_n(vectors, item_factors, offsets, indptr, indices, filtered, n, chunk, max(1, item_block),
-                     _tasks(-(-n_users // chunk)), ids, best)
+        _score_top_n(users, items, padded_offsets, order, position, n_first, indptr, indices, blocked,
+                     np.unique(filtered), n, chunk, _tasks(-(-n_users // chunk)), ids, best)
     return ids, best

@@ -70,16 +70,18 @@ def scoring_cases(draw):
     offsets = rng.integers(-3, 4, n_items).astype(dtype) if draw(st.booleans()) else None
     n = draw(st.integers(1, 60))
     chunk = draw(st.sampled_from([None, 1, 7]))
-    item_block = draw(st.sampled_from([None, 1, 16, 100]))  # None: the whole catalogue here
-    return users, items, seen, filter_items, offsets, n, chunk, item_block
+    first_items = draw(st.sampled_from([None, 1, 16, 100]))  # None: the whole catalogue here
+    packed = draw(st.sampled_from([None, True, False]))  # None: by the number of users
+    return users, items, seen, filter_items, offsets, n, chunk, first_items, packed
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=scoring_cases())
 def test_blocked_kernel_equals_the_dense_computation(case):
-    users, items, seen, filter_items, offsets, n, chunk, item_block = case
+    users, items, seen, filter_items, offsets, n, chunk, first_items, packed = case
     expected = dense_top_n(dense_scores(users, items, seen, filter_items, offsets), n)
-    got = score_top_n(users, items, n, seen, filter_items, offsets, chunk=chunk, item_block=item_block)
+    got = score_top_n(users, items, n, seen, filter_items, offsets, chunk=chunk, first_items=first_items,
+                      packed=packed)
     np.testing.assert_array_equal(got[0], expected[0])
     np.testing.assert_array_equal(got[1], expected[1])
     assert got[1].dtype == users.dtype
@@ -109,14 +111,45 @@ def test_float_scores_agree_with_numpy_up_to_rounding(n_items):
         assert np.all(gap <= 1e-5 * np.abs(exact[row, expected_ids[row][differ]]).max(initial=1))
 
 
+def test_real_valued_factors_with_masks_and_short_lists_equal_the_dense_computation():
+    """The tiled kernel against numpy's dense product: real-valued factors whose norms spread over two orders
+    of magnitude (so the large-norm part holds most top items, as in trained models), seen items, a filter,
+    users with fewer unseen items than n and a user count that does not fill the last tile. The same lists,
+    ties aside: a position may hold another item only between scores within float32 rounding."""
+    rng = np.random.default_rng(7)
+    n_users, n_items, k, n = 301, 5_000, 48, 50
+    users = rng.standard_normal((n_users, k)).astype(np.float32)
+    items = (rng.standard_normal((n_items, k)) * rng.pareto(2.0, (n_items, 1))).astype(np.float32)
+    seen = sp.random(n_users, n_items, density=0.02, format="lil", random_state=3, dtype=np.float32)
+    for row in rng.choice(n_users, 8, replace=False):  # all but a handful of items seen: fewer than n left
+        seen[row] = 1
+        seen[row, rng.choice(n_items, rng.integers(0, 20), replace=False)] = 0
+    seen = sp.csr_matrix(seen)
+    seen.eliminate_zeros()
+    filter_items = rng.choice(n_items, 30, replace=False)
+    reference = dense_scores(users, items, seen, filter_items, None)
+    expected_ids, expected = dense_top_n(reference, n)
+    ids, scores = score_top_n(users, items, n, seen, filter_items, packed=True)
+    np.testing.assert_array_equal(ids < 0, expected_ids < 0)  # short lists padded alike
+    assert (ids < 0).any()
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-4)
+    exact = users.astype(np.float64) @ items.astype(np.float64).T
+    for row in range(n_users):
+        assert not np.isin(ids[row], np.r_[seen[row].indices, filter_items]).any()
+        differ = ids[row] != expected_ids[row]
+        gap = np.abs(exact[row, ids[row][differ]] - exact[row, expected_ids[row][differ]])
+        assert np.all(gap <= 1e-5 * np.abs(exact[row]).max())
+
+
 def test_nan_and_inf_scores():
     users = np.array([[1.0], [-1.0], [0.0]], dtype=np.float32)
     items = np.array([[np.nan], [2.0], [np.inf], [1.0], [-np.inf]] * 200, dtype=np.float32)
     with np.errstate(invalid="ignore"):
         expected = dense_top_n(users @ items.T, 10)
-    got = score_top_n(users, items, 10)
-    np.testing.assert_array_equal(got[0], expected[0])
-    np.testing.assert_array_equal(got[1], expected[1])
+    for packed in (False, True):
+        got = score_top_n(users, items, 10, packed=packed)
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
     assert not np.isin(got[0][0], np.arange(0, 1000, 5)).any()  # the NaN items
     np.testing.assert_array_equal(got[0][0][:3], [2, 7, 12])  # +inf first, in index order
     assert set(got[0][2] % 5) == {1, 3}  # 0 * inf and 0 * nan are NaN: only the zeros remain
