@@ -9,9 +9,15 @@ explicit mode); ``w`` and ``t`` are per-nonzero weights (implicit: w = c - 1, t 
 t = residual target). One formulation serves both modes and both solvers.
 
 The exact solver gathers each row's scaled item vectors into a small buffer and accumulates the gram with
-BLAS ``syrk``, then solves with LAPACK ``posv`` (Cholesky); both are called through scipy's Cython BLAS/LAPACK
-exports, so no Python runs per row. Callers pin BLAS to one thread while these run: the parallelism is over
-rows, and nested BLAS threads would oversubscribe the cores.
+BLAS ``syrk`` (called through scipy's Cython BLAS exports, so no Python runs per row), then factors and solves
+the rows' systems a batch at a time, vector lanes across rows (``_batched_cholesky``). Callers pin BLAS to one
+thread while these run: the parallelism is over rows, and nested BLAS threads would oversubscribe the cores.
+
+Both solvers also return the half-step's objective, summed over its rows from quantities the solve has. The
+row's objective is the quadratic x^T A x - 2 b.x + constant (constant = sum of c over the row's nonzeros in
+implicit mode, sum of squared targets in explicit mode; A includes the gram G, so the implicit "all missing
+pairs" part is in it). With the residual r = b - A x, x^T A x = b.x - r.x, so the objective is
+constant - b.x - r.x (r = 0 for the exact solve; CG keeps its r): no extra pass over the data.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import numba as nb
 import numpy as np
 from numba.extending import get_cython_function_address
 
+from als_core import _batched_cholesky, _simd
 from als_core._prefetch import prefetch_row
 
 _VOID_P = ctypes.c_void_p
@@ -33,21 +40,6 @@ GATHER_CHUNK = 256
 def _cython_function(module: str, name: str, n_args: int):
     address = get_cython_function_address(module, name)
     return ctypes.CFUNCTYPE(None, *([_VOID_P] * n_args))(address)
-
-
-@nb.njit(fastmath=True)
-def _row_objective(constant, b, x):
-    """The row's term of the objective at its exact solution x (A x = b), from quantities the solve has.
-
-    The row's objective is the quadratic x^T A x - 2 b.x + constant (constant = sum of c over the row's
-    nonzeros in implicit mode, sum of squared targets in explicit mode; A includes the gram G, so the
-    implicit "all missing pairs" part is in it). With the residual r = b - A x, x^T A x = b.x - r.x, so the
-    objective is constant - b.x - r.x (r = 0 here; CG keeps its r): no extra pass over the data.
-    """
-    acc = constant
-    for f in range(x.shape[0]):
-        acc -= np.float64(b[f]) * x[f]
-    return acc
 
 
 # nonzeros ahead whose factor rows the gather asks for early (A/B of the CG kernel on the bench matrix:
@@ -123,69 +115,102 @@ def _gather(Y, indices, gram_w, rhs_w, lo, hi, implicit, buf, first, residual, x
     return constant, b_dot_x
 
 
-def _make_kernels(syrk, posv):
-    """Build the kernels for one float type (the BLAS/LAPACK routines are type-specific)."""
+def _make_kernels(syrk, dtype):
+    """Build the kernels for one float type (the BLAS routine is type-specific, and so are the vector lanes)."""
+    lanes = _simd.lanes(dtype)
 
-    @nb.njit(parallel=True, fastmath=True)
+    # no fastmath: its no-NaN assumption reaches the pivot check of the inlined factorisation, and a NaN pivot
+    # must fail the row as LAPACK's would (the hot loops are explicit vector code, which fastmath does not change)
+    @nb.njit(parallel=True)
     def solve_cholesky(indptr, indices, gram_w, rhs_w, Y, base, reg, out, n_blocks, implicit):
+        """Solve every row exactly: each row's gram (BLAS syrk over its gathered, scaled vectors) and
+        right-hand side go into one lane of a batch; the batch is factored and solved at once. Rows whose
+        system is not positive definite keep their values in ``out``; returns (their count, the objective)."""
         n_rows = indptr.shape[0] - 1
         k = Y.shape[1]
-        failures = 0
-        # per block, summed in block order after the loop: the same total whichever thread ran which block
+        # per block, summed in block order after the loop: the same totals whichever thread ran which block
+        failures = np.zeros(n_blocks, dtype=np.int64)
         objective = np.zeros(n_blocks, dtype=np.float64)
         for block in nb.prange(n_blocks):
-            A = np.empty((k, k), dtype=Y.dtype)
-            b = np.empty(k, dtype=Y.dtype)
-            rhs = np.empty(k, dtype=Y.dtype)
+            # each lane's sum of w y y^T and of t y (zeros: a lane left unused holds finite numbers)
+            grams = np.zeros((lanes, k, k), dtype=Y.dtype)
+            bs = np.zeros((lanes, k), dtype=Y.dtype)
+            diagonal = np.empty(lanes, dtype=Y.dtype)
             buf = np.empty((GATHER_CHUNK, k), dtype=Y.dtype)
+            # a batch of systems in the compact layout (zeros: the upper triangle is never placed, only read)
+            C = np.zeros(k * k * lanes, dtype=Y.dtype)
+            B = np.empty(k * lanes, dtype=Y.dtype)
+            rhs = np.empty(k * lanes, dtype=Y.dtype)
+            inverse_diagonal = np.empty(k * lanes, dtype=Y.dtype)
+            failed = np.empty(lanes, dtype=np.int32)
+            rows = np.empty(lanes, dtype=np.int64)
+            constants = np.empty(lanes, dtype=np.float64)
             # Fortran arguments are passed by pointer: small arrays hold them
-            ints = np.empty(4, dtype=np.int32)  # n, nrhs, rows in buf, info
+            ints = np.empty(3, dtype=np.int32)  # n, rows in buf
             ints[0] = k
-            ints[1] = 1
             chars = np.empty(2, dtype=np.uint8)
-            chars[0] = 85  # 'U': fill/use one triangle (symmetric, so either works)
+            chars[0] = 85  # 'U': fill the upper triangle (column-major)
             chars[1] = 78  # 'N': buf is k x m column-major, syrk computes buf buf^T
-            one = np.ones(1, dtype=Y.dtype)
-            for u in range(block, n_rows, n_blocks):
-                lo = indptr[u]
-                hi = indptr[u + 1]
-                if lo == hi:
-                    out[u, :] = 0.0
-                    continue
-                A[:, :] = base
-                for f in range(k):
-                    A[f, f] += reg[u]
-                    b[f] = 0.0
-                constant = 0.0
-                for chunk_lo in range(lo, hi, GATHER_CHUNK):
-                    m = min(GATHER_CHUNK, hi - chunk_lo)
-                    part, _ = _gather(Y, indices, gram_w, rhs_w, chunk_lo, chunk_lo + m, implicit, buf, 0, b, None,
-                                      0, 0)
-                    constant += part
-                    ints[2] = m
-                    syrk(chars[0:1].ctypes, chars[1:2].ctypes, ints[0:1].ctypes, ints[2:3].ctypes,
-                         one.ctypes, buf.ctypes, ints[0:1].ctypes, one.ctypes, A.ctypes, ints[0:1].ctypes)
-                rhs[:] = b
-                posv(chars[0:1].ctypes, ints[0:1].ctypes, ints[1:2].ctypes, A.ctypes, ints[0:1].ctypes,
-                     b.ctypes, ints[0:1].ctypes, ints[3:4].ctypes)
-                if ints[3] != 0:  # not positive definite (e.g. zero regularization): keep the old row
-                    failures += 1
-                    continue
-                out[u, :] = b
-                objective[block] += _row_objective(constant, rhs, b)
-        return failures, objective.sum()
+            scalars = np.zeros(2, dtype=Y.dtype)  # beta 0 (the first chunk overwrites), alpha and beta 1
+            scalars[1] = 1.0
+            u = block + 0 * n_blocks  # a copy: numba refuses writes to the parallel loop's index
+            while u < n_rows:
+                # the block's next rows (every n_blocks-th), up to a batch of non-empty ones
+                n = 0
+                while n < lanes and u < n_rows:
+                    lo = indptr[u]
+                    hi = indptr[u + 1]
+                    if lo == hi:
+                        out[u, :] = 0.0
+                        u += n_blocks
+                        continue
+                    b = bs[n]
+                    for f in range(k):
+                        b[f] = 0.0
+                    constant = 0.0
+                    for chunk_lo in range(lo, hi, GATHER_CHUNK):
+                        m = min(GATHER_CHUNK, hi - chunk_lo)
+                        part, _ = _gather(Y, indices, gram_w, rhs_w, chunk_lo, chunk_lo + m, implicit, buf, 0, b,
+                                          None, 0, 0)
+                        constant += part
+                        ints[1] = m
+                        beta = scalars[0:1] if chunk_lo == lo else scalars[1:2]
+                        syrk(chars[0:1].ctypes, chars[1:2].ctypes, ints[0:1].ctypes, ints[1:2].ctypes,
+                             scalars[1:2].ctypes, buf.ctypes, ints[0:1].ctypes, beta.ctypes, grams[n].ctypes,
+                             ints[0:1].ctypes)
+                    diagonal[n] = reg[u]
+                    rows[n] = u
+                    constants[n] = constant
+                    n += 1
+                    u += n_blocks
+                if n == 0:
+                    break
+                _batched_cholesky.place(C, B, grams, bs, base, diagonal, k, lanes)
+                for lane in range(n, lanes):
+                    _batched_cholesky.place_identity(C, B, lane, k, lanes)
+                rhs[:] = B
+                failed[:] = 0
+                _batched_cholesky.factor(C, k, lanes, inverse_diagonal, failed)
+                _batched_cholesky.solve(C, k, lanes, inverse_diagonal, B)
+                for lane in range(n):
+                    if failed[lane]:  # not positive definite (e.g. zero regularization): keep the old row
+                        failures[block] += 1
+                        continue
+                    row = rows[lane]
+                    # the row's objective at its exact solution: constant - b.x (module docstring)
+                    acc = constants[lane]
+                    for f in range(k):
+                        x = B[f * lanes + lane]
+                        out[row, f] = x
+                        acc -= np.float64(rhs[f * lanes + lane]) * x
+                    objective[block] += acc
+        return failures.sum(), objective.sum()
 
     return SimpleNamespace(solve_cholesky=solve_cholesky)
 
 
-_F32 = _make_kernels(
-    _cython_function("scipy.linalg.cython_blas", "ssyrk", 10),
-    _cython_function("scipy.linalg.cython_lapack", "sposv", 8),
-)
-_F64 = _make_kernels(
-    _cython_function("scipy.linalg.cython_blas", "dsyrk", 10),
-    _cython_function("scipy.linalg.cython_lapack", "dposv", 8),
-)
+_F32 = _make_kernels(_cython_function("scipy.linalg.cython_blas", "ssyrk", 10), np.float32)
+_F64 = _make_kernels(_cython_function("scipy.linalg.cython_blas", "dsyrk", 10), np.float64)
 
 
 def kernels_for(dtype) -> SimpleNamespace:
@@ -351,7 +376,7 @@ def solve_cg(indptr, indices, gram_w, rhs_w, Y, base, reg, out, cg_steps, n_bloc
                     out[u, :] = 0.0
                 else:
                     out[u, :] = Xb[j]
-                    # constant - b.x - r.x (see _row_objective), with b.x tracked through the steps
+                    # constant - b.x - r.x (module docstring), with b.x tracked through the steps
                     r_dot_x = 0.0
                     for f in range(k):
                         r_dot_x += np.float64(R[j, f]) * Xb[j, f]
