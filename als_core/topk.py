@@ -163,18 +163,6 @@ def _top_n_rows(scores, n, n_tasks, out_ids, out_scores):
 
 
 @nb.njit(inline="always")
-def _contains(sorted_items, lo, hi, item):
-    end = hi
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if sorted_items[mid] < item:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo < end and sorted_items[lo] == item
-
-
-@nb.njit(inline="always")
 def _insert_keyed(ids, best, n, item, value):
     """Insert ``item`` into the descending ``best[:n]`` by (score, then lower index first), for items that do
     not come in index order; the caller checked that it belongs in the list."""
@@ -191,7 +179,7 @@ def _insert_keyed(ids, best, n, item, value):
 def _score_top_n(users, packed, offsets, order, position, n_first, excl_indptr, excl_indices, blocked,
                  filter_items, n, chunk, n_tasks, out_ids, out_scores):
     """``out_*[u]`` = best n of ``users[u] @ items.T + offsets`` without the items of CSR row u of ``excl_*``
-    and the ``blocked`` items (also listed in ``filter_items``); ``out_*`` come filled with -1 / -inf,
+    (sorted indices) and the ``blocked`` items (also listed in ``filter_items``); ``out_*`` come filled with -1 / -inf,
     ``users`` padded to a multiple of ROWS rows. ``packed``/``offsets`` hold the items in the order
     ``order`` (``position`` its inverse, `_pack`): first the ``n_first`` with the largest factor norms,
     then the others, each part in index order.
@@ -216,9 +204,11 @@ def _score_top_n(users, packed, offsets, order, position, n_first, excl_indptr, 
         block = np.empty((chunk, first_strips * width), packed.dtype)
         columns = np.empty(_BLOCKS_PER_N * n, packed.dtype)
         picked = np.empty(_BLOCKS_PER_N * n, np.int64)
+        cursors = np.empty(chunk, np.int64)  # per user: its first excluded item not below the items seen so far
         for c in range(task * n_chunks // n_tasks, (task + 1) * n_chunks // n_tasks):
             lo = c * chunk
             hi = min(lo + chunk, n_users)
+            cursors[:hi - lo] = excl_indptr[lo:hi]
             thresholds[:] = np.inf  # the first part's bitmasks are not read
             for strip in range(first_strips):
                 for row0 in range(lo, hi, ROWS):
@@ -251,7 +241,7 @@ def _score_top_n(users, packed, offsets, order, position, n_first, excl_indptr, 
                             continue
                         u = row0 + r
                         ids, best = out_ids[u], out_scores[u]
-                        ex_lo, ex_hi = excl_indptr[u], excl_indptr[u + 1]
+                        ex_hi = excl_indptr[u + 1]
                         while mask != 0:
                             j = lowest_bit(mask)
                             mask &= mask - 1
@@ -262,7 +252,14 @@ def _score_top_n(users, packed, offsets, order, position, n_first, excl_indptr, 
                             value = tile[r, j]
                             if not (value > best[n - 1] or (value == best[n - 1] and item < ids[n - 1])):
                                 continue  # also -inf, which never enters
-                            if blocked[item] or (ex_hi > ex_lo and _contains(excl_indices, ex_lo, ex_hi, item)):
+                            if blocked[item]:
+                                continue
+                            # the second part's items come in index order: the user's cursor only moves on
+                            cursor = cursors[u - lo]
+                            while cursor < ex_hi and excl_indices[cursor] < item:
+                                cursor += 1
+                            cursors[u - lo] = cursor
+                            if cursor < ex_hi and excl_indices[cursor] == item:
                                 continue
                             _insert_keyed(ids, best, n, item, value)
 
