@@ -128,6 +128,8 @@ def _make_kernels(syrk, dtype):
         system is not positive definite keep their values in ``out``; returns (their count, the objective)."""
         n_rows = indptr.shape[0] - 1
         k = Y.shape[1]
+        # at least a batch of rows per block: a block's batches all cost a full batch's factorisation
+        n_blocks = max(1, min(n_blocks, (n_rows + lanes - 1) // lanes))
         # per block, summed in block order after the loop: the same totals whichever thread ran which block
         failures = np.zeros(n_blocks, dtype=np.int64)
         objective = np.zeros(n_blocks, dtype=np.float64)
