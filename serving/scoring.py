@@ -330,9 +330,13 @@ class Scorer:
         seen items excluded; others: the popularity list (a user without history has seen nothing to
         exclude)."""
         user_rows = np.asarray(user_rows, dtype=np.int64)
-        if len(user_rows) == 1 and self.bundle.model is not None and user_rows[0] >= 0:
+        if len(user_rows) == 1:  # a single-user GET: without the masks and concatenations below
             row = int(user_rows[0])
-            if self.has_history[row]:  # a single-user GET: straight to the kernel, without the masks below
+            if row < 0 or not self.has_history[row]:
+                out = self._empty(1, n)
+                self._fill_popular(out, 0, n)
+                return out
+            if self.bundle.model is not None:
                 lo, hi = self.seen_indptr[row], self.seen_indptr[row + 1]
                 ids, scores = self.items.top_n(self.user_factors[row:row + 1], n, np.array([0, hi - lo]),
                                                self.seen_indices[lo:hi])
