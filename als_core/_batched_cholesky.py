@@ -22,7 +22,7 @@ from . import _simd as V
 TILE = 8
 
 
-@nb.njit
+@nb.njit(cache=True)
 def _check_pivots(pivots, at, lanes, failed):
     """Replace each pivot (the diagonal of L squared) by 1 / sqrt(pivot); a lane whose pivot is not positive
     (the matrix is not positive definite, as LAPACK's ``potrf`` checks: <= 0 or NaN) is marked failed and goes
@@ -36,7 +36,7 @@ def _check_pivots(pivots, at, lanes, failed):
         pivots[at + lane] = 1.0 / np.sqrt(pivot)
 
 
-@nb.njit
+@nb.njit(cache=True)
 def factor(C, k, lanes, inverse_diagonal, failed):
     """Cholesky factorisation of the batch in place (lower triangle), Cholesky-Banachiewicz order.
 
@@ -128,7 +128,7 @@ def factor(C, k, lanes, inverse_diagonal, failed):
                 V.store(C, ri + j * lanes, V.mul(a, scale))
 
 
-@nb.njit
+@nb.njit(cache=True)
 def solve(C, k, lanes, inverse_diagonal, B):
     """Solve L L^T x = b in place in ``B`` (``B[i * lanes + l]``: entry i of system l's right-hand side),
     from ``factor``'s output."""
@@ -161,7 +161,7 @@ def solve(C, k, lanes, inverse_diagonal, B):
             V.store(B, p * lanes, V.fnma(V.load(C, ri + p * lanes), x, V.load(B, p * lanes)))
 
 
-@nb.njit
+@nb.njit(cache=True)
 def place(C, B, grams, rhs, base, diagonal, k, lanes):
     """Put the systems ``grams[l] + base + diagonal[l] * I`` with right-hand sides ``rhs[l]`` into the lanes.
 
@@ -182,7 +182,7 @@ def place(C, B, grams, rhs, base, diagonal, k, lanes):
             B[i * lanes + lane] = rhs[lane, i]
 
 
-@nb.njit
+@nb.njit(cache=True)
 def place_identity(C, B, lane, k, lanes):
     """Fill an unused lane with the identity and a zero right-hand side (a solve that cannot fail)."""
     row = k * lanes

@@ -137,25 +137,21 @@ def fnma(typingctx, a, b, c):
     return a(a, b, c), codegen
 
 
-@intrinsic
-def mul(typingctx, a, b):
-    """a * b, lane by lane."""
-    if not _same_vectors(a, b):
-        return None
+def _lane_by_lane(instruction: str):
+    """An intrinsic applying one LLVM instruction (``fmul``, ``fadd``) to two vectors lane by lane."""
 
-    def codegen(context, builder, sig, args):
-        return builder.fmul(args[0], args[1])
+    @intrinsic
+    def operation(typingctx, a, b):
+        if not _same_vectors(a, b):
+            return None
 
-    return a(a, b), codegen
+        def codegen(context, builder, sig, args):
+            return getattr(builder, instruction)(args[0], args[1])
+
+        return a(a, b), codegen
+
+    return operation
 
 
-@intrinsic
-def add(typingctx, a, b):
-    """a + b, lane by lane."""
-    if not _same_vectors(a, b):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.fadd(args[0], args[1])
-
-    return a(a, b), codegen
+mul = _lane_by_lane("fmul")
+add = _lane_by_lane("fadd")

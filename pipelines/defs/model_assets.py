@@ -133,13 +133,14 @@ class ChallengerConfig(dg.Config):
         "(solver and cg_steps are not used), and the same regularization number is a stronger penalty than on "
         "numba's default (tuning searches unweighted). Both engines log final_objective, the als_core "
         "objective of the final factors, to compare runs across engines (docs/scale.md)."))
-    warm_start: Literal[WARM_STARTS] = Field(default="none", description=(
-        "none: factors start from the seeded random initialisation. champion: from the champion's factors for "
-        "the users and items both know (the others initialised as with none), so fewer iterations reach the "
-        "same quality (warm_start_iterations). A champion of another kind (popularity), another factor count, "
-        "one that does not load, no champion, or engine spark: a cold start, said in the log and the MLflow "
-        "params. The gate still decides (docs/registry.md)."))
-    warm_start_iterations: int | None = Field(default=None, ge=1, description=(
+    # the defaults are what bench/warm_start.py measured (docs/benchmarks.md, "Warm-started retrains")
+    warm_start: Literal[WARM_STARTS] = Field(default="champion", description=(
+        "champion: factors start from the champion's for the users and items both know (the others from the "
+        "seeded initialisation), and the fit runs warm_start_iterations. none: the seeded initialisation for "
+        "all, `iterations`. A champion of another kind (popularity), another factor count, one that does not "
+        "load, no champion, or engine spark: a cold start, said in the log and the MLflow params. The gate "
+        "still decides (docs/registry.md)."))
+    warm_start_iterations: int | None = Field(default=1, ge=1, description=(
         "Iterations of a fit that did warm-start; empty: `iterations`. A cold start always runs `iterations`."))
 
 
