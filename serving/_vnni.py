@@ -15,7 +15,7 @@ from __future__ import annotations
 import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import config, types
 from numba.extending import intrinsic
 
 TILE = 16  # items per tile: one int32 lane each in a 512-bit vector
@@ -23,7 +23,10 @@ GROUP = 4  # components per lane and instruction
 OFFSET = 128  # item bytes are stored as q + 128 (the instruction's unsigned operand)
 
 _features = llvm.get_host_cpu_features()
-AVAILABLE = bool(_features.get("avx512f") and _features.get("avx512vnni"))
+# numba compiles for this CPU unless told another (NUMBA_CPU_NAME, e.g. "generic" for portable caches), and a
+# target without the instruction cannot compile it
+AVAILABLE = bool(_features.get("avx512f") and _features.get("avx512vnni")
+                 and config.CPU_NAME in (None, "host") and not config.CPU_FEATURES)
 
 
 def tile_layout(q: np.ndarray) -> np.ndarray:
