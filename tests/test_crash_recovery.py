@@ -202,7 +202,8 @@ def test_kill_during_events_keeps_the_old_day_then_the_next_run_ingests(settings
 @pytest.mark.slow
 def test_kill_during_challenger_registers_nothing_then_the_next_run_trains(settings, tmp_path):
     trained(settings)
-    config = json.dumps({"ops": {"challenger": {"config": {"iterations": 100_000}}}})
+    # a cold start: a warm start from champion v1 would run warm_start_iterations, not these
+    config = json.dumps({"ops": {"challenger": {"config": {"iterations": 100_000, "warm_start": "none"}}}})
     process, run_id = start_until(
         settings, ["asset", "materialize", "-m", "pipelines.definitions", "--select", "challenger",
                    "--config-json", config],
