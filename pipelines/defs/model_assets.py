@@ -221,11 +221,13 @@ def start_from_champion(context: dg.AssetExecutionContext, config: ChallengerCon
     champion_ref, source, reason = None, None, None
     if config.warm_start == "none":
         reason = "warm_start: none"
-    elif config.engine == "spark":
-        reason = "engine spark: Spark's ALS starts from its own initialisation"
     else:
         champion_ref = mlflow.champion(client)
-        if champion_ref is not None:
+        if champion_ref is None:
+            pass  # warm_start says "no champion", whatever the engine
+        elif config.engine == "spark":
+            reason = "engine spark: Spark's ALS starts from its own initialisation"
+        else:
             try:
                 source = mlflow.load_version_bundle(champion_ref.version)
             except BundleUnloadable as exc:
