@@ -16,6 +16,9 @@ numba's own loops do not get this register blocking from LLVM, hence the IR.
 
 The vector width follows the host: 512-bit registers (32 of them) with AVX-512, 256-bit (16) without; the
 tile keeps ``ROWS * VECTORS`` accumulators plus the item vectors within the register file.
+
+topk.py's cached kernel compiles this IR into itself, and numba's cache checks only the file of the cached
+function: after changing this one, touch als_core/topk.py (or clear its __pycache__) as well.
 """
 
 from __future__ import annotations
