@@ -1,4 +1,4 @@
-"""The hyperparameters of ALS: one frozen, validated dataclass with the defaults, and the tuning grid.
+"""The hyperparameters of ALS: one frozen, validated dataclass with the defaults, and the tuning search space.
 
 Everything that sets a hyperparameter takes its default and its checks from here: the model (`ALS`), the tuning
 search (`als_core.tuning`), the challenger's run config and the model's saved JSON (`ALS.save`, in the bundle).
@@ -104,12 +104,40 @@ def _dtype_name(value) -> str:
 
 DEFAULTS = Hyperparameters()
 
-# The search space of the tuning asset (its run config can change it): 3 x 3 x 3 points, the defaults among
-# them, so what the search picks scored at least as well as the defaults on its validation split.
-TUNING_GRID: dict[str, tuple] = {
-    "factors": (32, 64, 128),
-    "regularization": (0.01, 10.0, 30.0),
-    "alpha": (5.0, 20.0, 40.0),
-}
+@dataclass(frozen=True)
+class SearchSpace:
+    """What the tuning search draws from: ``factors`` from a list, ``regularization`` and ``alpha`` log-uniformly
+    between their (low, high) bounds. Checked on construction, like ``Hyperparameters``."""
+
+    factors: tuple[int, ...] = (32, 64, 128)
+    regularization: tuple[float, float] = (0.01, 100.0)
+    alpha: tuple[float, float] = (0.1, 100.0)
+
+    def __post_init__(self) -> None:
+        factors = tuple(_integer("factors", value, minimum=1) for value in self.factors)
+        if not factors or len(set(factors)) != len(factors):
+            raise ValueError(f"factors needs at least one value and no repeats, got {self.factors!r}")
+        object.__setattr__(self, "factors", factors)
+        for name in ("regularization", "alpha"):
+            bounds = tuple(getattr(self, name))
+            if len(bounds) != 2:
+                raise ValueError(f"{name} takes (low, high) bounds, got {bounds!r}")
+            low, high = (_number(name, value) for value in bounds)
+            if not 0 < low <= high:  # a log scale needs low > 0
+                raise ValueError(f"{name} bounds must satisfy 0 < low <= high, got {bounds!r}")
+            object.__setattr__(self, name, (low, high))
+
+    def contains(self, hyperparameters: Hyperparameters) -> bool:
+        return (hyperparameters.factors in self.factors
+                and all(getattr(self, name)[0] <= getattr(hyperparameters, name) <= getattr(self, name)[1]
+                        for name in ("regularization", "alpha")))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: list(getattr(self, name)) for name in TUNABLE}
+
+
 # What the tuning result may set in a challenger (the rest comes from its run config).
-TUNABLE: tuple[str, ...] = tuple(TUNING_GRID)
+TUNABLE: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SearchSpace))
+# The tuning asset's default space (its run config can change it); it holds the defaults, which the search
+# tries first, so its pick scored at least as well as the defaults on its validation split.
+SEARCH_SPACE = SearchSpace()

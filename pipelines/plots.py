@@ -25,23 +25,36 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def ndcg_heatmap(rows: Sequence, cols: Sequence, grid: np.ndarray, row_label: str, col_label: str,
-                 path: Path, title: str = "validation NDCG@10") -> Path:
-    """Heatmap of NDCG over two hyperparameters (best over the others), best cell outlined."""
-    fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 2.5, 0.8 * len(rows) + 2))
-    image = ax.imshow(grid, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(cols)), [str(c) for c in cols])
-    ax.set_yticks(range(len(rows)), [str(r) for r in rows])
-    ax.set_xlabel(col_label)
-    ax.set_ylabel(row_label)
-    ax.set_title(title)
-    finite = np.where(np.isfinite(grid), grid, -np.inf)
-    for (r, c), value in np.ndenumerate(grid):
-        if np.isfinite(value):
-            ax.text(c, r, f"{value:.3f}", ha="center", va="center", color="white", fontsize=8)
-    best = np.unravel_index(np.argmax(finite), grid.shape)
-    ax.add_patch(plt.Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
-    fig.colorbar(image, ax=ax)
+def tuning_trials(numbers: Sequence[int], ndcg: Sequence[float], pruned: Sequence[bool],
+                  regularization: Sequence[float], alpha: Sequence[float], factors: Sequence[int], path: Path,
+                  title: str = "validation NDCG@10") -> Path:
+    """A search's trials: NDCG by trial number with the best so far, and where they lay in regularization x alpha
+    (log scales, colour = NDCG, size = factors); pruned trials hollow, the best one outlined in red."""
+    ndcg, pruned = np.asarray(ndcg, dtype=float), np.asarray(pruned, dtype=bool)
+    done = ~pruned
+    best = int(np.argmax(np.where(done, ndcg, -np.inf)))
+    fig, (history, space) = plt.subplots(1, 2, figsize=(11, 4))
+    history.scatter(np.asarray(numbers)[done], ndcg[done], label="completed")
+    history.scatter(np.asarray(numbers)[pruned], ndcg[pruned], facecolors="none", edgecolors="grey",
+                    label="pruned (value where stopped)")
+    history.plot(numbers, np.maximum.accumulate(np.where(done, ndcg, -np.inf)), color="red", label="best so far")
+    history.set_xlabel("trial")
+    history.set_ylabel("NDCG@10")
+    history.legend(fontsize=8)
+    history.grid(alpha=0.3)
+    sizes = 20 + 60 * np.asarray(factors, dtype=float) / max(factors)
+    image = space.scatter(np.asarray(regularization)[done], np.asarray(alpha)[done], c=ndcg[done],
+                          s=sizes[done], cmap="viridis")
+    space.scatter(np.asarray(regularization)[pruned], np.asarray(alpha)[pruned], s=sizes[pruned],
+                  facecolors="none", edgecolors="grey")
+    space.scatter([regularization[best]], [alpha[best]], s=3 * sizes[best], facecolors="none", edgecolors="red",
+                  linewidths=2)
+    space.set_xscale("log")
+    space.set_yscale("log")
+    space.set_xlabel("regularization")
+    space.set_ylabel("alpha")
+    fig.colorbar(image, ax=space)
+    fig.suptitle(title)
     return _save(fig, path)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from als_core import ALS, Hyperparameters
-from als_core.hyperparameters import DEFAULTS, TUNABLE, TUNING_GRID
+from als_core.hyperparameters import DEFAULTS, SEARCH_SPACE, TUNABLE
 from als_core.synthetic import generate_user_items
 
 
@@ -59,7 +59,9 @@ def test_saved_model_records_its_hyperparameters(tmp_path):
     assert ALS.load(tmp_path / "als").hyperparameters == params
 
 
-def test_the_tuning_grid_contains_the_default_point():
-    assert TUNABLE == tuple(TUNING_GRID)
-    assert all(getattr(DEFAULTS, key) in TUNING_GRID[key] for key in TUNABLE)
-    assert np.prod([len(values) for values in TUNING_GRID.values()]) == 27
+def test_the_search_space_holds_the_default_point():
+    assert TUNABLE == ("factors", "regularization", "alpha")
+    assert SEARCH_SPACE.contains(DEFAULTS)
+    assert not SEARCH_SPACE.contains(DEFAULTS.replace(factors=48))
+    assert not SEARCH_SPACE.contains(DEFAULTS.replace(alpha=SEARCH_SPACE.alpha[1] * 2))
+    assert SEARCH_SPACE.to_dict() == {key: list(getattr(SEARCH_SPACE, key)) for key in TUNABLE}

@@ -1,13 +1,15 @@
-"""Hyperparameter search on a validation split of the training data, and beyond-accuracy measures."""
+"""The Optuna hyperparameter search on a validation split of the training data (pruning, budget, resuming from a
+real sqlite storage), and beyond-accuracy measures."""
 
 from __future__ import annotations
 
 import numpy as np
+import optuna
 import pytest
 import scipy.sparse as sp
 
 import als_core.tuning as tuning
-from als_core.hyperparameters import DEFAULTS, TUNABLE
+from als_core.hyperparameters import DEFAULTS, SEARCH_SPACE, TUNABLE, SearchSpace
 from als_core import ALS, Hyperparameters
 from als_core.diversity import beyond_accuracy, item_popularity
 from als_core.metrics import evaluate_ranking
@@ -15,12 +17,18 @@ from als_core.splits import random_holdout
 from als_core.synthetic import generate_user_items
 
 SEED_DEFAULTS = {key: getattr(DEFAULTS, key) for key in TUNABLE}  # factors 64, regularization 0.01, alpha 40
+SPACE = SearchSpace(factors=(16, 64), regularization=(0.01, 30.0), alpha=(0.5, 40.0))
 
 
 @pytest.fixture(scope="module")
 def planted():
     user_items = generate_user_items(3000, 600, 60_000, seed=3)
     return random_holdout(user_items, fraction=0.2, seed=7)
+
+
+@pytest.fixture(scope="module")
+def small():
+    return generate_user_items(600, 200, 8000, seed=4)
 
 
 def holdout_ndcg(params, train, holdout) -> float:
@@ -30,6 +38,7 @@ def holdout_ndcg(params, train, holdout) -> float:
     return evaluate_ranking(ids, holdout[users], n_items=train.shape[1])["ndcg@10"]
 
 
+@pytest.mark.slow
 def test_tuned_parameters_beat_seed_defaults_without_reading_the_holdout(planted, monkeypatch):
     train, holdout = planted
     seen_by_search = []
@@ -40,41 +49,90 @@ def test_tuned_parameters_beat_seed_defaults_without_reading_the_holdout(planted
         return real_split(matrix, **kwargs)
 
     monkeypatch.setattr(tuning, "random_holdout", recording_split)
-    space = {"factors": [16, 64], "regularization": [0.01, 10.0], "alpha": [1.0, 40.0]}
-    result = tuning.tune(train, space, base=Hyperparameters(iterations=10), seed=0)
+    result = tuning.tune(train, SPACE, base=Hyperparameters(iterations=10), n_trials=12, seed=0)
 
     # the search saw exactly the training matrix, which shares no pair with the holdout
     assert len(seen_by_search) == 1
     assert (seen_by_search[0] != train).nnz == 0
     assert seen_by_search[0].multiply(holdout).nnz == 0
-    assert len(result.points) == 8 and result.validation_pairs > 0
-    assert result.best_params != SEED_DEFAULTS
+    assert len(result.trials) == 12 and result.validation_pairs > 0 and result.resumed == 0
+    # the defaults are tried first, and every other trial lies in the space
+    assert result.trials[0].params == SEED_DEFAULTS
+    assert all(SPACE.contains(DEFAULTS.replace(**trial.params)) for trial in result.trials)
+    assert result.best_ndcg == max(trial.ndcg for trial in result.trials if not trial.pruned)
+    assert result.best_ndcg > result.trials[0].ndcg and result.best_params != SEED_DEFAULTS
     assert holdout_ndcg(result.best_params, train, holdout) > 1.1 * holdout_ndcg(SEED_DEFAULTS, train, holdout)
 
 
-def test_hopeless_points_stop_early(planted):
-    train, _ = planted
-    space = {"factors": [32, 1], "regularization": [10.0, 5000.0], "alpha": [1.0]}
-    result = tuning.tune(train, space, base=Hyperparameters(iterations=9), seed=0)
-    by_params = {(p.params["factors"], p.params["regularization"]): p for p in result.points}
-    assert not by_params[(32, 10.0)].stopped_early
-    assert len(by_params[(32, 10.0)].loss_history) == 9
-    hopeless = by_params[(1, 5000.0)]
-    assert hopeless.stopped_early and len(hopeless.loss_history) == 3
-    assert result.best_params == {"factors": 32, "regularization": 10.0, "alpha": 1.0}
-    assert result.best == Hyperparameters(factors=32, regularization=10.0, alpha=1.0, iterations=9, random_state=0)
-    rows, cols, grid = result.table("factors", "regularization")
-    assert rows == [1, 32] and cols == [10.0, 5000.0] and grid.shape == (2, 2)
-    assert grid[1, 0] == pytest.approx(result.best_ndcg)
+@pytest.mark.slow
+def test_pruning_stops_trials_below_the_median_from_half_their_iterations(small):
+    train = small
+    hopeless = SearchSpace(factors=(1, 32), regularization=(1.0, 5000.0), alpha=(1.0, 1.0))
+    result = tuning.tune(train, hopeless, base=Hyperparameters(iterations=9), n_trials=12, seed=0,
+                         report_every=3, prune_after=0.5, startup_trials=3)
+    pruned = [trial for trial in result.trials if trial.pruned]
+    completed = [trial for trial in result.trials if not trial.pruned]
+    assert pruned and completed
+    # reports from iteration 5 on, every third, before the last: only iteration 6
+    assert all(list(trial.ndcg_history) == [6] for trial in result.trials[3:])
+    assert all(len(trial.loss_history) == 6 and trial.ndcg == trial.ndcg_history[6] for trial in pruned)
+    assert all(len(trial.loss_history) == 9 for trial in completed)
+    for trial in pruned:  # below the median of the trials completed before it, at the same iteration
+        earlier = [t.ndcg_history[6] for t in completed if t.number < trial.number and 6 in t.ndcg_history]
+        assert trial.ndcg < np.median(earlier)
+    assert max(t.ndcg for t in pruned) < result.best_ndcg
+
+    unpruned = tuning.tune(train, hopeless, base=Hyperparameters(iterations=9), n_trials=6, seed=0, prune=False)
+    assert unpruned.pruned == 0 and all(len(trial.loss_history) == 9 for trial in unpruned.trials)
+
+
+@pytest.mark.slow
+def test_the_budget_counts_the_studys_finished_trials_and_a_rerun_resumes(small, tmp_path):
+    train = small
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    search = dict(base=Hyperparameters(iterations=4), seed=0, storage=storage)
+    ran = []
+
+    first = tuning.tune(train, SPACE, n_trials=4, on_trial=ran.append, **search)
+    assert len(first.trials) == 4 and first.resumed == 0 and len(ran) == 4
+
+    again = tuning.tune(train, SPACE, n_trials=4, on_trial=ran.append, **search)  # budget spent: no fit
+    assert len(ran) == 4 and again.resumed == 4 and again.study_name == first.study_name
+    assert [t.params for t in again.trials] == [t.params for t in first.trials]
+    assert again.best_params == first.best_params and again.best_ndcg == first.best_ndcg
+
+    more = tuning.tune(train, SPACE, n_trials=7, on_trial=ran.append, **search)
+    assert more.resumed == 4 and [t.number for t in more.trials] == list(range(7)) and len(ran) == 7
+    assert [t.number for t in ran[4:]] == [4, 5, 6]
+    stored = optuna.load_study(study_name=more.study_name, storage=storage)
+    assert len(stored.trials) == 7 and stored.best_value == more.best_ndcg
+
+    # other data or settings: another study in the same storage
+    other = tuning.tune(train[:500], SPACE, n_trials=2, **search)
+    assert other.study_name != first.study_name and other.resumed == 0 and len(other.trials) == 2
+
+
+def test_a_timeout_stops_starting_trials(small):
+    train = small
+    result = tuning.tune(train, SPACE, base=Hyperparameters(iterations=4), n_trials=500, timeout=0.5, seed=0)
+    assert 1 <= len(result.trials) < 500
 
 
 def test_search_space_is_validated():
-    with pytest.raises(ValueError, match="unknown hyperparameters"):
-        tuning.grid_points({"rank": [1]})
+    assert SEARCH_SPACE.contains(DEFAULTS)
+    assert SearchSpace(factors=[8.0, 16], regularization=[1, 2]).factors == (8, 16)
     with pytest.raises(ValueError, match="at least one value"):
-        tuning.grid_points({"factors": []})
-    with pytest.raises(ValueError, match="alpha must be"):  # found before any point is fitted
-        tuning.grid_points({"factors": [8], "alpha": [1.0, -1.0]})
+        SearchSpace(factors=())
+    with pytest.raises(ValueError, match="factors must be"):
+        SearchSpace(factors=(8, 0))
+    with pytest.raises(ValueError, match="0 < low <= high"):
+        SearchSpace(regularization=(0.0, 1.0))  # a log scale needs a positive low bound
+    with pytest.raises(ValueError, match="0 < low <= high"):
+        SearchSpace(alpha=(10.0, 1.0))
+    with pytest.raises(ValueError, match=r"\(low, high\)"):
+        SearchSpace(alpha=(1.0, 2.0, 3.0))
+    with pytest.raises(ValueError, match="n_trials"):
+        tuning.tune(sp.csr_matrix(np.eye(3)), n_trials=0)
 
 
 def test_beyond_accuracy_hand_computed():

@@ -1,5 +1,6 @@
-"""The tuning asset through Dagster, against a real MLflow sqlite store: nested runs, heatmaps, best params, and
-the challenger that takes them from the instance's record of the latest tuning materialisation."""
+"""The tuning asset through Dagster, against a real MLflow sqlite store and the Optuna study in the home: nested
+runs per trial, the trials picture, best params, a re-run that resumes the study, and the challenger that takes the
+best params from the instance's record of the latest tuning materialisation."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from model_half import materialize, metadata_of, mlflow_resource
 
-from als_core.hyperparameters import DEFAULTS, TUNABLE, TUNING_GRID
+from als_core.hyperparameters import DEFAULTS, SEARCH_SPACE, TUNABLE
 from als_core.splits import random_holdout
 from als_core.synthetic import generate_user_items
 from als_store import mlflow_store
@@ -35,11 +36,11 @@ def test_tuning_asset_logs_nested_runs_and_records_best_params(settings, resourc
     searched = []
     real_tune = tuning_module.tune
     monkeypatch.setattr(tuning_module, "tune", lambda train, *a, **kw: searched.append(train) or real_tune(train, *a, **kw))
-    space = {"factors": [4, 16], "regularization": [1.0, 10.0], "alpha": [1.0]}
+    space = {"factors": [4, 16], "regularization": [1.0, 10.0], "alpha": [1.0, 1.0]}
     result = dg.materialize(
         [tuning_module.tuning],
         resources=resources,
-        run_config={"ops": {"tuning": {"config": {**space, "iterations": 4}}}},
+        run_config={"ops": {"tuning": {"config": {**space, "iterations": 4, "n_trials": 4}}}},
     )
     assert result.success
     # the search saw the training matrix only: no holdout pair in it
@@ -47,10 +48,12 @@ def test_tuning_asset_logs_nested_runs_and_records_best_params(settings, resourc
 
     metadata = result.asset_materializations_for_node("tuning")[0].metadata
     best = metadata["best_params"].value
-    assert best["factors"] in (4, 16) and best["regularization"] in (1.0, 10.0) and best["alpha"] == 1.0
+    assert best["factors"] in (4, 16) and 1.0 <= best["regularization"] <= 10.0 and best["alpha"] == 1.0
     assert metadata["training_window"].value == f"{data.window_start}..{data.window_end}"
-    assert metadata["points"].value == 4
-    assert "data:image/png;base64," in metadata["heatmaps"].value
+    assert metadata["trials"].value == metadata["trials_this_run"].value == 4
+    assert metadata["resumed_trials"].value == 0
+    assert str(settings.home / "optuna.db") in metadata["study"].value
+    assert "data:image/png;base64," in metadata["trials_plot"].value
 
     client = mlflow_store.make_client(settings.mlflow_tracking_uri)
     parent = client.get_run(metadata["mlflow_run_id"].value)
@@ -59,10 +62,35 @@ def test_tuning_asset_logs_nested_runs_and_records_best_params(settings, resourc
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 4
     assert all("validation_ndcg_at_10" in run.data.metrics for run in children)
-    best_child = max(children, key=lambda run: run.data.metrics["validation_ndcg_at_10"])
+    completed = [run for run in children if run.data.tags["pruned"] == "False"]
+    best_child = max(completed, key=lambda run: run.data.metrics["validation_ndcg_at_10"])
     assert int(best_child.data.params["factors"]) == best["factors"]
+    assert float(best_child.data.params["regularization"]) == best["regularization"]
     artifacts = [a.path for a in client.list_artifacts(parent.info.run_id, "tuning")]
-    assert sorted(artifacts) == ["tuning/heatmap_alpha_regularization.png", "tuning/heatmap_factors_regularization.png"]
+    assert artifacts == ["tuning/trials.png"]
+
+
+@pytest.mark.slow
+def test_a_rerun_resumes_the_study_in_the_home(settings, resources, published):
+    from pipelines.defs import tuning as tuning_module
+
+    def run(n_trials: int) -> dict:
+        config = {"factors": [4, 8], "regularization": [0.1, 10.0], "alpha": [0.5, 5.0], "iterations": 3,
+                  "n_trials": n_trials}
+        result = dg.materialize([tuning_module.tuning], resources=resources,
+                                run_config={"ops": {"tuning": {"config": config}}})
+        return {key: value.value for key, value in result.asset_materializations_for_node("tuning")[0].metadata.items()}
+
+    first, again, more = run(3), run(3), run(5)
+    assert (first["trials"], first["trials_this_run"], first["resumed_trials"]) == (3, 3, 0)
+    assert (again["trials"], again["trials_this_run"], again["resumed_trials"]) == (3, 0, 3)
+    assert again["best_params"] == first["best_params"] and again["study"] == first["study"]
+    assert (more["trials"], more["trials_this_run"], more["resumed_trials"]) == (5, 2, 3)
+
+    client = mlflow_store.make_client(settings.mlflow_tracking_uri)
+    trial_runs = client.search_runs([client.get_run(first["mlflow_run_id"]).info.experiment_id],
+                                    filter_string="tags.trial != ''")
+    assert sorted(int(run.data.tags["trial"]) for run in trial_runs) == [0, 1, 2, 3, 4]  # each trial logged once
 
 
 def test_the_challenger_takes_the_latest_tuning_result_recorded_by_the_instance(settings, published):
@@ -74,7 +102,8 @@ def test_the_challenger_takes_the_latest_tuning_result_recorded_by_the_instance(
         before = metadata_of(materialize([model_assets.challenger], resource, settings, instance=instance,
                                          challenger={"iterations": 2}), "challenger")
         tuned = materialize([tuning_module.tuning], resource, settings, instance=instance,
-                            tuning={"factors": [4, 16], "regularization": [1.0, 10.0], "alpha": [1.0], "iterations": 4})
+                            tuning={"factors": [4, 16], "regularization": [1.0, 10.0], "alpha": [1.0, 1.0],
+                                    "iterations": 4, "n_trials": 4})
         after = metadata_of(materialize([model_assets.challenger], resource, settings, instance=instance,
                                         challenger={"iterations": 2}), "challenger")
 
@@ -98,9 +127,10 @@ def test_tuning_is_upstream_of_the_challenger_but_not_in_the_daily_retrain():
     assert dg.AssetKey("challenger") in retrain and dg.AssetKey("tuning") not in retrain
 
 
-def test_the_tuning_config_defaults_to_the_grid_of_als_core():
+def test_the_tuning_config_defaults_to_the_search_space_of_als_core():
+    from als_core.tuning import N_TRIALS
     from pipelines.defs.tuning import TuningConfig
 
     config = TuningConfig()
-    assert {key: tuple(getattr(config, key)) for key in TUNABLE} == TUNING_GRID
-    assert config.iterations == DEFAULTS.iterations
+    assert {key: getattr(config, key) for key in TUNABLE} == SEARCH_SPACE.to_dict()
+    assert config.iterations == DEFAULTS.iterations and config.n_trials == N_TRIALS == 48
