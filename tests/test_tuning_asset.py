@@ -134,3 +134,14 @@ def test_the_tuning_config_defaults_to_the_search_space_of_als_core():
     config = TuningConfig()
     assert {key: getattr(config, key) for key in TUNABLE} == SEARCH_SPACE.to_dict()
     assert config.iterations == DEFAULTS.iterations and config.n_trials == N_TRIALS == 48
+
+
+def test_a_bad_search_space_fails_the_run_before_any_trial(settings, resources, published):
+    from pipelines.defs import tuning as tuning_module
+
+    result = dg.materialize([tuning_module.tuning], resources=resources, raise_on_error=False,
+                            run_config={"ops": {"tuning": {"config": {"regularization": [0.0, 10.0]}}}})
+    assert not result.success
+    failure = next(event for event in result.all_events if event.is_step_failure)
+    assert "0 < low <= high" in str(failure.event_specific_data.error)
+    assert not (settings.home / "optuna.db").exists()
