@@ -168,7 +168,9 @@ def create_app(config: ServingConfig | None = None, source: ModelSource | None =
         plan = service.plan(model, [user_id])
         if explain:
             return await run_in_threadpool(explained_recommendations, model, plan, n)
-        if plan.needs_fold_in:
+        if plan.scores_items:
+            # the scoring kernels release the GIL: in a thread, a worker's scoring runs on every core while its
+            # event loop goes on parsing and answering (connections are not spread evenly over the workers)
             result = (await run_in_threadpool(service.recommend, model, plan, n))[0]
         else:
             result = service.recommend(model, plan, n)[0]

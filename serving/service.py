@@ -47,6 +47,12 @@ class Plan:
         """Fold-in solves against every item factor: too long to run on the event loop."""
         return any(history is not None for history in self.histories)
 
+    @property
+    def scores_items(self) -> bool:
+        """Whether answering scores the catalogue (a known user or a fold-in), rather than reading the popularity
+        list (microseconds, fine on the event loop)."""
+        return self.needs_fold_in or bool((self.rows >= 0).any())
+
 
 @dataclass(frozen=True)
 class UserState:
