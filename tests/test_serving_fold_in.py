@@ -5,6 +5,7 @@ or locked by the pipeline's writer, and that the API imports nothing of the Dags
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
 import textwrap
@@ -116,6 +117,32 @@ def test_unusual_ids_round_trip(tmp_path, user):
     events = WarehouseEvents(path, max_age_s=60)
     events.refresh(DEFAULT)
     assert as_dict(events.histories([user], DEFAULT)[0]) == {"7": 10.0}
+
+
+def age_files(path, seconds: float = 60) -> None:
+    """Back-date the warehouse files, as a file last written a minute ago looks."""
+    for file in (path, path.with_name(path.name + ".wal")):
+        if file.exists():
+            stamp = file.stat().st_mtime - seconds
+            os.utime(file, (stamp, stamp))
+
+
+def test_unchanged_files_republish_the_snapshot_and_a_write_is_read(tmp_path):
+    path = tmp_path / "warehouse.duckdb"
+    write_events(path, [("a", "1", "view", "2026-01-05 12:00:00")])
+    age_files(path)
+    events = WarehouseEvents(path, max_age_s=60)
+    first = events.refresh(DEFAULT)
+    second = events.refresh(DEFAULT)
+    assert second.read_at > first.read_at, "a republished snapshot counts as read now (its age starts again)"
+    assert second.item_ids is first.item_ids, "unchanged files: nothing re-read"
+    other = EventReading(weighting=EventWeighting(view_weight=2.0))
+    assert as_dict(events.refresh(other).histories(["a"])[0]) == {"1": 2.0}, "another reading is read anew"
+    write_events(path, [("b", "2", "cart", "2026-01-05 13:00:00")])
+    after_write = events.refresh(other)
+    assert as_dict(after_write.histories(["b"])[0]) == {"2": 10.0}, "a write is read"
+    # files written within the last seconds may change again within the same timestamp: they are read again
+    assert events.refresh(other).item_ids is not after_write.item_ids
 
 
 # ------------------------------------------------------------------------- the model's own weighting
