@@ -2,6 +2,7 @@
 the same run.
 
     .venv/bin/python bench/quality_ml100k.py [--data ../shared/data/ml-100k/u.data.gz] [--quick] [--seeds 0,1,2]
+        [--protocols]
 
 Protocol: every rating is an implicit event (r_ui = 1), a per-user random 75/25 split with a fixed seed
 (als_core.splits.random_holdout), top-10 with training items excluded, metrics from als_core.metrics.
@@ -10,6 +11,9 @@ split of the training part only; its pick is then fitted on the whole training p
 Anchors from the same run: popularity, the seed defaults, `implicit` at the pick's values, and (unless --quick)
 the 48-point grid the search replaces, for both libraries, whose best point is chosen on the holdout itself
 (an upper bound, not a result). Then explicit mode on the same split: RMSE on the held-out ratings.
+
+With --protocols, for each of --seeds, the holdout NDCG@10 of the picks of other search protocols tried for the
+target (docs/quality.md): printed, not judged.
 
 Targets: the pick's holdout NDCG@10 >= 0.49 with no more fits than the grid's 48 (issue 19); ours within 1% of
 `implicit` at the same values (issue 2); explicit RMSE below Spark's 0.965 in the public MovieLens-100k table.
@@ -60,8 +64,8 @@ def ranking_metrics(recommend, train: sp.csr_matrix, test: sp.csr_matrix) -> dic
     return evaluate_ranking(ids, test[users], n_items=train.shape[1], k=K)
 
 
-def ours(params: dict, train: sp.csr_matrix):
-    model = ALS(iterations=15, random_state=SEED, **params).fit(train)
+def ours(params: dict, train: sp.csr_matrix, iterations: int = 15):
+    model = ALS(iterations=iterations, random_state=SEED, **params).fit(train)
     return lambda users, rows: model.recommend(users, rows, N=K)
 
 
@@ -93,11 +97,55 @@ def print_row(name: str, metrics: dict, seconds: float | None = None) -> None:
           f"recall@10 {metrics['recall@10']:.4f}  map@10 {metrics['map@10']:.4f}  {timing}")
 
 
-def tuned_pick(train: sp.csr_matrix, seed: int):
-    """The tuning asset's search on ``train``: (result, seconds)."""
+def tuned_pick(train: sp.csr_matrix, seed: int, iterations: int = 15, **settings):
+    """The tuning asset's search on ``train`` (``settings``: other arguments of ``tune``): (result, seconds)."""
     started = time.perf_counter()
-    result = tune(train, SEARCH_SPACE, base=Hyperparameters(iterations=15), seed=seed)
+    result = tune(train, SEARCH_SPACE, base=Hyperparameters(iterations=iterations), seed=seed, **settings)
     return result, time.perf_counter() - started
+
+
+def smoothed_best(result) -> dict:
+    """The completed trial whose Gaussian-kernel average of its neighbours' validation NDCG (bandwidth 0.25 in
+    ln regularization and ln alpha, 0.5 in log2 factors) is highest."""
+    completed = [trial for trial in result.trials if not trial.pruned]
+    points = np.array([[np.log(t.params["regularization"]), np.log(t.params["alpha"]), np.log2(t.params["factors"])]
+                       for t in completed]) / [0.25, 0.25, 0.5]
+    weights = np.exp(-0.5 * ((points[:, None] - points[None]) ** 2).sum(-1))
+    smoothed = weights @ np.array([t.ndcg for t in completed]) / weights.sum(1)
+    return dict(completed[int(np.argmax(smoothed))].params)
+
+
+def rescored_best(result, train: sp.csr_matrix, seed: int, top: int = 4, splits: int = 4) -> dict:
+    """Of the ``top`` completed trials, the one with the best mean validation NDCG@10 over its own split and
+    ``splits`` more random 10% splits of ``train`` (top x splits more fits)."""
+    completed = sorted((t for t in result.trials if not t.pruned), key=lambda t: -t.ndcg)[:top]
+    scores = [t.ndcg for t in completed]
+    for offset in range(1, splits + 1):
+        fit_part, validation = random_holdout(train, fraction=0.1, seed=seed + 1000 * offset)
+        for index, trial in enumerate(completed):
+            model = ALS(iterations=15, random_state=seed, **trial.params).fit(fit_part)
+            scores[index] += ranking_metrics(lambda u, r: model.recommend(u, r, N=K), fit_part, validation)["ndcg@10"]
+    return dict(completed[int(np.argmax(scores))].params)
+
+
+def protocol_rows(train: sp.csr_matrix, test: sp.csr_matrix, seed: int) -> dict[str, float]:
+    """Holdout NDCG@10 of each protocol's pick for search seed ``seed`` (docs/quality.md says what each is)."""
+    picks: dict[str, tuple[dict, int]] = {}  # name -> (pick, iterations of the final fit)
+    for fraction in (0.1, 0.2, 0.25):
+        result, _ = tuned_pick(train, seed, validation_fraction=fraction)
+        ratio = train.nnz / (train.nnz - result.validation_pairs)  # interactions: training / the fit part
+        pick = result.best_params
+        picks[f"{fraction:.0%} split"] = (pick, 15)
+        picks[f"{fraction:.0%}, reg x ratio"] = (dict(pick, regularization=pick["regularization"] * ratio), 15)
+        if fraction == 0.1:
+            picks["10%, alpha / ratio"] = (dict(pick, alpha=pick["alpha"] / ratio), 15)
+            picks["10%, smoothed"] = (smoothed_best(result), 15)
+            picks["10%, top 4 rescored (64 fits)"] = (rescored_best(result, train, seed), 15)
+    picks["10%, no pruning"] = (tuned_pick(train, seed, prune=False)[0].best_params, 15)
+    picks["10%, NDCG@30"] = (tuned_pick(train, seed, k=30)[0].best_params, 15)
+    picks["10%, 30 iterations"] = (tuned_pick(train, seed, iterations=30)[0].best_params, 30)
+    return {name: ranking_metrics(ours(pick, train, iterations), train, test)["ndcg@10"]
+            for name, (pick, iterations) in picks.items()}
 
 
 def main() -> int:
@@ -107,6 +155,8 @@ def main() -> int:
     parser.add_argument("--no-implicit", action="store_true", help="skip the implicit anchors")
     parser.add_argument("--seeds", default="", help="also search with these seeds (comma-separated): the spread, "
                                                     "printed, not judged")
+    parser.add_argument("--protocols", action="store_true",
+                        help="with --seeds: the holdout NDCG@10 of other search protocols' picks, printed, not judged")
     args = parser.parse_args()
     if not args.data.exists():
         print(f"MovieLens 100K not found at {args.data}: skipping (see ../shared/data/README.md)")
@@ -162,6 +212,17 @@ def main() -> int:
                   "{value:.4f} ({pruned} of {n} trials pruned, {seconds:.0f}s)".format(
                       seed=seed, value=value, pruned=result.pruned, n=len(result.trials), seconds=seconds,
                       **result.best_params))
+        if args.protocols:
+            print()
+            seeds = [SEED, *(int(value) for value in args.seeds.split(","))]
+            table = {seed: protocol_rows(train, test, seed) for seed in seeds}
+            names = list(next(iter(table.values())))
+            print(f"{'protocol (holdout NDCG@10 of the pick)':32}" + "".join(f"{seed:>8}" for seed in table)
+                  + "    mean  >= 0.49")
+            for name in names:
+                values = np.array([table[seed][name] for seed in table])
+                print(f"{name:32}" + "".join(f"{value:8.4f}" for value in values)
+                      + f"  {values.mean():.4f}  {(values >= TARGET_NDCG).sum()}/{len(values)}")
 
     if not args.quick:
         print()
