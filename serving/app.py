@@ -1,16 +1,18 @@
 """The recommendation API: FastAPI app factory, lifespan (model watcher, fold-in refresher) and endpoints.
 
-Single-user requests score on the event loop: their CPU work is well under a millisecond, and handing it to
-FastAPI's threadpool cost more than it saved (about 0.3 ms per request on the 2-core machine, docs/serving.md).
-Work that takes longer goes to the threadpool, where the numba kernel runs without the GIL: batches (up to
-`max_batch` users) and fold-in (a least-squares solve against every item). More cores: more uvicorn workers
-(`python -m serving --workers N`). BLAS is held to one thread per process so that nothing oversubscribes.
+A single user whose answer scores the catalogue (a known user, a fold-in) is scored in the app's scoring pool,
+one thread per core, where the numba kernel runs without the GIL while the event loop goes on; popularity
+answers stay on the loop (microseconds). Batches, re-ranking and explanations run in FastAPI's threadpool. More
+cores: more uvicorn workers (`python -m serving --workers N`). BLAS is held to one thread per process so that
+nothing oversubscribes.
 """
 
 
 import asyncio
 import contextlib
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
 from fastapi import Body, FastAPI, HTTPException, Path, Query
@@ -83,10 +85,15 @@ def create_app(config: ServingConfig | None = None, source: ModelSource | None =
     default_n = min(10, config.max_n)
     BatchRequest = batch_request_model(config.max_n, config.max_batch)
     RerankRequest = rerank_request_model(config.max_batch)
+    # Single-user scoring gets its own pool, one thread per core: the kernel streams the item factors from
+    # memory, so more threads at once only queue on the memory bus, and FastAPI's pool (40 threads) would let
+    # 40 requests score at once, each then waiting for the GIL with the event loop.
+    scoring: list[ThreadPoolExecutor] = []  # the pool of the running lifespan
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         blas = threadpool_limits(limits=1, user_api="blas")
+        scoring.append(ThreadPoolExecutor(len(os.sched_getaffinity(0)), thread_name_prefix="scoring"))
         tasks = [asyncio.create_task(watcher.run(), name="model-watcher")]
         if events is not None:
             tasks.append(asyncio.create_task(_refresh_events(events, watcher, config.fold_in_refresh_seconds),
@@ -100,6 +107,7 @@ def create_app(config: ServingConfig | None = None, source: ModelSource | None =
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            scoring.pop().shutdown(wait=False, cancel_futures=True)
             blas.restore_original_limits()
 
     app = FastAPI(
@@ -171,7 +179,8 @@ def create_app(config: ServingConfig | None = None, source: ModelSource | None =
         if plan.scores_items:
             # the scoring kernels release the GIL: in a thread, a worker's scoring runs on every core while its
             # event loop goes on parsing and answering (connections are not spread evenly over the workers)
-            result = (await run_in_threadpool(service.recommend, model, plan, n))[0]
+            result = (await asyncio.get_running_loop().run_in_executor(
+                scoring[-1], service.recommend, model, plan, n))[0]
         else:
             result = service.recommend(model, plan, n)[0]
         return json_response(RecommendationsResponse(
