@@ -86,6 +86,14 @@ class PopularityRecommender:
         view.flags.writeable = False
         return view
 
+    @property
+    def rank_of(self) -> np.ndarray:
+        """Each item's position in ``ranking`` (0: the most popular; read-only view)."""
+        self._check_fitted()
+        view = self._rank_of.view()
+        view.flags.writeable = False
+        return view
+
     # ------------------------------------------------------------------ recommending
 
     def _check_fitted(self) -> None:

@@ -198,9 +198,7 @@ class RecommendationService:
         ranked, scores = np.empty(0, np.int64), np.empty(0, np.float32)
         n_out = len(known) if n is None else min(int(n), len(known))
         if n_out and state.source == SOURCE_POPULARITY:
-            rank = np.empty(len(bundle.item_ids), np.int64)
-            rank[bundle.popularity.ranking] = np.arange(len(rank))
-            ranked = known[np.argsort(rank[known])][:n_out]
+            ranked = known[np.argsort(bundle.popularity.rank_of[known])][:n_out]
             scores = bundle.popularity.item_scores[ranked]
         elif n_out:
             folded = state.source == SOURCE_FOLD_IN
