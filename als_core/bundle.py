@@ -205,6 +205,11 @@ class ModelBundle:
         rows = self.users.lookup(user_ids)
         known = rows >= 0
         known[known] = self._has_history[rows[known]]
+        fallback = ~known if strategy == "model" else np.ones(len(rows), dtype=bool)
+        if not fallback.any():  # every user scored by the model (the evaluation's and the table's case)
+            ids, best = self.model.recommend(rows, self.seen, N=n)
+            return Recommendations(ids.astype(np.int64, copy=False), best.astype(np.float32, copy=False),
+                                   np.full(len(rows), SOURCE_ALS, dtype="<U10"), self.item_ids)
         n_out = min(int(n), len(self.items))
         item_index = np.full((len(rows), n_out), -1, dtype=np.int64)
         scores = np.full((len(rows), n_out), -np.inf, dtype=np.float32)
@@ -213,12 +218,12 @@ class ModelBundle:
             ids, best = self.model.recommend(rows[known], self.seen, N=n)
             item_index[known], scores[known] = ids, best
             sources[known] = SOURCE_ALS
-        fallback = ~known if strategy == "model" else np.ones(len(rows), dtype=bool)
-        if fallback.any():
-            seen_rows = self.seen[np.where(rows[fallback] >= 0, rows[fallback], 0)]
-            seen_rows = sp.diags((rows[fallback] >= 0).astype(np.float32)) @ seen_rows  # unknown: nothing seen
-            ids, best = self.popularity.recommend(np.arange(fallback.sum()), seen_rows.tocsr(), N=n)
-            item_index[fallback], scores[fallback] = ids, best
+        fallback_rows = rows[fallback]
+        seen_rows = self.seen[np.where(fallback_rows >= 0, fallback_rows, 0)]
+        if (fallback_rows < 0).any():  # unknown users have seen nothing
+            seen_rows = sp.diags((fallback_rows >= 0).astype(np.float32)) @ seen_rows
+        ids, best = self.popularity.recommend(np.arange(len(fallback_rows)), seen_rows.tocsr(), N=n)
+        item_index[fallback], scores[fallback] = ids, best
         return Recommendations(item_index, scores, sources, self.item_ids)
 
     def fold_in(self, item_ids, weights=None, n: int = 10) -> tuple[np.ndarray, np.ndarray, str]:

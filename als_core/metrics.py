@@ -18,6 +18,7 @@ Conventions shared by every ranking metric here:
 
 from __future__ import annotations
 
+import numba as nb
 import numpy as np
 import scipy.sparse as sp
 
@@ -73,15 +74,32 @@ def _check_recommended(recommended: np.ndarray, n_items: int, k: int) -> np.ndar
     return rec
 
 
-def _first_occurrence(rec: np.ndarray) -> np.ndarray:
-    """True where an id appears for the first time in its row (padding counts as first)."""
-    order = np.argsort(rec, axis=1, kind="stable")  # equal ids keep their rank order
-    ranked = np.take_along_axis(rec, order, axis=1)
-    repeat = np.zeros(rec.shape, dtype=bool)
-    repeat[:, 1:] = (ranked[:, 1:] == ranked[:, :-1]) & (ranked[:, 1:] >= 0)
-    first = np.empty_like(repeat)
-    np.put_along_axis(first, order, ~repeat, axis=1)
-    return first
+@nb.njit(cache=True)
+def _mark_hits(rec, rows, indptr, indices, hits):
+    """``hits[i, j]``: ``rec[rows[i], j]`` is one of row ``rows[i]``'s test items (sorted ``indices[indptr[r]:
+    indptr[r + 1]]``) and its first occurrence in that row of ``rec``; -1 (padding) never is."""
+    for i in range(len(rows)):
+        r = rows[i]
+        lo, hi = indptr[r], indptr[r + 1]
+        for j in range(hits.shape[1]):
+            item = rec[r, j]
+            if item < 0:
+                continue
+            a, b = lo, hi  # binary search: a row holds a few test items, a user with a long history many
+            while a < b:
+                middle = (a + b) // 2
+                if indices[middle] < item:
+                    a = middle + 1
+                else:
+                    b = middle
+            if a == hi or indices[a] != item:
+                continue
+            first = True
+            for earlier in range(j):  # only for hits, which are rare: a repeat counts once, at its best rank
+                if rec[r, earlier] == item:
+                    first = False
+                    break
+            hits[i, j] = first
 
 
 def _hit_matrix(recommended: np.ndarray, test_user_items, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,14 +115,9 @@ def _hit_matrix(recommended: np.ndarray, test_user_items, k: int) -> tuple[np.nd
         )
     n_test = np.diff(test.indptr)
     rows = np.flatnonzero(n_test)
-    rec = rec[rows]
-    # (row, item) pairs as one sorted int64 key, so membership is a single searchsorted
-    test_keys = np.repeat(np.arange(n_rows, dtype=np.int64), n_test) * n_items + test.indices
-    rec_keys = rows[:, None].astype(np.int64) * n_items + rec
-    pos = np.minimum(np.searchsorted(test_keys, rec_keys), max(len(test_keys) - 1, 0))
     hits = np.zeros((len(rows), k), dtype=bool)
-    if len(test_keys):
-        hits[:, : rec.shape[1]] = (rec >= 0) & (test_keys[pos] == rec_keys) & _first_occurrence(rec)
+    _mark_hits(rec, rows, test.indptr.astype(np.int64, copy=False), test.indices.astype(np.int64, copy=False),
+               hits[:, :rec.shape[1]])
     return hits, n_test[rows]
 
 

@@ -1,24 +1,41 @@
 """Most-popular baseline with the ``recommend`` contract of ``implicit`` 0.7 recommenders.
 
 Popularity is the number of distinct users per item. Every user gets the same ranking, so
-recommending only ever looks at the head of that ranking: the best N + (items a user has seen) +
-(filtered items) positions, never a dense users x items block; users are batched by history
-length so that this head stays short for most of them.
+recommending walks down it from the top, skipping the items a user has seen and the filtered ones:
+at most N + (items seen) + (items filtered) positions per user, never a users x items block.
 """
 
 from __future__ import annotations
 
 import os
 
+import numba as nb
 import numpy as np
 import scipy.sparse as sp
-
-from als_core.topk import mask_items, top_n
 
 __all__ = ["PopularityRecommender"]
 
 _FORMAT_VERSION = 1
-_MAX_BLOCK = 1 << 22  # score cells per batch of users, bounds memory for users with long histories
+
+
+@nb.njit(cache=True)
+def _first_free_ranks(indptr, seen_ranks, blocked, out):
+    """``out[u]``: the first ``out.shape[1]`` ranks (positions in the ranking) that are neither among user u's
+    ``seen_ranks[indptr[u]:indptr[u + 1]]`` nor ``blocked``, in order; -1 where fewer are left."""
+    taken = blocked.copy()
+    n_ranks, n = len(blocked), out.shape[1]
+    for u in range(len(indptr) - 1):
+        for p in range(indptr[u], indptr[u + 1]):
+            taken[seen_ranks[p]] = True
+        count = 0
+        rank = 0
+        while count < n and rank < n_ranks:
+            if not taken[rank]:
+                out[u, count] = rank
+                count += 1
+            rank += 1
+        for p in range(indptr[u], indptr[u + 1]):  # back to the blocked ranks only
+            taken[seen_ranks[p]] = blocked[seen_ranks[p]]
 
 
 class PopularityRecommender:
@@ -125,35 +142,6 @@ class PopularityRecommender:
             raise ValueError(f"filter_items must be in [0, {self.n_items})")
         return self._rank_of[items]
 
-    def _batches(self, history: np.ndarray, N: int, n_filtered: int):
-        """Yield (positions of users, head) so that each batch scores at most ``_MAX_BLOCK`` cells.
-
-        A user's top N lies within the first N + (items seen) + (items filtered) positions of the
-        global ranking. Users are taken by increasing history length, so the many light users share
-        small heads and only the few heavy ones need long ones.
-        """
-        order = np.argsort(history, kind="stable")
-        need = np.minimum(self.n_items, N + n_filtered + history[order])  # non-decreasing
-        start = 0
-        while start < len(order):
-            longest_batch = _MAX_BLOCK // max(int(need[start]), 1) + 1  # heads only grow from here
-            cells = np.arange(1, len(order) - start + 1)[:longest_batch] * need[start : start + longest_batch]
-            stop = start + max(1, int(np.searchsorted(cells, _MAX_BLOCK, side="right")))
-            yield order[start:stop], int(need[stop - 1])
-            start = stop
-
-    def _top_ranks(self, rows: sp.csr_matrix | None, n_users: int, N: int, head: int, filtered: np.ndarray):
-        """Top N positions in the global ranking for ``n_users`` users, scoring only its ``head``."""
-        scores = np.tile(-np.arange(head, dtype=np.float64), (n_users, 1))  # higher = better rank
-        seen = None
-        if rows is not None:
-            # the users' items in rank space, cut to the head (items beyond it are never candidates)
-            ranked = sp.csr_matrix((np.ones(rows.nnz), self._rank_of[rows.indices], rows.indptr), shape=rows.shape)
-            seen = ranked[:, :head].tocsr()
-        mask_items(scores, seen, filtered[filtered < head])
-        ranks, _ = top_n(scores, N)
-        return ranks
-
     def recommend(
         self,
         user_ids,
@@ -176,12 +164,14 @@ class PopularityRecommender:
         scalar = np.ndim(user_ids) == 0
         ids = np.atleast_1d(np.asarray(user_ids, dtype=np.int64))
         rows = self._user_rows(ids, user_items, filter_already_liked_items)
-        filtered = self._filter_ranks(filter_items)
-        history = np.diff(rows.indptr) if rows is not None else np.zeros(len(ids), dtype=np.int64)
+        blocked = np.zeros(self.n_items, dtype=np.bool_)
+        blocked[self._filter_ranks(filter_items)] = True
+        if rows is None:
+            indptr, seen_ranks = np.zeros(len(ids) + 1, dtype=np.int64), np.empty(0, dtype=np.int64)
+        else:
+            indptr, seen_ranks = rows.indptr.astype(np.int64, copy=False), self._rank_of[rows.indices]
         ranks = np.full((len(ids), min(int(N), self.n_items)), -1, dtype=np.int64)
-        for members, head in self._batches(history, int(N), len(filtered)):
-            batch_rows = None if rows is None else rows[members]
-            ranks[members] = self._top_ranks(batch_rows, len(members), int(N), head, filtered)
+        _first_free_ranks(indptr, seen_ranks, blocked, ranks)
         found = ranks >= 0
         items = np.where(found, self._ranking[np.where(found, ranks, 0)], -1)
         scores = np.where(found, self.item_scores[items], -np.inf).astype(np.float32)

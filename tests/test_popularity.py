@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from als_core import popularity
 from als_core.popularity import PopularityRecommender
 
 # items: 0 -> 2 users (weight 2), 1 -> 3 users, 2 -> 2 users (weight 5), 3 -> 0 users, 4 -> 1 user
@@ -71,7 +70,7 @@ def test_n_larger_than_catalog(model):
     assert np.isneginf(scores[3:]).all()
 
 
-def test_matches_dense_reference(monkeypatch):
+def test_matches_dense_reference():
     rng = np.random.default_rng(0)
     m = sp.random(300, 60, density=0.1, format="csr", random_state=1)
     m.data = rng.integers(1, 3, m.nnz).astype(np.float32)  # many ties in users and in weight
@@ -81,7 +80,6 @@ def test_matches_dense_reference(monkeypatch):
     ranking = sorted(range(60), key=lambda i: (-users_per_item[i], -weight[i], i))
     user_ids = rng.permutation(300)[:50]
     blocked = np.array([ranking[0], ranking[5]])
-    monkeypatch.setattr(popularity, "_MAX_BLOCK", 64)  # forces many small batches
     ids, scores = model.recommend(user_ids, m, N=8, filter_items=blocked)
     for row, u in zip(ids, user_ids):
         seen = set(m[u].indices.tolist()) | set(blocked.tolist())
