@@ -98,14 +98,15 @@ class _Split:
         return evaluate_ranking(ids, self.validation[self.users], n_items=self.fit_part.shape[1], k=k)
 
 
-def _open_study(study_name: str, storage: str | None, seed: int, pruner: optuna.pruners.BasePruner
-                ) -> optuna.Study:
+def _open_study(study_name: str, storage: str | None, seed: int, pruner: optuna.pruners.BasePruner,
+                sampler: optuna.samplers.BaseSampler | None) -> optuna.Study:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat, multivariate TPE
         if storage is not None:
             # a trial left RUNNING by a killed process is marked failed after the grace period (it does not count)
             storage = optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=120)
-        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True)
+        if sampler is None:
+            sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True)
     return optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
                                direction="maximize", load_if_exists=True)
 
@@ -127,6 +128,7 @@ def tune(
     storage: str | None = None,
     study_prefix: str = "als",
     on_trial: Callable[[TuningTrial], None] | None = None,
+    sampler: optuna.samplers.BaseSampler | None = None,
 ) -> TuningResult:
     """Search ``space`` with Optuna's TPE sampler (seeded by ``seed``), scoring each trial by NDCG@k on a
     per-user random ``validation_fraction`` of ``train``. Each trial fits ``base`` with the trial's values for
@@ -144,7 +146,8 @@ def tune(
     trials at the same iteration (once ``startup_trials`` trials have finished). Not earlier: the best points
     on MovieLens 100K lie just short of the regularization that flattens the factors, start slowest, and
     overtake only after about 7 of 15 iterations (docs/quality.md). ``on_trial`` is called after every trial
-    this call runs (e.g. to log it as a nested MLflow run).
+    this call runs (e.g. to log it as a nested MLflow run). ``sampler`` replaces the TPE sampler (for comparing
+    search protocols: docs/quality.md); it draws the points only, so it does not enter the study's name.
     """
     if n_trials < 1:
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")
@@ -158,7 +161,7 @@ def tune(
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=startup_trials) if prune
               else optuna.pruners.NopPruner())
     study_name = f"{study_prefix}-{fingerprint(train, space, base, validation_fraction, seed, k)}"
-    study = _open_study(study_name, storage, seed, pruner)
+    study = _open_study(study_name, storage, seed, pruner, sampler)
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     if not study.get_trials(deepcopy=False) and space.contains(base):
         study.enqueue_trial({key: getattr(base, key) for key in TUNABLE})

@@ -27,6 +27,7 @@ import gzip
 import itertools
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -115,17 +116,20 @@ def smoothed_best(result) -> dict:
     return dict(completed[int(np.argmax(smoothed))].params)
 
 
-def rescored_best(result, train: sp.csr_matrix, seed: int, top: int = 4, splits: int = 4) -> dict:
-    """Of the ``top`` completed trials, the one with the best mean validation NDCG@10 over its own split and
-    ``splits`` more random 10% splits of ``train`` (top x splits more fits)."""
-    completed = sorted((t for t in result.trials if not t.pruned), key=lambda t: -t.ndcg)[:top]
-    scores = [t.ndcg for t in completed]
-    for offset in range(1, splits + 1):
-        fit_part, validation = random_holdout(train, fraction=0.1, seed=seed + 1000 * offset)
-        for index, trial in enumerate(completed):
-            model = ALS(iterations=15, random_state=seed, **trial.params).fit(fit_part)
-            scores[index] += ranking_metrics(lambda u, r: model.recommend(u, r, N=K), fit_part, validation)["ndcg@10"]
-    return dict(completed[int(np.argmax(scores))].params)
+def rescored_best(result, train: sp.csr_matrix, seed: int, stages: tuple[tuple[int, int], ...]) -> dict:
+    """Successive halving of the completed trials: at each (keep, splits) stage, the ``keep`` best by their mean
+    validation NDCG@10 so far are each fitted on ``splits`` more random 10% splits of ``train``; the pick is the
+    best mean at the end (sum of keep x splits more fits)."""
+    pool = [(dict(t.params), [t.ndcg]) for t in result.trials if not t.pruned]
+    offsets = itertools.count(1)
+    for keep, splits in stages:
+        pool = sorted(pool, key=lambda entry: -np.mean(entry[1]))[:keep]
+        for offset in itertools.islice(offsets, splits):
+            fit_part, validation = random_holdout(train, fraction=0.1, seed=seed + 1000 * offset)
+            for params, scores in pool:
+                model = ALS(iterations=15, random_state=seed, **params).fit(fit_part)
+                scores.append(ranking_metrics(lambda u, r: model.recommend(u, r, N=K), fit_part, validation)["ndcg@10"])
+    return max(pool, key=lambda entry: np.mean(entry[1]))[0]
 
 
 def protocol_rows(train: sp.csr_matrix, test: sp.csr_matrix, seed: int) -> dict[str, float]:
@@ -140,10 +144,19 @@ def protocol_rows(train: sp.csr_matrix, test: sp.csr_matrix, seed: int) -> dict[
         if fraction == 0.1:
             picks["10%, alpha / ratio"] = (dict(pick, alpha=pick["alpha"] / ratio), 15)
             picks["10%, smoothed"] = (smoothed_best(result), 15)
-            picks["10%, top 4 rescored (64 fits)"] = (rescored_best(result, train, seed), 15)
+            picks["10%, top 4 rescored (64 fits)"] = (rescored_best(result, train, seed, ((4, 4),)), 15)
     picks["10%, no pruning"] = (tuned_pick(train, seed, prune=False)[0].best_params, 15)
     picks["10%, NDCG@30"] = (tuned_pick(train, seed, k=30)[0].best_params, 15)
     picks["10%, 30 iterations"] = (tuned_pick(train, seed, iterations=30)[0].best_params, 30)
+    halving = rescored_best(tuned_pick(train, seed, n_trials=32)[0], train, seed, ((8, 1), (4, 2)))  # 32 + 16 fits
+    picks["10%, 32 then halving 8, 4"] = (halving, 15)
+    for name, tpe in {"TPE prior weight 2": dict(prior_weight=2.0), "TPE 16 random first": dict(n_startup_trials=16),
+                      "TPE independent": dict(multivariate=False)}.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # prior_weight: deprecated in Optuna 4.9, still honoured
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate TPE
+            sampler = optuna.samplers.TPESampler(**{"seed": seed, "multivariate": True, **tpe})
+        picks[f"10%, {name}"] = (tuned_pick(train, seed, sampler=sampler)[0].best_params, 15)
     return {name: ranking_metrics(ours(pick, train, iterations), train, test)["ndcg@10"]
             for name, (pick, iterations) in picks.items()}
 

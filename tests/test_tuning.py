@@ -112,6 +112,27 @@ def test_the_budget_counts_the_studys_finished_trials_and_a_rerun_resumes(small,
     assert other.study_name != first.study_name and other.resumed == 0 and len(other.trials) == 2
 
 
+def test_a_given_sampler_draws_the_points_after_the_defaults(small):
+    class Recording(optuna.samplers.RandomSampler):
+        def __init__(self):
+            super().__init__(seed=5)
+            self.drawn = {}
+
+        def sample_independent(self, study, trial, name, distribution):
+            value = super().sample_independent(study, trial, name, distribution)
+            self.drawn[trial.number, name] = value
+            return value
+
+    sampler = Recording()
+    result = tuning.tune(small, SPACE, base=Hyperparameters(iterations=2), n_trials=4, seed=0, prune=False,
+                         sampler=sampler)
+    assert result.trials[0].params == SEED_DEFAULTS  # enqueued: not drawn
+    assert sampler.drawn == {(trial.number, name): value for trial in result.trials[1:]
+                             for name, value in trial.params.items()}
+    default = tuning.tune(small, SPACE, base=Hyperparameters(iterations=2), n_trials=4, seed=0, prune=False)
+    assert [t.params for t in default.trials[1:]] != [t.params for t in result.trials[1:]]
+
+
 def test_a_timeout_stops_starting_trials(small):
     train = small
     result = tuning.tune(train, SPACE, base=Hyperparameters(iterations=4), n_trials=500, timeout=0.5, seed=0)
