@@ -8,6 +8,7 @@ started as subprocesses get the home in their environment (`pipelines.instance.d
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,12 @@ from als_store.settings import Settings
 # Fixture modules loaded here, once: a `pytest_plugins` in a test module is loaded after pytest's assertion
 # rewriting has started (PytestAssertRewriteWarning) and is deprecated outside the root conftest.
 pytest_plugins = ["mlflow_server", "postgres_server", "registry_stores", "spark_cluster"]
+
+# A suite started in the background (`nohup make test &`, a script's `cmd &`) inherits SIGINT ignored, and every
+# server it starts would too: `dagster dev` would then ignore the Ctrl-C the tests press on `make ui`. The
+# terminal's default, restored here, is what the children get (a handled signal is reset to default on exec).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 _PIPELINE_ENV = (
