@@ -13,7 +13,7 @@ from typing import Annotated
 import pyarrow as pa
 import pyarrow.parquet as pq
 from conftest import query
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings as hypothesis_settings, strategies as st
 from pydantic import StringConstraints, TypeAdapter, ValidationError
 
 from als_store import warehouse
@@ -140,6 +140,7 @@ ID_TEXT = st.one_of(
 
 @hypothesis_settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ids=st.lists(ID_TEXT, min_size=1, max_size=12))
+@example(ids=["0\xa0", "\xa0", " 7 "])  # no-break spaces are kept (DuckDB's trim() alone strips them), spaces trimmed
 def test_ingest_keeps_exactly_the_ids_the_api_accepts(ids):
     """Text path (JSON lines) and typed Parquet: an id is loaded iff the API's pattern accepts it trimmed."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,5 +1,6 @@
 -- The id rule, agreed with the API (serving/schemas.py ID_PATTERN, MAX_ID_LENGTH): an id is an integer,
--- or text that after trimming is 1-128 characters with no character in U+0000-U+0020 or U+007F-U+009F
+-- or text that after trimming its spaces (' ' only: DuckDB's trim() alone also strips U+00A0 and the other Unicode
+-- spaces, which the API keeps) is 1-128 characters with no character in U+0000-U+0020 or U+007F-U+009F
 -- (no whitespace, no control character). One definition for the text path (ingest_classify.sql) and
 -- typed Parquet (ingest_typed_rows.sql); both call these temp macros, created once per connection.
 -- id_problem(id): NULL for a good trimmed, non-empty id, else what is wrong ("user id " goes before it).
