@@ -11,6 +11,7 @@ popularity bundle is the baseline the evaluation measures, made servable when AL
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import scipy.sparse as sp
 
 from ._arrays import sorted_unique
 from .als import ALS
-from .diversity import beyond_accuracy
+from .diversity import beyond_accuracy, item_popularity
 from .metrics import evaluate_ranking
 from .popularity import PopularityRecommender
 from .weighting import DEFAULT_WEIGHTING, EventWeighting
@@ -133,6 +134,12 @@ class ModelBundle:
                              f"{(len(self.users), len(self.items))}")
         # a user whose training row is empty has zero factors: the fallback serves it better
         self._has_history = np.diff(self.seen.indptr) > 0
+
+    @functools.cached_property
+    def item_popularity(self) -> np.ndarray:
+        """Share of the training users who used each item (`als_core.diversity.item_popularity` of ``seen``),
+        counted once: the evaluation judges a bundle's lists and its popularity baseline's against it."""
+        return item_popularity(self.seen)
 
     @classmethod
     def build(cls, model: ALS, user_ids, item_ids, train_user_items, metadata: dict | None = None,
@@ -302,6 +309,6 @@ def evaluate_on_holdout(bundle: ModelBundle, holdout_user_ids, holdout_item_ids,
     depth = min(k, lists.item_index.shape[1])
     ranked[:, :depth] = lists.item_index[:, :depth]
     result = evaluate_ranking(ranked, test, n_items=n_columns, k=k)
-    result.update(beyond_accuracy(ranked, bundle.seen, k=k))  # coverage over the bundle's own catalogue
+    result.update(beyond_accuracy(ranked, bundle.seen, k=k, popularity=bundle.item_popularity))  # coverage over the bundle's own catalogue
     result["users_fallback"] = int((lists.sources == SOURCE_POPULARITY).sum())
     return result

@@ -18,7 +18,8 @@ def item_popularity(train_user_items) -> np.ndarray:
     return users_per_item / max(csr.shape[0], 1)
 
 
-def beyond_accuracy(recommended: np.ndarray, train_user_items, k: int = 10, head_share: float = 0.01) -> dict:
+def beyond_accuracy(recommended: np.ndarray, train_user_items, k: int = 10, head_share: float = 0.01,
+                    popularity: np.ndarray | None = None) -> dict:
     """Measures of the first ``k`` columns of ``recommended`` (item indices, -1 = padding):
 
     - ``coverage@k``: distinct recommended items / catalogue size;
@@ -27,10 +28,13 @@ def beyond_accuracy(recommended: np.ndarray, train_user_items, k: int = 10, head
     - ``novelty@k``: mean self-information -log2(share of training users who used the item) over all
       recommendations (higher = less obvious items; an item nobody used counts as used by one user);
     - ``popular_share@k``: share of recommendations that go to the ``head_share`` (1%) most popular items.
+
+    ``popularity``: ``item_popularity(train_user_items)`` when the caller has it already (a bundle keeps its own).
     """
     recs = np.asarray(recommended)[:, :k]
     valid = recs[recs >= 0]
-    popularity = item_popularity(train_user_items)
+    if popularity is None:
+        popularity = item_popularity(train_user_items)
     n_items = len(popularity)
     n_users = max(sp.csr_matrix(train_user_items).shape[0], 1)
     if valid.size == 0:

@@ -62,6 +62,22 @@ def open_warehouse(path: str | Path, **kwargs) -> Iterator[duckdb.DuckDBPyConnec
 
 
 @contextlib.contextmanager
+def at_least_threads(con: duckdb.DuckDBPyConnection, threads: int) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Run the block with DuckDB's ``threads`` setting raised to ``threads`` when it is lower, and put it back
+    after, also when the block raises. The setting belongs to the database instance, not the connection: use it
+    around one statement of a step that has the file to itself."""
+    (current,) = con.execute("SELECT CAST(current_setting('threads') AS BIGINT)").fetchone()
+    if current >= threads:
+        yield con
+        return
+    con.execute(f"SET threads = {int(threads)}")  # SET takes no bound parameter; an int cannot inject
+    try:
+        yield con
+    finally:
+        con.execute(f"SET threads = {int(current)}")
+
+
+@contextlib.contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
     """The block's statements on ``con`` all or none: committed when the block ends, rolled back when it raises
     anything (a Dagster step's interrupt and KeyboardInterrupt included, so a killed step leaves no half)."""

@@ -8,6 +8,7 @@ import scipy.sparse as sp
 
 from als_core import ALS
 from als_core.bundle import ModelBundle, evaluate_on_holdout
+from als_core.diversity import item_popularity
 from als_core.metrics import evaluate_ranking
 
 
@@ -125,6 +126,9 @@ def test_evaluate_on_holdout_reports_beyond_accuracy(bundle):
     # popularity sends every recommendation to the head of the catalogue; ALS spreads them
     assert popularity["popular_share@5"] > model["popular_share@5"]
     assert popularity["novelty@5"] < model["novelty@5"]
+    # judged against the bundle's training popularity, counted once for both
+    np.testing.assert_array_equal(b.item_popularity, item_popularity(b.seen))
+    assert b.item_popularity is b.item_popularity
 
 
 def test_ids_and_scores_have_the_same_length_when_the_catalogue_runs_out(bundle):

@@ -171,3 +171,7 @@ def test_beyond_accuracy_hand_computed():
     info = -np.log2([0.75] * 4 + [0.5, 0.25, 0.25])  # the never-used item counts as one user of four
     assert result["novelty@2"] == pytest.approx(info.mean())
     assert result["popular_share@2"] == pytest.approx(4 / 7)  # top 1% of 4 items = item 0
+    # a popularity passed in (a bundle's, counted once) is the one used: item 3 most popular instead of item 0
+    given = beyond_accuracy(recs, train, k=2, popularity=np.array([0.25, 0.5, 0.25, 0.75]))
+    assert given["popular_share@2"] == pytest.approx(1 / 7)
+    assert given["coverage@2"] == result["coverage@2"]
