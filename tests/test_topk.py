@@ -155,6 +155,21 @@ def test_nan_and_inf_scores():
     assert set(got[0][2] % 5) == {1, 3}  # 0 * inf and 0 * nan are NaN: only the zeros remain
 
 
+@pytest.mark.parametrize("values", [1000, 3, 1], ids=["distinct", "few values", "one value"])
+def test_selection_ranks_few_candidates_and_inserts_many_ties_the_same_way(values):
+    """A row's candidates (the entries at or above its threshold) are ranked against each other when they are
+    few, and inserted one by one when ties at the threshold make them more than 4n (1 value: every item ties):
+    both give the dense reference's order, ties by the lower index."""
+    rng = np.random.default_rng(values)
+    scores = rng.integers(0, values, (64, 3000)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.01] = -np.inf
+    for n in (1, 10, 50):
+        ids, best = top_n(scores, n)
+        expected_ids, expected_best = dense_top_n(scores, n)
+        np.testing.assert_array_equal(ids, expected_ids)
+        np.testing.assert_array_equal(best, expected_best)
+
+
 def test_als_recommend_uses_the_item_biases_and_filters():
     """Explicit ALS with biases ranks by x.y + b_i; recommend, recommend_all and the dense reference agree."""
     rng = np.random.default_rng(3)
