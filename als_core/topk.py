@@ -166,23 +166,16 @@ def _select(row, offset, n, ids, best, columns, picked, found):
             # usually a few more than n, in item order into found / columns (free now), then ranked at once
             capacity = found.shape[0]
             m = 0
-            for r in range(n_rows):
-                base = r * n_cols
-                for q in range(n_picked):
-                    i = base + picked[q]
+            for r in range(n_rows + 1):  # the picked columns of each row, then the items past the last row
+                tail = r == n_rows
+                for q in range(n_items - n_rows * n_cols if tail else n_picked):
+                    i = r * n_cols + (q if tail else picked[q])
                     s = row[i]
                     if s >= threshold:
                         if m < capacity:
                             found[m] = i
                             columns[m] = s
                         m += 1
-            for i in range(n_rows * n_cols, n_items):
-                s = row[i]
-                if s >= threshold:
-                    if m < capacity:
-                        found[m] = i
-                        columns[m] = s
-                    m += 1
             if m <= capacity:
                 _rank_into(found, columns, m, offset, n, ids, best)
                 return
