@@ -309,6 +309,7 @@ def evaluate_on_holdout(bundle: ModelBundle, holdout_user_ids, holdout_item_ids,
     depth = min(k, lists.item_index.shape[1])
     ranked[:, :depth] = lists.item_index[:, :depth]
     result = evaluate_ranking(ranked, test, n_items=n_columns, k=k)
-    result.update(beyond_accuracy(ranked, bundle.seen, k=k, popularity=bundle.item_popularity))  # coverage over the bundle's own catalogue
+    # coverage over the bundle's own catalogue
+    result.update(beyond_accuracy(ranked, bundle.seen, k=k, popularity=bundle.item_popularity))
     result["users_fallback"] = int((lists.sources == SOURCE_POPULARITY).sum())
     return result

@@ -65,7 +65,7 @@ def open_warehouse(path: str | Path, **kwargs) -> Iterator[duckdb.DuckDBPyConnec
 def at_least_threads(con: duckdb.DuckDBPyConnection, threads: int) -> Iterator[duckdb.DuckDBPyConnection]:
     """Run the block with DuckDB's ``threads`` setting raised to ``threads`` when it is lower, and put it back
     after, also when the block raises. The setting belongs to the database instance, not the connection: use it
-    around one statement of a step that has the file to itself."""
+    around the statements of a step that has the file to itself (its pool keeps other steps out)."""
     (current,) = con.execute("SELECT CAST(current_setting('threads') AS BIGINT)").fetchone()
     if current >= threads:
         yield con

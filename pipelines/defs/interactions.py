@@ -14,8 +14,8 @@ from pipelines.defs.resources import DuckDBResource
 
 
 # Threads for the GROUP BY of `interactions`, at least. DuckDB partitions its hash aggregate by its thread count
-# (and takes a shortcut with 1 or 2 threads, duckdb/duckdb#20357): on a 2-core machine, grouping 10M events took
-# 0.5 s with 4 threads against 0.95 s with the default 2 (8: 0.6 s), the whole statement 1.45 s against 1.9 s.
+# (and takes a shortcut with 1 or 2 threads, duckdb/duckdb#20357): on a 2-core machine the statement over 10M
+# events took 1.4 s with 3 or 4 threads against 1.9-2.1 s with the default 2 (6-8: 1.5-1.7 s), the same table.
 # training_data's reads were slower with 4, so only this step raises it.
 AGGREGATE_THREADS = 4
 
