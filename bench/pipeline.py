@@ -29,6 +29,7 @@ import argparse
 import datetime as dt
 import os
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -119,11 +120,25 @@ def main() -> int:
     parser.add_argument("--change-days", type=int, default=3,
                         help="days ingested after the first retrain, each retrained (a day the champion changes: median)")
     parser.add_argument("--stays-runs", type=int, default=3, help="retrains of a day the champion stays (median)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the run's home (landing files, warehouse, MLflow store: about 2 GB) to look at "
+                             "after; by default it is removed at the end")
     args = parser.parse_args()
     if args.stays_runs < 1 or args.change_days < 1:
         parser.error("--change-days and --stays-runs must be at least 1")
 
     workdir = Path(tempfile.mkdtemp(prefix="als-bench-pipeline-"))
+    try:
+        return run(args, workdir)
+    finally:
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, workdir: Path) -> int:
+    """The benchmark in ``workdir``; returns the exit status (non-zero when a target is missed)."""
     os.environ["ALS_PIPELINE_HOME"] = str(workdir / "home")
     start = dt.date(2026, 1, 1)
     os.environ["ALS_PIPELINE_START_DATE"] = start.isoformat()
