@@ -10,12 +10,12 @@ WITH parsed AS (
            item_raw,
            event_raw,
            ts_raw,
-           nullif(trim(user_raw, ' '), '') AS user_id,
-           nullif(trim(item_raw, ' '), '') AS item_id,
+           nullif(trimmed_id(user_raw), '') AS user_id,
+           nullif(trimmed_id(item_raw), '') AS item_id,
            CASE WHEN user_kind IS NOT NULL THEN kind_problem(user_kind, user_raw)
-                ELSE id_problem(nullif(trim(user_raw, ' '), '')) END AS user_problem,
+                ELSE id_problem(nullif(trimmed_id(user_raw), '')) END AS user_problem,
            CASE WHEN item_kind IS NOT NULL THEN kind_problem(item_kind, item_raw)
-                ELSE id_problem(nullif(trim(item_raw, ' '), '')) END AS item_problem,
+                ELSE id_problem(nullif(trimmed_id(item_raw), '')) END AS item_problem,
            $canonical_events[list_position($raw_events, lower(trim(event_raw)))] AS event_type,
            CASE $time_unit
                WHEN 'epoch_s' THEN TRY(make_timestamp(CAST(TRY_CAST(trim(ts_raw) AS DOUBLE) * 1e6 AS BIGINT)))

@@ -3,6 +3,9 @@
 -- spaces, which the API keeps) is 1-128 characters with no character in U+0000-U+0020 or U+007F-U+009F
 -- (no whitespace, no control character). One definition for the text path (ingest_classify.sql) and
 -- typed Parquet (ingest_typed_rows.sql); both call these temp macros, created once per connection.
+-- trimmed_id(text): the id as kept, its leading and trailing spaces trimmed (' ' only, see above).
+CREATE OR REPLACE TEMP MACRO trimmed_id(text) AS trim(text, ' ');
+
 -- id_problem(id): NULL for a good trimmed, non-empty id, else what is wrong ("user id " goes before it).
 CREATE OR REPLACE TEMP MACRO id_problem(id) AS
     CASE

@@ -27,9 +27,9 @@ FROM (
                item_raw,
                event_raw,
                ts_raw,
-               CASE WHEN typeof(user_raw) = 'VARCHAR' THEN trim(CAST(user_raw AS VARCHAR), ' ')
+               CASE WHEN typeof(user_raw) = 'VARCHAR' THEN trimmed_id(CAST(user_raw AS VARCHAR))
                     ELSE CAST(user_raw AS VARCHAR) END AS user_id,
-               CASE WHEN typeof(item_raw) = 'VARCHAR' THEN trim(CAST(item_raw AS VARCHAR), ' ')
+               CASE WHEN typeof(item_raw) = 'VARCHAR' THEN trimmed_id(CAST(item_raw AS VARCHAR))
                     ELSE CAST(item_raw AS VARCHAR) END AS item_id,
                CAST(event_type AS VARCHAR) AS event_type,
                ts
